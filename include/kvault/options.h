@@ -1,0 +1,34 @@
+// Store configuration. Defaults work with no config: data under ./kvault-data.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace kvault {
+
+class Env;
+
+struct StoreOptions {
+  // Directory of the disk tier (T2). Created if missing.
+  std::string dir = "./kvault-data";
+  // Hard cap of the host DRAM tier (T1), rounded down to whole pages.
+  uint64_t dram_bytes = 1ull << 30;
+  // Hard cap of the disk tier (T2) on disk, footers included. 0 disables T2.
+  uint64_t ssd_bytes = 16ull << 30;
+  // T1 allocation unit. A chunk occupies ceil(bytes / page_bytes) pages, not necessarily
+  // adjacent, so the arena never fragments. Multiple of 4096.
+  uint32_t page_bytes = 256u << 10;
+  // Target size of one T2 segment file; space is reclaimed a whole segment at a time.
+  uint64_t segment_bytes = 256ull << 20;
+  // Most bytes the write-behind thread submits to the disk in one batch.
+  uint64_t write_batch_bytes = 64ull << 20;
+  // T1 eviction policy: "lru" (the default; the scheduler-aware ones come with hints).
+  std::string policy = "lru";
+  bool direct_io = true;     // O_DIRECT for T2 where the file system allows it
+  bool use_io_uring = true;  // io_uring for T2 where the kernel allows it
+  bool huge_pages = true;    // back T1 with huge pages where available
+  // File operations; nullptr means Env::Default(). Not owned; must outlive the store.
+  Env* env = nullptr;
+};
+
+}  // namespace kvault

@@ -1,0 +1,50 @@
+// Counters of a store. Lookup counters add up: for every lookup,
+//   hit_tokens_t1 + hit_tokens_t2 + miss_tokens == tokens looked up, and likewise for chunks.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace kvault {
+
+struct StoreStats {
+  // Lookups, counted when lookup() answers.
+  uint64_t lookups = 0;
+  uint64_t lookup_tokens = 0, lookup_chunks = 0;
+  uint64_t hit_tokens_t1 = 0, hit_chunks_t1 = 0;
+  uint64_t hit_tokens_t2 = 0, hit_chunks_t2 = 0;
+  uint64_t miss_tokens = 0, miss_chunks = 0;
+
+  // Bytes moved per path.
+  uint64_t bytes_put = 0;        // caller -> T1
+  uint64_t bytes_loaded = 0;     // T1 -> caller
+  uint64_t bytes_t1_to_t2 = 0;   // write-behind
+  uint64_t bytes_t2_to_t1 = 0;   // promotion on read
+
+  // Entries.
+  uint64_t puts = 0, puts_deduplicated = 0;
+  uint64_t t1_evictions = 0;           // dropped from T1 with a copy on T2 (or T2 off)
+  uint64_t t1_dropped_unpersisted = 0; // dropped from T1 before the write-behind reached them
+  uint64_t t2_evictions = 0;           // entries dropped with a reclaimed segment
+  uint64_t t2_rewrites = 0;            // hot entries written again when their segment went
+  uint64_t promotions = 0;             // T2 -> T1
+  uint64_t partials_superseded = 0;
+
+  // Occupancy.
+  uint64_t t1_used_bytes = 0, t1_capacity_bytes = 0, t1_entries = 0;
+  uint64_t t2_used_bytes = 0, t2_capacity_bytes = 0, t2_entries = 0, t2_segments = 0;
+  uint64_t write_queue_entries = 0;
+
+  // Errors by kind.
+  uint64_t err_io = 0;          // EIO and other I/O failures
+  uint64_t err_no_space = 0;    // ENOSPC
+  uint64_t err_corruption = 0;  // checksum / magic / layout mismatches found on read
+  uint64_t err_torn = 0;        // invalid records skipped when rebuilding the index
+  uint64_t err_load_miss = 0;   // open_chunk of an entry that was gone or unreadable
+
+  bool t2_direct_io = false;    // whether T2 runs with O_DIRECT
+
+  std::string ToJson() const;
+};
+
+}  // namespace kvault

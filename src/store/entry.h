@@ -1,0 +1,47 @@
+// Entry: the store's index record of one chunk, wherever it lives.
+//
+// Every field is GUARDED_BY the store's mutex, except that the T1 pages of an entry with
+// pins > 0 may be read (or, before commit, written) without it: pinned pages never move.
+#pragma once
+
+#include <cstdint>
+
+#include "kvault/key.h"
+#include "kvault/layout.h"
+#include "store/host_arena.h"
+#include "store/segment_log.h"
+
+namespace kvault {
+
+struct Entry {
+  ChunkKey key;
+  ChunkKey parent;
+  Digest ns_id;
+  KvLayout layout;
+  uint32_t tokens = 0;
+  uint64_t bytes = 0;  // payload bytes
+  uint64_t payload_checksum = 0;  // set when written to T2 or read from it
+
+  bool committed = false;  // visible to lookups
+
+  // T1 (host DRAM).
+  bool in_t1 = false;      // pages hold the payload
+  bool promoting = false;  // pages allocated, a T2 read is filling them
+  PageList pages;
+  int pins = 0;            // readers, an uncommitted writer, or the write-behind in flight
+
+  // Write-behind.
+  bool dirty = false;    // queued for T2, not yet there
+  bool writing = false;  // the write-behind thread has it in flight
+  bool hot = false;      // read since it was last written: rewritten when its segment goes
+  uint64_t seq = 0;      // put order
+
+  // T2 (local SSD).
+  bool on_t2 = false;
+  DiskLocation location;
+
+  bool partial() const { return tokens < layout.chunk_tokens; }
+  bool evictable() const { return committed && in_t1 && pins == 0 && !promoting && !writing; }
+};
+
+}  // namespace kvault

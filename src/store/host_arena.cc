@@ -1,0 +1,75 @@
+#include "store/host_arena.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cerrno>
+
+namespace kvault {
+
+Result<std::unique_ptr<HostArena>> HostArena::Create(uint64_t capacity_bytes, uint32_t page_bytes, bool huge_pages) {
+  if (page_bytes == 0 || page_bytes % 4096 != 0) return Status::InvalidArgument("page_bytes must be a multiple of 4096");
+  uint64_t pages = capacity_bytes / page_bytes;
+  if (pages == 0) return Status::InvalidArgument("dram capacity is smaller than one page");
+  if (pages > UINT32_MAX) return Status::InvalidArgument("too many pages");
+  uint64_t bytes = pages * page_bytes;
+  void* p = MAP_FAILED;
+  bool huge = false;
+  if (huge_pages && bytes % (2u << 20) == 0) {
+    // Explicit huge pages exist only where the administrator reserved them.
+    p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_HUGETLB, -1, 0);
+    huge = p != MAP_FAILED;
+  }
+  if (p == MAP_FAILED) {
+    p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return Status::FromErrno(errno, "mmap dram arena");
+    // Otherwise transparent huge pages, where the kernel has them.
+    if (huge_pages) huge = madvise(p, bytes, MADV_HUGEPAGE) == 0;
+  }
+  return std::unique_ptr<HostArena>(new HostArena(static_cast<std::byte*>(p), bytes, page_bytes,
+                                                  static_cast<uint32_t>(pages), huge));
+}
+
+HostArena::HostArena(std::byte* base, uint64_t map_bytes, uint32_t page_bytes, uint32_t pages, bool huge)
+    : base_(base), map_bytes_(map_bytes), page_bytes_(page_bytes), total_pages_(pages), huge_(huge) {
+  free_.resize(pages);
+  for (uint32_t i = 0; i < pages; ++i) free_[i] = pages - 1 - i;  // page 0 comes out first
+}
+
+HostArena::~HostArena() { munmap(base_, map_bytes_); }
+
+PageList HostArena::Allocate(uint32_t n) {
+  PageList out(free_.end() - n, free_.end());
+  free_.resize(free_.size() - n);
+  std::reverse(out.begin(), out.end());
+  return out;
+}
+
+void HostArena::Free(const PageList& pages) {
+  // Pushed in reverse so the next Allocate of the same size gets the same ascending run.
+  free_.insert(free_.end(), pages.rbegin(), pages.rend());
+}
+
+void HostArena::ForEachPiece(const PageList& pages, uint64_t offset, uint64_t size,
+                             const std::function<void(std::byte*, size_t)>& fn) const {
+  std::byte* run = nullptr;
+  size_t run_len = 0;
+  while (size > 0) {
+    uint64_t page_index = offset / page_bytes_;
+    uint64_t in_page = offset % page_bytes_;
+    size_t n = static_cast<size_t>(std::min<uint64_t>(size, page_bytes_ - in_page));
+    std::byte* p = PagePtr(pages[page_index]) + in_page;
+    if (run != nullptr && run + run_len == p) {
+      run_len += n;
+    } else {
+      if (run != nullptr) fn(run, run_len);
+      run = p;
+      run_len = n;
+    }
+    offset += n;
+    size -= n;
+  }
+  if (run != nullptr) fn(run, run_len);
+}
+
+}  // namespace kvault

@@ -1,0 +1,120 @@
+// SegmentLog: the disk tier's append-only log of records in segment files (record_format.h).
+//
+// Thread-safety: Append, Seal and RemoveSegment are called by one thread at a time (the
+// store's write-behind thread); ReadRecord, Sync, UsedBytes and Segments may be called from
+// any thread concurrently with them. Internal state is guarded by mu_.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kvault/env.h"
+#include "store/aligned_buffer.h"
+#include "store/record_format.h"
+
+namespace kvault {
+
+struct DiskLocation {
+  uint32_t segment = 0;
+  uint64_t offset = 0;  // of the record's header block
+};
+
+struct AppendItem {
+  RecordHeader header;
+  // The payload, zero-padded to RoundUpToBlock(payload_bytes); aligned for direct I/O.
+  std::vector<IoSlice> payload;
+  // Filled by Append.
+  DiskLocation location;
+  Status status;
+};
+
+struct SegmentInfo {
+  uint32_t id = 0;
+  std::string path;
+  uint64_t bytes = 0;
+  bool sealed = false;  // has a valid trailer (or was sealed by this process)
+  bool active = false;  // the segment new records go to
+};
+
+class SegmentLog {
+ public:
+  struct Options {
+    std::string dir;
+    uint64_t segment_bytes = 256ull << 20;
+    bool direct_io = true;
+    bool use_io_uring = true;
+    Env* env = nullptr;
+  };
+  struct OpenStats {
+    uint64_t segments = 0;
+    uint64_t records = 0;
+    uint64_t torn = 0;            // invalid or truncated records skipped
+    uint64_t scanned_segments = 0;  // segments without a valid index, scanned block by block
+  };
+  using RecordVisitor = std::function<void(const RecordHeader&, DiskLocation)>;
+
+  // Opens every segment under options.dir, calling `visit` for each record found, oldest
+  // segment first. New records always go to a new segment.
+  static Result<std::unique_ptr<SegmentLog>> Open(const Options& options, const RecordVisitor& visit,
+                                                   OpenStats* stats);
+  ~SegmentLog();
+
+  // Writes every item, filling item.location and item.status. Rolls to a new segment (and
+  // seals the old one) when the active one is full.
+  void Append(std::span<AppendItem> items);
+  // Reads the record at `loc` into `payload` (padded size) and checks that it is intact and
+  // is the record `expected` names (key, namespace, layout, tokens, checksum).
+  Status ReadRecord(DiskLocation loc, const RecordHeader& expected, std::span<const IoSlice> payload) const;
+  // Makes everything appended so far durable.
+  Status Sync();
+  // Deletes a segment that is not the active one.
+  Status RemoveSegment(uint32_t id);
+
+  // Bytes on disk, footers included, plus what sealing the active segment will add.
+  uint64_t UsedBytes() const;
+  // Bytes that appending records of `record_bytes` in total (n records) may add at most.
+  uint64_t BytesNeeded(uint64_t record_bytes, size_t n) const;
+  std::optional<uint32_t> OldestInactive() const;
+  std::vector<SegmentInfo> Segments() const;
+  bool direct_io() const { return direct_io_; }
+
+  // Reads the index of a sealed segment of `bytes` bytes; visits nothing unless it is intact.
+  static Status ReadIndex(File& file, uint64_t bytes, uint32_t id, const RecordVisitor& visit, uint64_t* records);
+  // Finds the records of a segment without an index, block by block; counts torn ones.
+  static void ScanSegment(File& file, uint64_t bytes, uint32_t id, const RecordVisitor& visit, OpenStats* stats);
+
+  static std::string SegmentName(uint32_t id);
+  static bool ParseSegmentName(const std::string& name, uint32_t* id);
+
+ private:
+  struct Segment {
+    std::shared_ptr<File> file;
+    std::string path;
+    uint64_t bytes = 0;
+    bool sealed = false;
+  };
+  explicit SegmentLog(const Options& options);
+  Status LoadSegment(uint32_t id, Segment* seg, const RecordVisitor& visit, OpenStats* stats);
+  Status StartSegment();
+  void SealActive();
+
+  const Options options_;
+  bool direct_io_ = false;
+
+  mutable std::mutex mu_;
+  std::map<uint32_t, Segment> segments_;  // GUARDED_BY(mu_)
+  // The active segment; written only by the appending thread, read under mu_.
+  std::optional<uint32_t> active_;
+  uint64_t write_offset_ = 0;
+  std::vector<uint8_t> active_index_;  // encoded index entries of the active segment
+  uint32_t next_id_ = 1;
+  AlignedBuffer header_blocks_;  // used by Append only
+};
+
+}  // namespace kvault

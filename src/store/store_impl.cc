@@ -1,0 +1,575 @@
+#include "store/store_impl.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace kvault {
+namespace {
+
+bool SameNamespace(const Entry& e, const Namespace& ns) { return e.ns_id == ns.id() && e.layout == ns.layout(); }
+
+}  // namespace
+
+StoreImpl::StoreImpl(const StoreOptions& options) : options_(options) {}
+
+Result<std::unique_ptr<StoreImpl>> StoreImpl::Open(const StoreOptions& options_in) {
+  StoreOptions options = options_in;
+  if (options.env == nullptr) options.env = Env::Default();
+  if (options.page_bytes == 0 || options.page_bytes % kBlockBytes != 0) {
+    return Status::InvalidArgument("page_bytes must be a positive multiple of 4096");
+  }
+  if (options.ssd_bytes > 0 && options.segment_bytes < 16 * kBlockBytes) {
+    return Status::InvalidArgument("segment_bytes must be at least 64 KiB");
+  }
+  std::unique_ptr<StoreImpl> s(new StoreImpl(options));
+  auto policy = MakePolicy(options.policy);
+  if (!policy.ok()) return policy.status();
+  s->policy_ = std::move(policy.value());
+  auto arena = HostArena::Create(options.dram_bytes, options.page_bytes, options.huge_pages);
+  if (!arena.ok()) return arena.status();
+  s->arena_ = std::move(arena.value());
+  s->stats_.t1_capacity_bytes = s->arena_->capacity_bytes();
+  s->stats_.t2_capacity_bytes = options.ssd_bytes;
+
+  if (options.ssd_bytes > 0) {
+    SegmentLog::Options lo{options.dir, options.segment_bytes, options.direct_io, options.use_io_uring, options.env};
+    SegmentLog::OpenStats os;
+    auto log = SegmentLog::Open(lo, [&](const RecordHeader& h, DiskLocation loc) { s->OnRecordFound(h, loc); }, &os);
+    if (!log.ok()) return log.status();
+    s->log_ = std::move(log.value());
+    s->stats_.err_torn = os.torn;
+    s->stats_.t2_direct_io = s->log_->direct_io();
+    // A cap lowered since the last run: give back the oldest segments now.
+    while (s->log_->UsedBytes() > options.ssd_bytes) {
+      auto oldest = s->log_->OldestInactive();
+      if (!oldest) break;
+      s->ReclaimSegment(*oldest);
+    }
+  }
+  s->writer_ = std::thread([p = s.get()] { p->WriterLoop(); });
+  return s;
+}
+
+StoreImpl::~StoreImpl() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    shutdown_ = true;
+  }
+  writer_cv_.notify_all();
+  if (writer_.joinable()) writer_.join();
+  log_.reset();  // seals the active segment
+}
+
+void StoreImpl::OnRecordFound(const RecordHeader& h, DiskLocation loc) {
+  std::lock_guard<std::mutex> lock(mu_);
+  next_seq_ = std::max(next_seq_, h.seq + 1);
+  segment_keys_[loc.segment].push_back(h.key);
+  auto it = index_.find(h.key);
+  if (it != index_.end()) {
+    Entry& e = *it->second;
+    if (e.seq < h.seq) {  // the newest copy wins
+      e.seq = h.seq;
+      e.location = loc;
+      e.payload_checksum = h.payload_checksum;
+    }
+    return;
+  }
+  auto e = std::make_unique<Entry>();
+  e->key = h.key;
+  e->parent = h.parent;
+  e->ns_id = h.ns_id;
+  e->layout = h.layout;
+  e->tokens = h.tokens;
+  e->bytes = h.payload_bytes;
+  e->payload_checksum = h.payload_checksum;
+  e->committed = true;
+  e->on_t2 = true;
+  e->location = loc;
+  e->seq = h.seq;
+  if (e->partial()) partials_[e->parent].push_back(e->key);
+  index_[h.key] = std::move(e);
+}
+
+// ---------------------------------------------------------------------------------------
+// Lookup
+
+LookupResult StoreImpl::Lookup(const Namespace& ns, std::span<const uint32_t> tokens) {
+  const uint32_t c = ns.layout().chunk_tokens;
+  LookupResult r;
+  r.total_tokens = static_cast<uint32_t>(tokens.size());
+  // Hash outside the lock. Only whole chunks; partial candidates are hashed below.
+  std::vector<ChunkSpan> full = ChunkKeys(ns, tokens, /*include_partial=*/false);
+
+  std::lock_guard<std::mutex> lock(mu_);
+  auto tier_of = [&](const Entry* e) -> Tier {
+    if (e == nullptr || !e->committed || !SameNamespace(*e, ns)) return Tier::kNone;
+    if (e->in_t1) return Tier::kHost;
+    if (e->on_t2 || e->promoting) return Tier::kDisk;
+    return Tier::kNone;
+  };
+  auto find = [&](const ChunkKey& k) -> const Entry* {
+    auto it = index_.find(k);
+    return it == index_.end() ? nullptr : it->second.get();
+  };
+  size_t j = 0;
+  for (; j < full.size(); ++j) {
+    Tier t = tier_of(find(full[j].key));
+    if (t == Tier::kNone) break;
+    r.chunks.push_back({full[j].key, full[j].begin, c, t});
+    r.cached_tokens += c;
+  }
+  // The longest stored partial chunk that continues the cached prefix.
+  const ChunkKey& parent = j == 0 ? ns.id() : full[j - 1].key;
+  const size_t remaining = tokens.size() - size_t{j} * c;
+  auto pit = partials_.find(parent);
+  if (pit != partials_.end() && remaining > 0) {
+    const Entry* best = nullptr;
+    for (const ChunkKey& k : pit->second) {
+      const Entry* e = find(k);
+      if (e == nullptr || e->tokens > remaining || (best && e->tokens <= best->tokens)) continue;
+      if (tier_of(e) == Tier::kNone) continue;
+      if (ChainKey(ns, parent, tokens.subspan(size_t{j} * c, e->tokens)) == k) best = e;
+    }
+    if (best != nullptr) {
+      r.chunks.push_back({best->key, static_cast<uint32_t>(j * c), best->tokens, tier_of(best)});
+      r.cached_tokens += best->tokens;
+    }
+  }
+
+  StoreStats& st = stats_;
+  ++st.lookups;
+  st.lookup_tokens += tokens.size();
+  const uint64_t chunks = (tokens.size() + c - 1) / c;
+  st.lookup_chunks += chunks;
+  uint64_t hit_chunks = 0;
+  for (const CachedChunk& ch : r.chunks) {
+    ++hit_chunks;
+    if (ch.tier == Tier::kHost) {
+      ++st.hit_chunks_t1;
+      st.hit_tokens_t1 += ch.tokens;
+    } else {
+      ++st.hit_chunks_t2;
+      st.hit_tokens_t2 += ch.tokens;
+    }
+  }
+  st.miss_chunks += chunks - hit_chunks;
+  st.miss_tokens += tokens.size() - r.cached_tokens;
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------
+// Put
+
+Result<ChunkWriter> StoreImpl::BeginPut(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens) {
+  const KvLayout& layout = ns.layout();
+  KVAULT_RETURN_IF_ERROR(layout.Validate());
+  if (tokens.empty() || tokens.size() > layout.chunk_tokens) {
+    return Status::InvalidArgument("a chunk holds 1.." + std::to_string(layout.chunk_tokens) + " tokens, got " +
+                                   std::to_string(tokens.size()));
+  }
+  const ChunkKey key = ChainKey(ns, parent, tokens);
+  const auto n = static_cast<uint32_t>(tokens.size());
+  const uint64_t bytes = layout.chunk_bytes(n);
+
+  std::vector<ChunkKey> superseded;
+  Entry* e = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = index_.find(key);
+    if (it != index_.end()) {
+      ++stats_.puts_deduplicated;
+      return ChunkWriter(this, nullptr, key, n, /*exists=*/true, {});
+    }
+    if (n == layout.chunk_tokens) {
+      // Partial chunks under the same parent whose tokens are a prefix of this chunk.
+      auto pit = partials_.find(parent);
+      if (pit != partials_.end()) {
+        for (const ChunkKey& k : pit->second) {
+          auto eit = index_.find(k);
+          if (eit == index_.end()) continue;
+          if (ChainKey(ns, parent, tokens.first(eit->second->tokens)) == k) superseded.push_back(k);
+        }
+      }
+    }
+    PageList pages;
+    KVAULT_RETURN_IF_ERROR(AllocatePagesLocked(RoundUpToBlock(bytes), &pages));
+    auto owned = std::make_unique<Entry>();
+    e = owned.get();
+    e->key = key;
+    e->parent = parent;
+    e->ns_id = ns.id();
+    e->layout = layout;
+    e->tokens = n;
+    e->bytes = bytes;
+    e->pages = std::move(pages);
+    e->in_t1 = true;
+    e->pins = 1;  // the writer's; uncommitted entries are invisible and never evicted
+    index_[key] = std::move(owned);
+  }
+  // Zero the padding so that no stale bytes reach the disk.
+  const uint64_t padded = RoundUpToBlock(bytes);
+  if (padded > bytes) {
+    arena_->ForEachPiece(e->pages, bytes, padded - bytes, [](std::byte* p, size_t len) { std::memset(p, 0, len); });
+  }
+  return ChunkWriter(this, e, key, n, /*exists=*/false, std::move(superseded));
+}
+
+void StoreImpl::CopyIn(const Entry* e, size_t offset, std::span<const std::byte> data) {
+  const std::byte* src = data.data();
+  arena_->ForEachPiece(e->pages, offset, data.size(), [&](std::byte* p, size_t n) {
+    std::memcpy(p, src, n);
+    src += n;
+  });
+}
+
+void StoreImpl::Commit(Entry* e, const std::vector<ChunkKey>& superseded) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    e->committed = true;
+    --e->pins;
+    policy_->Insert(e);
+    if (e->partial()) partials_[e->parent].push_back(e->key);
+    ++stats_.puts;
+    stats_.bytes_put += e->bytes;
+    if (log_) EnqueueWriteLocked(e);
+    for (const ChunkKey& k : superseded) {
+      auto it = index_.find(k);
+      if (it == index_.end()) continue;
+      Entry* p = it->second.get();
+      if (!p->partial() || p->pins > 0 || p->promoting || p->writing) continue;
+      if (p->dirty) p->dirty = false;  // superseded, not lost: the full chunk holds its tokens
+      ++stats_.partials_superseded;
+      EraseLocked(p);
+    }
+  }
+  writer_cv_.notify_one();
+}
+
+void StoreImpl::Abort(Entry* e) {
+  std::lock_guard<std::mutex> lock(mu_);
+  --e->pins;
+  EraseLocked(e);
+}
+
+void StoreImpl::EnqueueWriteLocked(Entry* e) {
+  e->dirty = true;
+  e->seq = next_seq_++;
+  last_queued_seq_ = e->seq;
+  write_queue_.emplace_back(e->seq, e->key);
+}
+
+// ---------------------------------------------------------------------------------------
+// T1 space
+
+Status StoreImpl::AllocatePagesLocked(uint64_t bytes, PageList* out) {
+  const uint32_t n = arena_->PagesFor(bytes);
+  if (n > arena_->total_pages()) return Status::NoSpace("chunk of " + std::to_string(bytes) + " bytes exceeds the DRAM tier");
+  while (arena_->free_pages() < n) {
+    // Clean entries first (their data is on T2 or needs no T2); dirty ones only as a last
+    // resort, so that a put never waits for the disk.
+    Entry* victim = policy_->PickVictim([](const Entry* e) { return e->evictable() && !e->dirty; });
+    if (victim == nullptr) victim = policy_->PickVictim([](const Entry* e) { return e->evictable(); });
+    if (victim == nullptr) return Status::ResourceExhausted("every DRAM page is pinned or in flight");
+    EvictFromT1Locked(victim);
+  }
+  *out = arena_->Allocate(n);
+  return Status::OK();
+}
+
+void StoreImpl::EvictFromT1Locked(Entry* e) {
+  policy_->Remove(e);
+  arena_->Free(e->pages);
+  e->pages.clear();
+  e->in_t1 = false;
+  if (e->dirty) {
+    e->dirty = false;  // the writer skips it
+    ++unpersisted_;
+    ++stats_.t1_dropped_unpersisted;
+  } else {
+    ++stats_.t1_evictions;
+  }
+  if (!e->on_t2) EraseLocked(e);
+}
+
+void StoreImpl::EraseLocked(Entry* e) {
+  if (e->in_t1 || e->promoting) {
+    policy_->Remove(e);
+    arena_->Free(e->pages);
+  }
+  if (e->partial()) {
+    auto pit = partials_.find(e->parent);
+    if (pit != partials_.end()) {
+      std::erase(pit->second, e->key);
+      if (pit->second.empty()) partials_.erase(pit);
+    }
+  }
+  index_.erase(e->key);  // destroys *e
+}
+
+void StoreImpl::CountErrorLocked(const Status& st) {
+  switch (st.code()) {
+    case Code::kNoSpace: ++stats_.err_no_space; break;
+    case Code::kCorruption: ++stats_.err_corruption; break;
+    default: ++stats_.err_io; break;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Load
+
+RecordHeader StoreImpl::HeaderOf(const Entry& e) {
+  RecordHeader h;
+  h.key = e.key;
+  h.parent = e.parent;
+  h.ns_id = e.ns_id;
+  h.layout = e.layout;
+  h.tokens = e.tokens;
+  h.payload_bytes = e.bytes;
+  h.payload_checksum = e.payload_checksum;
+  h.seq = e.seq;
+  return h;
+}
+
+Result<ChunkReader> StoreImpl::OpenChunk(const Namespace& ns, const ChunkKey& key) {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    auto it = index_.find(key);
+    if (it == index_.end() || !it->second->committed || !SameNamespace(*it->second, ns)) {
+      ++stats_.err_load_miss;
+      return Status::NotFound("chunk " + key.ShortHex() + " is not cached");
+    }
+    Entry* e = it->second.get();
+    if (e->promoting) {  // another thread is reading it from T2
+      progress_cv_.wait(lock);
+      continue;
+    }
+    if (e->in_t1) {
+      ++e->pins;
+      if (e->on_t2) e->hot = true;
+      policy_->Touch(e);
+      return ChunkReader(this, e, Tier::kHost);
+    }
+    if (!e->on_t2 || !log_) {
+      ++stats_.err_load_miss;
+      return Status::NotFound("chunk " + key.ShortHex() + " is not cached");
+    }
+    // Promote: read T2 straight into freshly allocated T1 pages.
+    PageList pages;
+    Status st = AllocatePagesLocked(RoundUpToBlock(e->bytes), &pages);
+    if (!st.ok()) return st;
+    e->pages = std::move(pages);
+    e->promoting = true;
+    ++e->pins;
+    const RecordHeader expected = HeaderOf(*e);
+    const DiskLocation loc = e->location;
+    std::vector<IoSlice> slices;
+    arena_->ForEachPiece(e->pages, 0, RoundUpToBlock(e->bytes), [&](std::byte* p, size_t n) { slices.push_back({p, n}); });
+    lock.unlock();
+    st = log_->ReadRecord(loc, expected, slices);
+    lock.lock();
+    e->promoting = false;
+    progress_cv_.notify_all();
+    if (st.ok()) {
+      e->in_t1 = true;
+      e->hot = true;
+      policy_->Insert(e);
+      ++stats_.promotions;
+      stats_.bytes_t2_to_t1 += e->bytes;
+      return ChunkReader(this, e, Tier::kDisk);
+    }
+    // Unreadable or corrupt: never served. Drop the T2 copy; the chunk is a miss from now on.
+    CountErrorLocked(st);
+    ++stats_.err_load_miss;
+    --e->pins;
+    arena_->Free(e->pages);
+    e->pages.clear();
+    e->on_t2 = false;
+    if (e->pins == 0) EraseLocked(e);
+    return Status::NotFound("chunk " + key.ShortHex() + " could not be read from disk: " + st.ToString());
+  }
+}
+
+void StoreImpl::CopyOut(const Entry* e, size_t offset, std::span<std::byte> dst) const {
+  std::byte* out = dst.data();
+  arena_->ForEachPiece(e->pages, offset, dst.size(), [&](std::byte* p, size_t n) {
+    std::memcpy(out, p, n);
+    out += n;
+  });
+  bytes_loaded_.fetch_add(dst.size(), std::memory_order_relaxed);
+}
+
+void StoreImpl::ForEachPiece(const Entry* e, size_t offset, size_t size,
+                             const std::function<void(std::span<const std::byte>)>& fn) const {
+  arena_->ForEachPiece(e->pages, offset, size, [&](std::byte* p, size_t n) { fn({p, n}); });
+  bytes_loaded_.fetch_add(size, std::memory_order_relaxed);
+}
+
+void StoreImpl::Unpin(Entry* e) {
+  std::lock_guard<std::mutex> lock(mu_);
+  --e->pins;
+  if (e->pins == 0 && !e->in_t1 && !e->on_t2 && !e->promoting) EraseLocked(e);
+}
+
+// ---------------------------------------------------------------------------------------
+// Write-behind
+
+void StoreImpl::WriterLoop() {
+  constexpr auto kBackoff = std::chrono::milliseconds(200);
+  constexpr size_t kMaxBatch = 64;
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    writer_cv_.wait(lock, [&] { return shutdown_ || !write_queue_.empty(); });
+    if (write_queue_.empty()) break;  // shutdown with nothing left to write
+
+    std::vector<Entry*> batch;
+    uint64_t record_bytes = 0, upto = 0;
+    while (!write_queue_.empty() && batch.size() < kMaxBatch &&
+           (batch.empty() || record_bytes < options_.write_batch_bytes)) {
+      auto [seq, key] = write_queue_.front();
+      write_queue_.pop_front();
+      upto = seq;
+      auto it = index_.find(key);
+      if (it == index_.end()) continue;
+      Entry* e = it->second.get();
+      if (!e->dirty || e->seq != seq || !e->in_t1) continue;  // stale item
+      e->writing = true;
+      ++e->pins;
+      batch.push_back(e);
+      record_bytes += kBlockBytes + RoundUpToBlock(e->bytes);
+    }
+    if (batch.empty()) {
+      processed_seq_ = upto;
+      progress_cv_.notify_all();
+      continue;
+    }
+    std::vector<AppendItem> items(batch.size());
+    for (size_t i = 0; i < batch.size(); ++i) items[i].header = HeaderOf(*batch[i]);
+    const bool degraded = std::chrono::steady_clock::now() < degraded_until_;
+    lock.unlock();
+
+    // The entries are pinned: their pages can be read without the lock.
+    for (size_t i = 0; i < batch.size(); ++i) {
+      PayloadChecksum sum;
+      arena_->ForEachPiece(batch[i]->pages, 0, batch[i]->bytes, [&](std::byte* p, size_t n) { sum.Update({p, n}); });
+      items[i].header.payload_checksum = sum.Digest();
+      arena_->ForEachPiece(batch[i]->pages, 0, RoundUpToBlock(batch[i]->bytes),
+                           [&](std::byte* p, size_t n) { items[i].payload.push_back({p, n}); });
+    }
+    Status space = degraded ? Status::Unavailable("disk tier recovering from an error")
+                            : EnsureT2Space(record_bytes, batch.size());
+    if (space.ok()) {
+      log_->Append(items);
+    } else {
+      for (AppendItem& item : items) item.status = space;
+    }
+
+    lock.lock();
+    bool failed = false;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      Entry* e = batch[i];
+      const AppendItem& item = items[i];
+      e->writing = false;
+      --e->pins;
+      if (item.status.ok()) {
+        e->on_t2 = true;
+        e->location = item.location;
+        e->payload_checksum = item.header.payload_checksum;
+        e->hot = false;
+        segment_keys_[item.location.segment].push_back(e->key);
+        stats_.bytes_t1_to_t2 += e->bytes;
+      } else {
+        failed = true;
+        ++unpersisted_;
+        if (item.status.code() != Code::kUnavailable) CountErrorLocked(item.status);
+      }
+      if (e->dirty && e->seq == item.header.seq) e->dirty = false;
+      if (e->pins == 0 && !e->in_t1 && !e->on_t2) EraseLocked(e);
+    }
+    if (failed && !degraded) degraded_until_ = std::chrono::steady_clock::now() + kBackoff;
+    processed_seq_ = upto;
+    progress_cv_.notify_all();
+  }
+}
+
+Status StoreImpl::EnsureT2Space(uint64_t record_bytes, size_t records) {
+  const uint64_t needed = log_->BytesNeeded(record_bytes, records);
+  if (needed > options_.ssd_bytes) return Status::NoSpace("records larger than the disk tier's cap");
+  while (log_->UsedBytes() + needed > options_.ssd_bytes) {
+    auto oldest = log_->OldestInactive();
+    if (!oldest) return Status::NoSpace("disk tier cap reached with nothing to reclaim");
+    ReclaimSegment(*oldest);
+  }
+  return Status::OK();
+}
+
+void StoreImpl::ReclaimSegment(uint32_t id) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<ChunkKey> keys = std::move(segment_keys_[id]);
+    segment_keys_.erase(id);
+    for (const ChunkKey& k : keys) {
+      auto it = index_.find(k);
+      if (it == index_.end()) continue;
+      Entry* e = it->second.get();
+      if (!e->on_t2 || e->location.segment != id) continue;
+      e->on_t2 = false;
+      ++stats_.t2_evictions;
+      if (e->in_t1) {
+        // Compaction for free: a chunk read since it was written is still in DRAM, so it is
+        // written again from there; cold ones just lose their T2 copy.
+        if (e->hot && !e->dirty && !e->writing) {
+          EnqueueWriteLocked(e);
+          ++stats_.t2_rewrites;
+        }
+      } else if (e->pins == 0 && !e->promoting) {
+        EraseLocked(e);
+      }
+    }
+  }
+  Status st = log_->RemoveSegment(id);
+  if (!st.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    CountErrorLocked(st);
+  }
+}
+
+Status StoreImpl::Flush() {
+  if (!log_) return Status::OK();
+  uint64_t lost;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    const uint64_t target = last_queued_seq_;
+    progress_cv_.wait(lock, [&] { return processed_seq_ >= target; });
+    lost = unpersisted_ - unpersisted_at_flush_;
+    unpersisted_at_flush_ = unpersisted_;
+  }
+  Status st = log_->Sync();
+  if (!st.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    CountErrorLocked(st);
+    return st;
+  }
+  if (lost > 0) return Status::IOError(std::to_string(lost) + " chunks put since the last flush did not reach the disk tier");
+  return Status::OK();
+}
+
+StoreStats StoreImpl::Stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  StoreStats s = stats_;
+  s.bytes_loaded = bytes_loaded_.load(std::memory_order_relaxed);
+  s.t1_used_bytes = arena_->used_bytes();
+  s.t1_entries = 0;
+  s.t2_entries = 0;
+  for (const auto& [k, e] : index_) {
+    s.t1_entries += e->in_t1 && e->committed;
+    s.t2_entries += e->on_t2;
+  }
+  if (log_) {
+    s.t2_used_bytes = log_->UsedBytes();
+    s.t2_segments = log_->Segments().size();
+  }
+  s.write_queue_entries = write_queue_.size();
+  return s;
+}
+
+}  // namespace kvault
