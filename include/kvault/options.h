@@ -21,7 +21,7 @@ struct StoreOptions {
   // Target size of one T2 segment file; space is reclaimed a whole segment at a time.
   uint64_t segment_bytes = 256ull << 20;
   // Most bytes the write-behind thread submits to the disk in one batch.
-  uint64_t write_batch_bytes = 64ull << 20;
+  uint64_t write_batch_bytes = 128ull << 20;
   // T1 eviction policy: "lru" (the default; the scheduler-aware ones come with hints).
   std::string policy = "lru";
   bool direct_io = true;     // O_DIRECT for T2 where the file system allows it

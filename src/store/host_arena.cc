@@ -16,8 +16,9 @@ Result<std::unique_ptr<HostArena>> HostArena::Create(uint64_t capacity_bytes, ui
   void* p = MAP_FAILED;
   bool huge = false;
   if (huge_pages && bytes % (2u << 20) == 0) {
-    // Explicit huge pages exist only where the administrator reserved them.
-    p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_HUGETLB, -1, 0);
+    // Explicit huge pages exist only where the administrator reserved them. No
+    // MAP_NORESERVE here: it would let the mapping succeed and fault with SIGBUS later.
+    p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
     huge = p != MAP_FAILED;
   }
   if (p == MAP_FAILED) {

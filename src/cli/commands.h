@@ -1,0 +1,14 @@
+// Subcommands of the `kvault` command. Each Add* registers its subcommand and callback; the
+// callback stores its exit code, returned by ExitCode().
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace kvault::cli {
+
+void AddBenchCommand(CLI::App& app);    // kvault bench store
+void AddInspectCommand(CLI::App& app);  // kvault inspect DIR
+int ExitCode();
+void SetExitCode(int code);
+
+}  // namespace kvault::cli
