@@ -5,10 +5,12 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 #include "kvault/key.h"
 #include "kvault/layout.h"
 #include "store/host_arena.h"
+#include "store/record_format.h"
 #include "store/segment_log.h"
 
 namespace kvault {
@@ -20,7 +22,12 @@ struct Entry {
   KvLayout layout;
   uint32_t tokens = 0;
   uint64_t bytes = 0;  // payload bytes
-  uint64_t payload_checksum = 0;  // set when written to T2 or read from it
+  uint64_t payload_checksum = 0;  // valid when checksum_valid
+  bool checksum_valid = false;
+  // While uncommitted: XXH3 of payload bytes [0, hashed_upto), updated as the writer copies
+  // them in order, so the checksum costs no second pass over memory.
+  std::unique_ptr<PayloadChecksum> hasher;
+  uint64_t hashed_upto = 0;
 
   bool committed = false;  // visible to lookups
 

@@ -71,6 +71,7 @@ void StoreImpl::OnRecordFound(const RecordHeader& h, DiskLocation loc) {
       e.seq = h.seq;
       e.location = loc;
       e.payload_checksum = h.payload_checksum;
+      e.checksum_valid = true;
     }
     return;
   }
@@ -82,6 +83,7 @@ void StoreImpl::OnRecordFound(const RecordHeader& h, DiskLocation loc) {
   e->tokens = h.tokens;
   e->bytes = h.payload_bytes;
   e->payload_checksum = h.payload_checksum;
+  e->checksum_valid = true;
   e->committed = true;
   e->on_t2 = true;
   e->location = loc;
@@ -204,6 +206,7 @@ Result<ChunkWriter> StoreImpl::BeginPut(const Namespace& ns, const ChunkKey& par
     e->pages = std::move(pages);
     e->in_t1 = true;
     e->pins = 1;  // the writer's; uncommitted entries are invisible and never evicted
+    e->hasher = std::make_unique<PayloadChecksum>();
     index_[key] = std::move(owned);
   }
   // Zero the padding so that no stale bytes reach the disk.
@@ -214,15 +217,28 @@ Result<ChunkWriter> StoreImpl::BeginPut(const Namespace& ns, const ChunkKey& par
   return ChunkWriter(this, e, key, n, /*exists=*/false, std::move(superseded));
 }
 
-void StoreImpl::CopyIn(const Entry* e, size_t offset, std::span<const std::byte> data) {
+void StoreImpl::CopyIn(Entry* e, size_t offset, std::span<const std::byte> data) {
   const std::byte* src = data.data();
+  const bool hash = offset == e->hashed_upto;
+  // Copy and hash in slices small enough to still be in cache when hashed.
+  constexpr size_t kSlice = 256u << 10;
   arena_->ForEachPiece(e->pages, offset, data.size(), [&](std::byte* p, size_t n) {
-    std::memcpy(p, src, n);
-    src += n;
+    for (size_t done = 0; done < n; done += kSlice) {
+      const size_t len = std::min(kSlice, n - done);
+      std::memcpy(p + done, src, len);
+      if (hash) e->hasher->Update({p + done, len});
+      src += len;
+    }
   });
+  if (hash) e->hashed_upto += data.size();
 }
 
 void StoreImpl::Commit(Entry* e, const std::vector<ChunkKey>& superseded) {
+  if (e->hashed_upto == e->bytes) {  // written in order: the checksum is already known
+    e->payload_checksum = e->hasher->Digest();
+    e->checksum_valid = true;
+  }
+  e->hasher.reset();
   {
     std::lock_guard<std::mutex> lock(mu_);
     e->committed = true;
@@ -443,15 +459,21 @@ void StoreImpl::WriterLoop() {
       continue;
     }
     std::vector<AppendItem> items(batch.size());
-    for (size_t i = 0; i < batch.size(); ++i) items[i].header = HeaderOf(*batch[i]);
+    std::vector<bool> needs_checksum(batch.size());
+    for (size_t i = 0; i < batch.size(); ++i) {
+      items[i].header = HeaderOf(*batch[i]);
+      needs_checksum[i] = !batch[i]->checksum_valid;
+    }
     const bool degraded = std::chrono::steady_clock::now() < degraded_until_;
     lock.unlock();
 
     // The entries are pinned: their pages can be read without the lock.
     for (size_t i = 0; i < batch.size(); ++i) {
-      PayloadChecksum sum;
-      arena_->ForEachPiece(batch[i]->pages, 0, batch[i]->bytes, [&](std::byte* p, size_t n) { sum.Update({p, n}); });
-      items[i].header.payload_checksum = sum.Digest();
+      if (needs_checksum[i]) {  // written out of order: hash it now
+        PayloadChecksum sum;
+        arena_->ForEachPiece(batch[i]->pages, 0, batch[i]->bytes, [&](std::byte* p, size_t n) { sum.Update({p, n}); });
+        items[i].header.payload_checksum = sum.Digest();
+      }
       arena_->ForEachPiece(batch[i]->pages, 0, RoundUpToBlock(batch[i]->bytes),
                            [&](std::byte* p, size_t n) { items[i].payload.push_back({p, n}); });
     }
@@ -474,6 +496,7 @@ void StoreImpl::WriterLoop() {
         e->on_t2 = true;
         e->location = item.location;
         e->payload_checksum = item.header.payload_checksum;
+        e->checksum_valid = true;
         e->hot = false;
         segment_keys_[item.location.segment].push_back(e->key);
         stats_.bytes_t1_to_t2 += e->bytes;

@@ -35,7 +35,9 @@ class StoreImpl {
   StoreStats Stats() const;
 
   // For the handles. REQUIRES: the entry is pinned by the calling handle.
-  void CopyIn(const Entry* e, size_t offset, std::span<const std::byte> data);
+  // Copies into an uncommitted entry; hashes the bytes on the way when they extend the
+  // hashed prefix.
+  void CopyIn(Entry* e, size_t offset, std::span<const std::byte> data);
   void CopyOut(const Entry* e, size_t offset, std::span<std::byte> dst) const;
   void ForEachPiece(const Entry* e, size_t offset, size_t size,
                     const std::function<void(std::span<const std::byte>)>& fn) const;

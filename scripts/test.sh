@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs, builds and runs every test; then the whole suite once more under
+# ThreadSanitizer (skip with KVAULT_TSAN=0).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+./scripts/build.sh
+(cd build && ctest --output-on-failure -j "$(nproc)")
+if [ "${KVAULT_TSAN:-1}" != "0" ]; then
+  echo "== the suite again under ThreadSanitizer"
+  BUILD_DIR=build-tsan BUILD_TYPE=RelWithDebInfo ./scripts/build.sh -DKVAULT_SANITIZE=thread
+  (cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" ctest --output-on-failure -j "$(nproc)")
+fi
