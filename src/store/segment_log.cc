@@ -200,7 +200,7 @@ void SegmentLog::SealActive() {
   // more appends either way.
   std::lock_guard<std::mutex> lock(mu_);
   Segment& seg = segments_.at(*active_);
-  seg.bytes = write_offset_ + (ok ? area + kBlockBytes : 0);
+  seg.bytes = std::max(seg.bytes, write_offset_ + (ok ? area + kBlockBytes : 0));
   seg.sealed = ok;
   active_.reset();
   active_index_.clear();
@@ -258,12 +258,14 @@ void SegmentLog::Append(std::span<AppendItem> items) {
         std::memcpy(entry + 8, header_blocks_.data() + k * kBlockBytes, kHeaderBytes);
         active_index_.insert(active_index_.end(), entry, entry + kIndexEntryBytes);
       }
-      // The space is used even when the write failed: the next record goes after it, and
-      // the block scan skips whatever is there.
-      write_offset_ = offset;
-      segments_.at(*active_).bytes = offset;
+      // After a failed write the next records overwrite the same range. Whatever the
+      // failed write left there is not indexed; a record of it that did land intact is
+      // still a correct record of its key, and anything torn fails its checksums.
+      if (st.ok()) write_offset_ = offset;
+      // A failed write may still have extended the file: count the high-water mark.
+      uint64_t& bytes = segments_.at(*active_).bytes;
+      bytes = std::max(bytes, offset);
     }
-    if (!st.ok()) SealActive();  // a failed device: start over in a fresh segment next time
     i = j;
   }
 }

@@ -220,6 +220,7 @@ Result<ChunkWriter> StoreImpl::BeginPut(const Namespace& ns, const ChunkKey& par
 void StoreImpl::CopyIn(Entry* e, size_t offset, std::span<const std::byte> data) {
   const std::byte* src = data.data();
   const bool hash = offset == e->hashed_upto;
+  if (offset < e->hashed_upto) e->hashed_upto = UINT64_MAX;  // rewrote hashed bytes: rehash later
   // Copy and hash in slices small enough to still be in cache when hashed.
   constexpr size_t kSlice = 256u << 10;
   arena_->ForEachPiece(e->pages, offset, data.size(), [&](std::byte* p, size_t n) {
