@@ -332,9 +332,32 @@ uint64_t SegmentLog::UsedBytes() const {
   return total;
 }
 
-uint64_t SegmentLog::BytesNeeded(uint64_t record_bytes, size_t n) const {
-  // Each record may add an index entry; a roll seals one segment and starts another.
-  return record_bytes + IndexAreaBytes(n) + 2 * kBlockBytes + kBlockBytes;
+uint64_t SegmentLog::BytesNeeded(std::span<const uint64_t> record_bytes) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  // Replays Append's placement decisions. A segment counts offset + index area + trailer,
+  // whether active (UsedBytes) or sealed (SealActive), so the growth is `after - before`.
+  // Every roll costs a trailer block and a rounded index area: a batch spanning several
+  // segments needs more than one roll's worth.
+  bool active = active_.has_value();
+  uint64_t offset = active ? write_offset_ : 0;
+  size_t count = active ? active_index_.size() / kIndexEntryBytes : 0;
+  const uint64_t before = active ? offset + IndexAreaBytes(count) + kBlockBytes : 0;
+  uint64_t sealed = 0;
+  for (uint64_t rb : record_bytes) {
+    if (active && offset > 0 && offset + rb + IndexAreaBytes(count + 1) + kBlockBytes > options_.segment_bytes) {
+      sealed += offset + IndexAreaBytes(count) + kBlockBytes;
+      active = false;
+    }
+    if (!active) {
+      active = true;
+      offset = 0;
+      count = 0;
+    }
+    offset += rb;
+    ++count;
+  }
+  const uint64_t after = sealed + (active ? offset + IndexAreaBytes(count) + kBlockBytes : 0);
+  return after - before;
 }
 
 std::optional<uint32_t> SegmentLog::OldestInactive() const {

@@ -78,8 +78,10 @@ class SegmentLog {
 
   // Bytes on disk, footers included, plus what sealing the active segment will add.
   uint64_t UsedBytes() const;
-  // Bytes that appending records of `record_bytes` in total (n records) may add at most.
-  uint64_t BytesNeeded(uint64_t record_bytes, size_t n) const;
+  // Bytes that Append(items) of records of these sizes (RecordHeader::record_bytes(), in
+  // order) adds to UsedBytes() at most: it follows Append's placement exactly, segment rolls
+  // (sealed trailers and index areas) included. Called by the appending thread.
+  uint64_t BytesNeeded(std::span<const uint64_t> record_bytes) const;
   std::optional<uint32_t> OldestInactive() const;
   std::vector<SegmentInfo> Segments() const;
   bool direct_io() const { return direct_io_; }

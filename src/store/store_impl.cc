@@ -439,6 +439,7 @@ void StoreImpl::WriterLoop() {
     if (write_queue_.empty()) break;  // shutdown with nothing left to write
 
     std::vector<Entry*> batch;
+    std::vector<uint64_t> record_sizes;  // on disk, in append order: what EnsureT2Space checks
     uint64_t record_bytes = 0, upto = 0;
     while (!write_queue_.empty() && batch.size() < kMaxBatch &&
            (batch.empty() || record_bytes < options_.write_batch_bytes)) {
@@ -452,7 +453,8 @@ void StoreImpl::WriterLoop() {
       e->writing = true;
       ++e->pins;
       batch.push_back(e);
-      record_bytes += kBlockBytes + RoundUpToBlock(e->bytes);
+      record_sizes.push_back(kBlockBytes + RoundUpToBlock(e->bytes));
+      record_bytes += record_sizes.back();
     }
     if (batch.empty()) {
       processed_seq_ = upto;
@@ -479,7 +481,7 @@ void StoreImpl::WriterLoop() {
                            [&](std::byte* p, size_t n) { items[i].payload.push_back({p, n}); });
     }
     Status space = degraded ? Status::Unavailable("disk tier recovering from an error")
-                            : EnsureT2Space(record_bytes, batch.size());
+                            : EnsureT2Space(record_sizes);
     if (space.ok()) {
       log_->Append(items);
     } else {
@@ -515,8 +517,8 @@ void StoreImpl::WriterLoop() {
   }
 }
 
-Status StoreImpl::EnsureT2Space(uint64_t record_bytes, size_t records) {
-  const uint64_t needed = log_->BytesNeeded(record_bytes, records);
+Status StoreImpl::EnsureT2Space(std::span<const uint64_t> record_bytes) {
+  const uint64_t needed = log_->BytesNeeded(record_bytes);
   if (needed > options_.ssd_bytes) return Status::NoSpace("records larger than the disk tier's cap");
   while (log_->UsedBytes() + needed > options_.ssd_bytes) {
     auto oldest = log_->OldestInactive();

@@ -57,7 +57,7 @@ class StoreImpl {
   static RecordHeader HeaderOf(const Entry& e);
 
   void WriterLoop();
-  Status EnsureT2Space(uint64_t record_bytes, size_t records);  // writer thread only
+  Status EnsureT2Space(std::span<const uint64_t> record_bytes);  // writer thread only
   void ReclaimSegment(uint32_t id);                              // writer thread only
 
   const StoreOptions options_;
