@@ -136,13 +136,39 @@ void SegmentLog::ScanSegment(File& file, uint64_t bytes, uint32_t id, const Reco
   if (whole != bytes) ++stats->torn;  // a partial trailing block: a torn write
   AlignedBuffer window(kScanWindowBytes);
   uint64_t win_start = 0, win_len = 0;
+  // Loads the window from block-aligned `pos` on.
+  auto load = [&](uint64_t pos) {
+    win_start = pos;
+    win_len = std::min<uint64_t>(kScanWindowBytes, whole - pos);
+    IoSlice s{window.data(), win_len};
+    return file.Read(win_start, {&s, 1}).ok();
+  };
+  // A segment without an index is what a crash leaves: a record's header may have landed
+  // without all of its payload (the file can still be long enough when a later record of
+  // the same batch landed). Such a record must not be indexed: a later put of its chunk
+  // would be deduplicated against it and a successful Flush() would leave the chunk
+  // unreadable. So the payload checksum is verified here, while the bytes pass by anyway.
+  auto payload_intact = [&](uint64_t off, const RecordHeader& h, bool* io_error) {
+    PayloadChecksum sum;
+    uint64_t pos = off + kBlockBytes, left = h.payload_bytes;
+    while (left > 0) {
+      if (pos < win_start || pos >= win_start + win_len) {
+        if (!load(pos)) {
+          *io_error = true;
+          return false;
+        }
+      }
+      const uint64_t n = std::min(left, win_start + win_len - pos);
+      sum.Update(std::as_bytes(std::span(window.data() + (pos - win_start), n)));
+      pos += n;
+      left -= n;
+    }
+    return sum.Digest() == h.payload_checksum;
+  };
   uint64_t off = 0;
   while (off + kBlockBytes <= whole) {
     if (off < win_start || off + kBlockBytes > win_start + win_len) {
-      win_start = off;
-      win_len = std::min<uint64_t>(kScanWindowBytes, whole - off);
-      IoSlice s{window.data(), win_len};
-      if (!file.Read(win_start, {&s, 1}).ok()) {
+      if (!load(off)) {
         ++stats->torn;
         return;
       }
@@ -151,9 +177,16 @@ void SegmentLog::ScanSegment(File& file, uint64_t bytes, uint32_t id, const Reco
     RecordHeader h;
     if (DecodeHeader(block, &h).ok()) {
       if (off + h.record_bytes() <= whole) {
-        visit(h, DiskLocation{id, off});
-        ++stats->records;
-        off += h.record_bytes();
+        bool io_error = false;
+        if (payload_intact(off, h, &io_error)) {
+          visit(h, DiskLocation{id, off});
+          ++stats->records;
+          off += h.record_bytes();
+          continue;
+        }
+        ++stats->torn;  // header landed, payload did not (or not all of it)
+        if (io_error) return;
+        off += kBlockBytes;  // resynchronise on the next block
         continue;
       }
       ++stats->torn;  // header landed, payload runs past the end of the file

@@ -88,7 +88,8 @@ class SegmentLog {
 
   // Reads the index of a sealed segment of `bytes` bytes; visits nothing unless it is intact.
   static Status ReadIndex(File& file, uint64_t bytes, uint32_t id, const RecordVisitor& visit, uint64_t* records);
-  // Finds the records of a segment without an index, block by block; counts torn ones.
+  // Finds the records of a segment without an index, block by block, verifying each one's
+  // payload checksum; counts torn ones (damaged headers, missing or damaged payloads).
   static void ScanSegment(File& file, uint64_t bytes, uint32_t id, const RecordVisitor& visit, OpenStats* stats);
 
   static std::string SegmentName(uint32_t id);
