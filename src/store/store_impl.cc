@@ -176,10 +176,18 @@ Result<ChunkWriter> StoreImpl::BeginPut(const Namespace& ns, const ChunkKey& par
   std::vector<ChunkKey> superseded;
   Entry* e = nullptr;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     auto it = index_.find(key);
     if (it != index_.end()) {
       ++stats_.puts_deduplicated;
+      Entry* d = it->second.get();
+      if (log_ && d->committed && d->in_t1 && !d->on_t2 && !d->dirty && !d->writing) {
+        // Held in T1 only, its write to T2 failed (or it was dropped from T2): queue it
+        // again, so that a Flush() after this put covers it like any other put.
+        EnqueueWriteLocked(d);
+        lock.unlock();
+        writer_cv_.notify_one();
+      }
       return ChunkWriter(this, nullptr, key, n, /*exists=*/true, {});
     }
     if (n == layout.chunk_tokens) {
