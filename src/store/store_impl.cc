@@ -403,7 +403,8 @@ Result<ChunkReader> StoreImpl::OpenChunk(const Namespace& ns, const ChunkKey& ke
       return ChunkReader(this, e, Tier::kDisk);
     }
     // Unreadable or corrupt: never served. Drop the T2 copy; the chunk is a miss from now on.
-    CountErrorLocked(st);
+    // kNotFound means the segment was reclaimed during the read: a plain miss, not an error.
+    if (st.code() != Code::kNotFound) CountErrorLocked(st);
     ++stats_.err_load_miss;
     --e->pins;
     arena_->Free(e->pages);
