@@ -179,8 +179,13 @@ Result<ChunkWriter> StoreImpl::BeginPut(const Namespace& ns, const ChunkKey& par
     std::unique_lock<std::mutex> lock(mu_);
     auto it = index_.find(key);
     if (it != index_.end()) {
-      ++stats_.puts_deduplicated;
       Entry* d = it->second.get();
+      if (!d->committed) {
+        // Another writer holds this chunk uncommitted and may still drop it: reporting
+        // "exists" would let this put return OK with nothing stored.
+        return Status::ResourceExhausted("chunk " + key.ShortHex() + " is being written by another writer");
+      }
+      ++stats_.puts_deduplicated;
       if (log_ && d->committed && d->in_t1 && !d->on_t2 && !d->dirty && !d->writing) {
         // Held in T1 only, its write to T2 failed (or it was dropped from T2): queue it
         // again, so that a Flush() after this put covers it like any other put.
