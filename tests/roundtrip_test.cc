@@ -257,6 +257,33 @@ TEST(RoundTrip, AbortedWriterLeavesNothingAndDuplicatesAreSkipped) {
   EXPECT_EQ(st.t1_entries, 1u);
 }
 
+// Proves "put is durable in T1 on return" when two writers race for the same chunk: while
+// one ChunkWriter holds it uncommitted, another put of it must not report success unless
+// the chunk is then really stored; here the first writer is dropped without Commit.
+TEST(RoundTrip, PutRacingAnUncommittedWriterOfTheSameChunk) {
+  TempDir dir;
+  auto store = OpenStore(SmallOptions(dir.path()));
+  ASSERT_TRUE(store);
+  const Namespace ns = MakeNamespace(MakeLayout());
+  const std::vector<uint32_t> tokens = MakeTokens(31, 16);
+  const kvault::ChunkKey key = kvault::ChainKey(ns, ns.id(), tokens);
+  const std::vector<std::byte> payload = PayloadFor(key, ns.layout().chunk_bytes(16));
+  kvault::Status second;
+  {
+    auto first = store->BeginPut(ns, ns.id(), tokens);
+    ASSERT_TRUE(first.ok());
+    second = store->Put(ns, ns.id(), tokens, payload);
+  }  // the first writer is dropped without Commit
+  if (second.ok()) {
+    EXPECT_EQ(CheckChunk(*store, ns, key, 16), Check::kMatch) << "Put returned OK but the chunk is not stored";
+  } else {
+    EXPECT_EQ(second.code(), Code::kResourceExhausted) << second.ToString();  // "in flight; try again"
+    EXPECT_EQ(store->Lookup(ns, tokens).cached_tokens, 0u);
+    ASSERT_TRUE(store->Put(ns, ns.id(), tokens, payload).ok());
+    EXPECT_EQ(CheckChunk(*store, ns, key, 16), Check::kMatch);
+  }
+}
+
 // Proves prefix sharing: two conversations with the same system prompt store the shared
 // chunks once, and Lookup finds the longest cached prefix (trailing partial chunk included).
 TEST(Lookup, SharedSystemPromptIsStoredOnce) {
@@ -419,6 +446,70 @@ TEST(Tiers, ServedFromT2AfterEvictionAndPromotedBack) {
   EXPECT_GE(st.promotions, 6u);
   ExpectLookupCountersAddUp(st);
   ExpectWithinCaps(st);
+}
+
+// Proves a chunk pinned by a ChunkReader keeps its bytes while the store evicts everything
+// around it, and that when every page is pinned a put fails fast (kResourceExhausted)
+// instead of waiting or evicting pinned data, then succeeds once the pins are gone.
+TEST(Tiers, PinnedChunksAreNeverEvicted) {
+  TempDir dir;
+  kvault::StoreOptions o = SmallOptions(dir.path());
+  o.dram_bytes = 3 * o.page_bytes;
+  auto store = OpenStore(o);
+  ASSERT_TRUE(store);
+  const Namespace ns = MakeNamespace(MakeLayout());
+  std::vector<uint32_t> tokens = MakeTokens(21, 16 * 20);
+  const auto spans = kvault::ChunkKeys(ns, tokens);
+  ASSERT_TRUE(PutChain(*store, ns, std::span(tokens).first(16)).ok());
+  auto held = store->OpenChunk(ns, spans[0].key);
+  ASSERT_TRUE(held.ok());
+  for (size_t i = 1; i < spans.size(); ++i) {  // 19 more chunks through the 2 free pages
+    ASSERT_TRUE(PutChain(*store, ns, std::span(tokens).first(16 * (i + 1))).ok()) << i;
+    ASSERT_TRUE(store->Flush().ok());  // written behind before the next one evicts it
+  }
+  const std::vector<std::byte> want = PayloadFor(spans[0].key, held->size());
+  std::vector<std::byte> got(held->size());
+  ASSERT_TRUE(held->ReadRange(0, got).ok());
+  EXPECT_EQ(got, want);
+
+  auto second = store->OpenChunk(ns, spans[19].key);
+  auto third = store->OpenChunk(ns, spans[18].key);
+  ASSERT_TRUE(second.ok() && third.ok());
+  std::vector<uint32_t> other = MakeTokens(22, 16);
+  EXPECT_EQ(store->Put(ns, ns.id(), other, PayloadFor(ChainKey(ns, ns.id(), other), o.page_bytes)).code(),
+            Code::kResourceExhausted);
+  EXPECT_EQ(store->OpenChunk(ns, spans[5].key).status().code(), Code::kResourceExhausted);  // on T2 only
+  third = kvault::ChunkReader();  // unpin one
+  EXPECT_TRUE(PutChain(*store, ns, other).ok());
+  EXPECT_EQ(CheckChunk(*store, ns, spans[19].key, 16), Check::kMatch);
+  ASSERT_TRUE(held->ReadRange(0, got).ok());
+  EXPECT_EQ(got, want);
+  ExpectWithinCaps(store->Stats());
+}
+
+// Proves Open refuses options it cannot honour, and a chunk larger than the whole DRAM tier
+// is refused with kNoSpace.
+TEST(RoundTrip, BadOptionsAndOversizedChunks) {
+  TempDir dir;
+  auto bad = [&](auto mutate) {
+    kvault::StoreOptions o = SmallOptions(dir.path());
+    mutate(o);
+    return Store::Open(o).status().code();
+  };
+  EXPECT_EQ(bad([](kvault::StoreOptions& o) { o.page_bytes = 1000; }), Code::kInvalidArgument);
+  EXPECT_EQ(bad([](kvault::StoreOptions& o) { o.page_bytes = 0; }), Code::kInvalidArgument);
+  EXPECT_EQ(bad([](kvault::StoreOptions& o) { o.segment_bytes = 4096; }), Code::kInvalidArgument);
+  EXPECT_EQ(bad([](kvault::StoreOptions& o) { o.dram_bytes = 4096; }), Code::kInvalidArgument);
+  EXPECT_EQ(bad([](kvault::StoreOptions& o) { o.policy = "no-such-policy"; }), Code::kInvalidArgument);
+
+  kvault::StoreOptions o = SmallOptions(dir.path());
+  o.dram_bytes = 2 * o.page_bytes;
+  auto store = OpenStore(o);
+  ASSERT_TRUE(store);
+  const Namespace big = MakeNamespace(MakeLayout(DType::kF32, 4, 2, 32, 64));  // 128 KiB chunks
+  std::vector<uint32_t> tokens = MakeTokens(1, 64);
+  EXPECT_EQ(store->BeginPut(big, big.id(), tokens).status().code(), Code::kNoSpace);
+  EXPECT_EQ(store->Stats().t1_used_bytes, 0u);
 }
 
 // Proves that with T2 off (ssd_bytes = 0) the store is a DRAM cache: Flush succeeds, nothing
