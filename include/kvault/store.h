@@ -111,7 +111,9 @@ class Store {
   LookupResult Lookup(const Namespace& ns, std::span<const uint32_t> tokens);
 
   // Starts a put of the chunk with `tokens` that follows `parent` (ns.id() for the first).
-  // Allocates the T1 slot, evicting by policy; never waits for the disk.
+  // Allocates the T1 slot, evicting by policy; never waits for the disk. If the chunk is
+  // already stored, the writer's exists() is true and its writes are skipped; if another
+  // writer holds the same chunk uncommitted, kResourceExhausted (try again).
   Result<ChunkWriter> BeginPut(const Namespace& ns, const ChunkKey& parent,
                                std::span<const uint32_t> tokens);
   // BeginPut + one WriteRange of the whole payload + Commit.
