@@ -293,7 +293,7 @@ double MeasureRebuild(const std::string& dir, uint64_t entries, std::string* err
   StoreOptions o;
   o.dir = dir;
   o.page_bytes = 4096;
-  o.dram_bytes = 256ull << 20;
+  o.dram_bytes = entries * 4096 * 5 / 4 + (64ull << 20);  // all of them fit: none is dropped unwritten
   o.ssd_bytes = entries * 8192 * 2 + (1ull << 30);
   o.segment_bytes = 64ull << 20;
   Namespace ns("bench", Sha256("bench-model"), layout);

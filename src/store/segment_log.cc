@@ -41,6 +41,7 @@ SegmentLog::SegmentLog(const Options& options) : options_(options) {}
 
 SegmentLog::~SegmentLog() {
   if (active_) SealActive();
+  (void)Sync();  // a clean close leaves every segment durable
 }
 
 Result<std::unique_ptr<SegmentLog>> SegmentLog::Open(const Options& options, const RecordVisitor& visit,
@@ -228,10 +229,13 @@ void SegmentLog::SealActive() {
                    Checksum(std::as_bytes(std::span(active_index_)))};
   EncodeTrailer(t, buf.data() + area);
   WriteOp op{write_offset_, {IoSlice{buf.data(), area + kBlockBytes}}};
-  bool ok = file->WriteBatch({&op, 1}).ok() && file->Sync().ok();
+  // Not synced here: the next Sync() (Flush) syncs every segment sealed since the last one,
+  // so a stream of puts pays one fdatasync per flush, not one per segment.
+  bool ok = file->WriteBatch({&op, 1}).ok();
   // A segment whose trailer did not land is scanned on the next open; it still takes no
   // more appends either way.
   std::lock_guard<std::mutex> lock(mu_);
+  unsynced_.push_back(file);
   Segment& seg = segments_.at(*active_);
   seg.bytes = std::max(seg.bytes, write_offset_ + (ok ? area + kBlockBytes : 0));
   seg.sealed = ok;
@@ -335,13 +339,18 @@ Status SegmentLog::ReadRecord(DiskLocation loc, const RecordHeader& expected, st
 }
 
 Status SegmentLog::Sync() {
-  std::shared_ptr<File> file;
+  std::vector<std::shared_ptr<File>> files;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!active_) return Status::OK();
-    file = segments_.at(*active_).file;
+    files.swap(unsynced_);
+    if (active_) files.push_back(segments_.at(*active_).file);
   }
-  return file->Sync();
+  Status first;
+  for (const auto& f : files) {
+    Status st = f->Sync();
+    if (!st.ok() && first.ok()) first = st;
+  }
+  return first;
 }
 
 Status SegmentLog::RemoveSegment(uint32_t id) {

@@ -117,6 +117,8 @@ class SegmentLog {
   uint64_t write_offset_ = 0;
   std::vector<uint8_t> active_index_;  // encoded index entries of the active segment
   uint32_t next_id_ = 1;
+  // Segments sealed since the last Sync(); they are synced by the next one.
+  std::vector<std::shared_ptr<File>> unsynced_;  // GUARDED_BY(mu_)
   AlignedBuffer header_blocks_;  // used by Append only
 };
 
