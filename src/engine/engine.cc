@@ -1,0 +1,462 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <random>
+#include <thread>
+
+#include "engine/kv_pool.h"
+
+namespace kvault::engine {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double MsSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+
+DType StoreDType(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat32: return DType::kF32;
+    case torch::kBFloat16: return DType::kBF16;
+    case torch::kHalf: return DType::kF16;
+    default: throw std::invalid_argument("unsupported KV dtype");
+  }
+}
+
+// A thread running posted jobs in order.
+class Worker {
+ public:
+  Worker() : thread_([this] { Loop(); }) {}
+  ~Worker() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  void Post(std::function<void()> job) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      jobs_.push_back(std::move(job));
+    }
+    cv_.notify_all();
+  }
+  void WaitIdle() {
+    std::unique_lock<std::mutex> lock(mu_);
+    idle_cv_.wait(lock, [&] { return jobs_.empty() && !busy_; });
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
+      if (jobs_.empty()) return;
+      auto job = std::move(jobs_.front());
+      jobs_.pop_front();
+      busy_ = true;
+      lock.unlock();
+      job();
+      lock.lock();
+      busy_ = false;
+      idle_cv_.notify_all();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_, idle_cv_;
+  std::deque<std::function<void()>> jobs_;  // GUARDED_BY(mu_)
+  bool busy_ = false, stop_ = false;        // GUARDED_BY(mu_)
+  std::thread thread_;
+};
+
+// How many layers of a layer-wise transfer are done; waiters block until theirs is.
+class LayerProgress {
+ public:
+  void Set(int64_t layers) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = std::max(done_, layers);
+    }
+    cv_.notify_all();
+  }
+  void Fail(int64_t all_layers) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      failed_ = true;
+    }
+    Set(all_layers);
+  }
+  // Waits until layer `layer` is done; false if the transfer failed instead.
+  bool WaitFor(int64_t layer) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return done_ > layer; });
+    return !failed_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int64_t done_ = 0;    // GUARDED_BY(mu_)
+  bool failed_ = false; // GUARDED_BY(mu_)
+};
+
+}  // namespace
+
+KvLayout LayoutFor(const ModelConfig& config, torch::ScalarType dtype, int64_t chunk_tokens) {
+  return KvLayout{static_cast<uint32_t>(config.num_layers), static_cast<uint32_t>(config.num_kv_heads),
+                  static_cast<uint32_t>(config.head_dim), StoreDType(dtype), static_cast<uint32_t>(chunk_tokens),
+                  RopeMode::kPreRope};
+}
+
+// One request from admission to its last token.
+struct Sequence {
+  uint64_t id = 0;
+  std::vector<uint32_t> orig;  // the original token stream: prompt, then fed generated tokens
+  SamplingParams params;
+  std::function<void(RequestResult)> done;
+  Clock::time_point submitted;
+  std::mt19937_64 rng;
+  // Context overflow: pages [head_chunks, ...) hold original chunks shifted by dropped_chunks.
+  int64_t head_chunks = 0, dropped_chunks = 0;
+  int64_t prompt_len = 0;  // kept prompt tokens (new positions)
+  std::unique_ptr<SequenceKv> kv;
+  int64_t length = 0;        // positions whose KV is in the pool
+  uint32_t next_token = 0;   // sampled, not yet fed
+  bool stopped = false;
+  RequestResult result;
+
+  int64_t OrigChunk(int64_t page) const { return page < head_chunks ? page : page + dropped_chunks; }
+  uint32_t TokenAt(int64_t pos, int64_t c) const { return orig[OrigChunk(pos / c) * c + pos % c]; }
+};
+
+struct Engine::Impl {
+  Impl(std::shared_ptr<const LlamaModel> m, const EngineOptions& o, const Namespace& n)
+      : model(std::move(m)),
+        opt(o),
+        ns(n),
+        pool(model->config(), model->dtype(), model->device(), o.chunk_tokens,
+             std::max<int64_t>(1, o.kv_pool_tokens / o.chunk_tokens)) {}
+
+  Status Prefill(Sequence& s);
+  void DecodeStep();
+  void Finish(Sequence& s);
+  uint32_t Sample(Sequence& s, const torch::Tensor& logits);
+  void ScheduleSave(Sequence& s, int64_t from, int64_t to, std::shared_ptr<LayerProgress> computed);
+
+  std::shared_ptr<const LlamaModel> model;
+  const EngineOptions opt;
+  const Namespace ns;
+  KvPool pool;
+
+  mutable std::mutex queue_mu;
+  std::deque<std::unique_ptr<Sequence>> queue;  // GUARDED_BY(queue_mu)
+  uint64_t next_id = 1;                          // GUARDED_BY(queue_mu)
+  std::vector<std::unique_ptr<Sequence>> running;  // engine loop thread only
+
+  Worker loader;  // copies cached KV into pages, layer by layer
+  Worker saver;   // copies new KV out of pages into the store, layer by layer
+};
+
+Status Engine::Impl::Prefill(Sequence& s) {
+  const int64_t c = opt.chunk_tokens;
+  const int64_t layers = model->config().num_layers;
+  const auto n = static_cast<int64_t>(s.orig.size());
+  if (n == 0) return Status::InvalidArgument("empty prompt");
+  // Context overflow: keep a head (whole chunks), drop whole chunks after it, keep the rest.
+  const int64_t budget = opt.max_context - s.params.max_new_tokens;
+  int64_t dropped = 0;
+  if (n > budget) {
+    const int64_t head = (opt.keep_head_tokens + c - 1) / c * c;
+    dropped = (n - budget + c - 1) / c * c;
+    if (head + dropped >= n) {
+      return Status::InvalidArgument("prompt of " + std::to_string(n) + " tokens cannot fit a context of " +
+                                     std::to_string(opt.max_context) + " with a kept head of " + std::to_string(head));
+    }
+    s.head_chunks = head / c;
+    s.dropped_chunks = dropped / c;
+  }
+  const int64_t m = n - dropped;
+  s.prompt_len = m;
+  auto pages = pool.Allocate((m + s.params.max_new_tokens + c - 1) / c);
+  if (!pages) return Status::ResourceExhausted("KV pool full");
+  s.kv = std::make_unique<SequenceKv>(std::make_shared<PageLease>(&pool, std::move(*pages)));
+
+  // The longest cached prefix, in new positions: page j holds original chunk OrigChunk(j).
+  int64_t cached = 0;
+  auto readers = std::make_shared<std::vector<std::pair<ChunkReader, int32_t>>>();
+  if (opt.store != nullptr && opt.load) {
+    LookupResult hit = opt.store->Lookup(ns, s.orig);
+    for (int64_t j = 0;; ++j) {
+      const int64_t oc = s.OrigChunk(j);
+      if (oc >= static_cast<int64_t>(hit.chunks.size()) || j * c >= m) break;
+      const CachedChunk& ch = hit.chunks[oc];
+      auto r = opt.store->OpenChunk(ns, ch.key);
+      if (!r.ok()) break;  // gone or unreadable since the lookup: recompute from here
+      const int64_t t = std::min<int64_t>(ch.tokens, m - j * c);
+      (r->served_from() == Tier::kDisk ? s.result.hit_tokens_t2 : s.result.hit_tokens_t1) += t;
+      if (r->served_from() == Tier::kDisk) s.result.tier = Tier::kDisk;
+      else if (s.result.tier == Tier::kNone) s.result.tier = Tier::kHost;
+      readers->emplace_back(std::move(r.value()), s.kv->lease()->pages()[j]);
+      cached = j * c + t;
+      if (ch.tokens < c) break;
+    }
+  }
+  // The last prompt token is always computed: its logits give the first output token.
+  const int64_t start = std::min(cached, m - 1);
+  s.result.hit_tokens = start;
+
+  // Loader: copy each cached chunk's layer straight from the store into its page.
+  auto loaded = std::make_shared<LayerProgress>();
+  if (readers->empty()) {
+    loaded->Set(layers);
+  } else {
+    const KvLayout layout = ns.layout();
+    KvPool* p = &pool;
+    loader.Post([readers, loaded, layout, p, layers] {
+      for (int64_t l = 0; l < layers; ++l) {
+        for (auto& [r, page] : *readers) {
+          const size_t half = r.size() / layers / 2;  // K (or V) bytes of this chunk's layer
+          const size_t off = layout.layer_range(static_cast<uint32_t>(l), r.tokens()).offset;
+          if (!r.ReadRange(off, {p->KPage(l, page), half}).ok() ||
+              !r.ReadRange(off + half, {p->VPage(l, page), half}).ok()) {
+            loaded->Fail(layers);
+            return;
+          }
+        }
+        loaded->Set(l + 1);
+      }
+      readers->clear();  // unpin
+    });
+  }
+
+  // Saver: the prompt's new KV, chunk by chunk, as each layer is computed.
+  auto computed = std::make_shared<LayerProgress>();
+  if (opt.store != nullptr && opt.save_prompt) ScheduleSave(s, start, m, computed);
+
+  double wait_ms = 0;
+  bool load_failed = false;
+  s.kv->SetHooks(
+      [&](int64_t l) {
+        auto t0 = Clock::now();
+        if (!loaded->WaitFor(l)) load_failed = true;
+        wait_ms += MsSince(t0);
+      },
+      [&](int64_t l) { computed->Set(l + 1); });
+  std::vector<int64_t> ids(m - start);
+  for (int64_t p = start; p < m; ++p) ids[p - start] = s.TokenAt(p, c);
+  torch::Tensor logits;
+  try {
+    logits = model->Forward(torch::tensor(ids, torch::kInt64), start, *s.kv, s.params.return_prompt_logits);
+  } catch (...) {
+    computed->Fail(layers);
+    loaded->WaitFor(layers - 1);
+    s.kv->SetHooks(nullptr, nullptr);
+    throw;
+  }
+  s.kv->SetHooks(nullptr, nullptr);
+  computed->Set(layers);
+  if (load_failed) {  // never happens with a pinned reader; recompute the prefix rather than guess
+    return Status::Corruption("cached KV could not be copied");
+  }
+  s.length = m;
+  s.result.load_wait_ms = wait_ms;
+  s.result.prompt_tokens = m;
+  s.result.computed_tokens = m - start;
+  s.result.dropped_tokens = dropped;
+  s.next_token = Sample(s, logits[logits.size(0) - 1]);
+  s.result.output_tokens.push_back(s.next_token);
+  s.result.ttft_ms = MsSince(s.submitted);
+  s.result.prompt_logits = logits;
+  auto& stop = s.params.stop_tokens;
+  s.stopped = std::find(stop.begin(), stop.end(), s.next_token) != stop.end() ||
+              static_cast<int64_t>(s.result.output_tokens.size()) >= s.params.max_new_tokens;
+  return Status::OK();
+}
+
+void Engine::Impl::ScheduleSave(Sequence& s, int64_t from, int64_t to, std::shared_ptr<LayerProgress> computed) {
+  const int64_t c = opt.chunk_tokens;
+  if (to <= from) return;
+  const int64_t first = from / c, last = (to - 1) / c;
+  // Chain keys of the original stream up to the last chunk's parent.
+  const int64_t last_oc = s.OrigChunk(last);
+  auto keys = ChunkKeys(ns, std::span(s.orig).first(static_cast<size_t>(last_oc * c)), /*include_partial=*/false);
+  struct Item {
+    ChunkWriter writer;
+    int32_t page;
+    uint32_t tokens;
+  };
+  auto items = std::make_shared<std::vector<Item>>();
+  for (int64_t j = first; j <= last; ++j) {
+    const int64_t oc = s.OrigChunk(j);
+    const auto t = static_cast<uint32_t>(std::min(c, to - j * c));
+    const ChunkKey parent = oc == 0 ? ns.id() : keys[oc - 1].key;
+    auto w = opt.store->BeginPut(ns, parent, std::span(s.orig).subspan(static_cast<size_t>(oc * c), t));
+    if (!w.ok()) break;  // T1 full of pinned chunks: later chunks would be unreachable anyway
+    if (w->exists()) continue;
+    items->push_back({std::move(w.value()), s.kv->lease()->pages()[j], t});
+  }
+  if (items->empty()) return;
+  const KvLayout layout = ns.layout();
+  const int64_t layers = model->config().num_layers;
+  KvPool* p = &pool;
+  saver.Post([items, computed, lease = s.kv->lease(), layout, p, layers] {
+    for (int64_t l = 0; l < layers; ++l) {
+      if (!computed->WaitFor(l)) return;  // the prefill failed: drop the writers uncommitted
+      for (Item& it : *items) {
+        const ByteRange r = layout.layer_range(static_cast<uint32_t>(l), it.tokens);
+        const size_t half = r.size / 2;
+        (void)it.writer.WriteRange(r.offset, {p->KPage(l, it.page), half});
+        (void)it.writer.WriteRange(r.offset + half, {p->VPage(l, it.page), half});
+      }
+    }
+    for (Item& it : *items) (void)it.writer.Commit();
+  });
+}
+
+uint32_t Engine::Impl::Sample(Sequence& s, const torch::Tensor& logits) {
+  auto row = logits.to(torch::kCPU, torch::kFloat32).contiguous();
+  if (s.params.temperature <= 0.0f) return static_cast<uint32_t>(row.argmax().item<int64_t>());
+  auto probs = torch::softmax(row / s.params.temperature, -1);
+  auto [sorted, order] = probs.sort(/*dim=*/-1, /*descending=*/true);
+  auto cum = sorted.cumsum(-1);
+  const float* p = sorted.data_ptr<float>();
+  const float* cp = cum.data_ptr<float>();
+  int64_t keep = 1;
+  while (keep < sorted.size(0) && cp[keep - 1] < s.params.top_p) ++keep;
+  const double total = cp[keep - 1];
+  double u = std::uniform_real_distribution<double>(0.0, total)(s.rng);
+  for (int64_t i = 0; i < keep; ++i) {
+    u -= p[i];
+    if (u <= 0) return static_cast<uint32_t>(order[i].item<int64_t>());
+  }
+  return static_cast<uint32_t>(order[keep - 1].item<int64_t>());
+}
+
+void Engine::Impl::DecodeStep() {
+  std::vector<int64_t> ids, starts;
+  std::vector<KvAccess*> kvs;
+  for (auto& s : running) {
+    ids.push_back(s->next_token);
+    starts.push_back(s->length);
+    kvs.push_back(s->kv.get());
+  }
+  auto logits = model->DecodeBatch(torch::tensor(ids, torch::kInt64), starts, kvs);
+  for (size_t i = 0; i < running.size(); ++i) {
+    Sequence& s = *running[i];
+    s.orig.push_back(s.next_token);  // its KV is in the pool now
+    ++s.length;
+    s.next_token = Sample(s, logits[static_cast<int64_t>(i)]);
+    s.result.output_tokens.push_back(s.next_token);
+    auto& stop = s.params.stop_tokens;
+    s.stopped = std::find(stop.begin(), stop.end(), s.next_token) != stop.end() ||
+                static_cast<int64_t>(s.result.output_tokens.size()) >= s.params.max_new_tokens;
+  }
+  for (size_t i = 0; i < running.size();) {
+    if (running[i]->stopped) {
+      Finish(*running[i]);
+      running.erase(running.begin() + static_cast<long>(i));
+    } else {
+      ++i;
+    }
+  }
+}
+
+void Engine::Impl::Finish(Sequence& s) {
+  if (opt.store != nullptr && opt.save_generated && s.length > s.prompt_len) {
+    auto all = std::make_shared<LayerProgress>();
+    all->Set(model->config().num_layers);
+    ScheduleSave(s, s.prompt_len, s.length, all);
+  }
+  s.result.total_ms = MsSince(s.submitted);
+  s.kv.reset();  // pending saves keep the pages until they are done
+  if (s.done) s.done(std::move(s.result));
+}
+
+Engine::Engine(std::shared_ptr<const LlamaModel> model, EngineOptions options)
+    : ns_(options.tenant, model->weights().fingerprint,
+          LayoutFor(model->config(), model->dtype(), options.chunk_tokens)),
+      options_(options) {
+  impl_ = std::make_unique<Impl>(std::move(model), options_, ns_);
+}
+
+Engine::~Engine() { WaitForSaves(); }
+
+uint64_t Engine::Submit(std::vector<uint32_t> prompt, SamplingParams params, std::function<void(RequestResult)> done) {
+  auto s = std::make_unique<Sequence>();
+  s->orig = std::move(prompt);
+  s->params = std::move(params);
+  s->done = std::move(done);
+  s->submitted = Clock::now();
+  std::lock_guard<std::mutex> lock(impl_->queue_mu);
+  s->id = impl_->next_id++;
+  s->result.id = s->id;
+  s->rng.seed(s->params.seed ^ (s->id * 0x9e3779b97f4a7c15ull));
+  const uint64_t id = s->id;
+  impl_->queue.push_back(std::move(s));
+  return id;
+}
+
+bool Engine::Step() {
+  bool did = false;
+  while (static_cast<int64_t>(impl_->running.size()) < options_.max_batch) {
+    std::unique_ptr<Sequence> s;
+    {
+      std::lock_guard<std::mutex> lock(impl_->queue_mu);
+      if (impl_->queue.empty()) break;
+      s = std::move(impl_->queue.front());
+      impl_->queue.pop_front();
+    }
+    Status st = impl_->Prefill(*s);
+    if (st.code() == Code::kResourceExhausted && !impl_->running.empty()) {
+      s->kv.reset();
+      std::lock_guard<std::mutex> lock(impl_->queue_mu);
+      impl_->queue.push_front(std::move(s));  // wait for running requests to free pages
+      break;
+    }
+    did = true;
+    if (!st.ok()) {
+      s->result.status = st;
+      s->kv.reset();
+      if (s->done) s->done(std::move(s->result));
+      continue;
+    }
+    if (s->stopped) {
+      impl_->Finish(*s);
+    } else {
+      impl_->running.push_back(std::move(s));
+    }
+  }
+  if (!impl_->running.empty()) {
+    impl_->DecodeStep();
+    did = true;
+  }
+  return did;
+}
+
+void Engine::RunUntilIdle() {
+  while (Step()) {
+  }
+}
+
+RequestResult Engine::Generate(std::vector<uint32_t> prompt, SamplingParams params) {
+  RequestResult out;
+  Submit(std::move(prompt), std::move(params), [&](RequestResult r) { out = std::move(r); });
+  RunUntilIdle();
+  return out;
+}
+
+std::vector<std::vector<uint32_t>> Engine::LookAhead(size_t n) const {
+  std::lock_guard<std::mutex> lock(impl_->queue_mu);
+  std::vector<std::vector<uint32_t>> out;
+  for (size_t i = 0; i < n && i < impl_->queue.size(); ++i) out.push_back(impl_->queue[i]->orig);
+  return out;
+}
+
+void Engine::WaitForSaves() {
+  impl_->loader.WaitIdle();
+  impl_->saver.WaitIdle();
+}
+
+}  // namespace kvault::engine

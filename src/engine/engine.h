@@ -1,0 +1,94 @@
+// Engine: requests in, tokens out, over a LlamaModel, a paged KV pool and (optionally) a
+// kvault::Store — CachedAttention: reuse the stored KV of a request's longest cached prefix,
+// loaded layer by layer while the new tokens compute, and save the new KV asynchronously,
+// layer by layer, as it is produced.
+//
+// Thread-safety: Submit/LookAhead/Stats may be called from any thread; Step/RunUntilIdle
+// and Generate from one thread at a time (the engine loop).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "engine/model.h"
+#include "kvault/store.h"
+
+namespace kvault::engine {
+
+struct EngineOptions {
+  int64_t max_context = 4096;       // context window; longer prompts are truncated
+  int64_t keep_head_tokens = 0;     // kept at the front on overflow (rounded up to a chunk)
+  int64_t chunk_tokens = 256;       // store chunk = KV page size
+  int64_t kv_pool_tokens = 1 << 16; // KV pool capacity
+  int64_t max_batch = 16;           // decode batch (continuous batching)
+  Store* store = nullptr;           // nullptr: store off, every prefill is a full recompute
+  std::string tenant = "default";
+  bool save_prompt = true;          // save the prompt's new KV
+  bool save_generated = true;       // also save generated tokens' KV
+  bool load = true;                 // reuse cached KV (false: save only)
+};
+
+struct SamplingParams {
+  int64_t max_new_tokens = 16;
+  float temperature = 0.0f;  // 0: greedy
+  float top_p = 1.0f;
+  uint64_t seed = 0;
+  std::vector<uint32_t> stop_tokens;
+  bool return_prompt_logits = false;  // RequestResult::prompt_logits of the computed positions
+};
+
+struct RequestResult {
+  uint64_t id = 0;
+  std::vector<uint32_t> output_tokens;
+  Status status;
+  double ttft_ms = 0, total_ms = 0;
+  double load_wait_ms = 0;       // time the compute waited for cached KV to land
+  int64_t prompt_tokens = 0;     // after truncation
+  int64_t hit_tokens = 0;        // cached prefix reused (loaded, not recomputed)
+  int64_t hit_tokens_t1 = 0, hit_tokens_t2 = 0;
+  int64_t computed_tokens = 0;   // prefilled
+  int64_t dropped_tokens = 0;    // removed by context overflow
+  Tier tier = Tier::kNone;       // the slowest tier that served the prefix
+  torch::Tensor prompt_logits;   // [computed_tokens, vocab] fp32 when asked, else [1, vocab]
+};
+
+class Engine {
+ public:
+  Engine(std::shared_ptr<const LlamaModel> model, EngineOptions options);
+  ~Engine();  // waits for pending saves
+
+  // Queues a request; `done` runs on the engine loop's thread when it finishes.
+  uint64_t Submit(std::vector<uint32_t> prompt, SamplingParams params,
+                  std::function<void(RequestResult)> done = nullptr);
+  // One scheduler iteration: admit and prefill queued requests, one decode step for all
+  // running ones. Returns false when there is nothing to do.
+  bool Step();
+  void RunUntilIdle();
+  // Submit + RunUntilIdle for one request.
+  RequestResult Generate(std::vector<uint32_t> prompt, SamplingParams params);
+
+  // The next `n` queued requests' prompts, in order (for scheduler-aware prefetch).
+  std::vector<std::vector<uint32_t>> LookAhead(size_t n) const;
+  // Waits until every asynchronous save has reached the store.
+  void WaitForSaves();
+
+  const Namespace& ns() const { return ns_; }
+  const EngineOptions& options() const { return options_; }
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  Namespace ns_;
+  EngineOptions options_;
+};
+
+// The KV layout the engine stores for `config` (pre-RoPE K).
+KvLayout LayoutFor(const ModelConfig& config, torch::ScalarType dtype, int64_t chunk_tokens);
+
+}  // namespace kvault::engine

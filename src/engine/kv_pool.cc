@@ -1,0 +1,75 @@
+#include "engine/kv_pool.h"
+
+namespace kvault::engine {
+
+KvPool::KvPool(const ModelConfig& config, torch::ScalarType dtype, torch::Device device, int64_t page_tokens,
+               int64_t num_pages)
+    : page_tokens_(page_tokens), num_pages_(num_pages) {
+  auto opts = torch::TensorOptions().dtype(dtype).device(device);
+  for (int64_t l = 0; l < config.num_layers; ++l) {
+    k_.push_back(torch::zeros({num_pages, page_tokens, config.num_kv_heads, config.head_dim}, opts));
+    v_.push_back(torch::zeros({num_pages, page_tokens, config.num_kv_heads, config.head_dim}, opts));
+  }
+  token_bytes_ = static_cast<size_t>(config.num_kv_heads * config.head_dim) * torch::elementSize(dtype);
+  for (int64_t p = num_pages - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));
+}
+
+std::byte* KvPool::KPage(int64_t layer, int32_t page) const {
+  return static_cast<std::byte*>(k_[layer].data_ptr()) + static_cast<size_t>(page) * page_tokens_ * token_bytes_;
+}
+std::byte* KvPool::VPage(int64_t layer, int32_t page) const {
+  return static_cast<std::byte*>(v_[layer].data_ptr()) + static_cast<size_t>(page) * page_tokens_ * token_bytes_;
+}
+
+std::optional<std::vector<int32_t>> KvPool::Allocate(int64_t pages) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (pages > static_cast<int64_t>(free_.size())) return std::nullopt;
+  std::vector<int32_t> out(free_.end() - pages, free_.end());
+  free_.resize(free_.size() - pages);
+  std::reverse(out.begin(), out.end());
+  return out;
+}
+
+void KvPool::Free(const std::vector<int32_t>& pages) {
+  std::lock_guard<std::mutex> lock(mu_);
+  free_.insert(free_.end(), pages.rbegin(), pages.rend());
+}
+
+int64_t KvPool::free_pages() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int64_t>(free_.size());
+}
+
+int64_t SequenceKv::capacity() const {
+  return static_cast<int64_t>(lease_->pages().size()) * lease_->pool()->page_tokens();
+}
+
+void SequenceKv::Append(int64_t layer, int64_t start, const torch::Tensor& k, const torch::Tensor& v) {
+  KvPool* pool = lease_->pool();
+  const int64_t pt = pool->page_tokens();
+  const auto& pages = lease_->pages();
+  const int64_t t = k.size(0);
+  for (int64_t i = 0; i < t;) {
+    const int64_t pos = start + i;
+    const int64_t page = pages[pos / pt], off = pos % pt;
+    const int64_t n = std::min(t - i, pt - off);
+    pool->k(layer)[page].narrow(0, off, n).copy_(k.narrow(0, i, n));
+    pool->v(layer)[page].narrow(0, off, n).copy_(v.narrow(0, i, n));
+    i += n;
+  }
+}
+
+std::pair<torch::Tensor, torch::Tensor> SequenceKv::Gather(int64_t layer, int64_t end) {
+  KvPool* pool = lease_->pool();
+  const int64_t pt = pool->page_tokens();
+  const int64_t n_pages = (end + pt - 1) / pt;
+  const auto& pages = lease_->pages();
+  auto idx = torch::tensor(std::vector<int64_t>(pages.begin(), pages.begin() + n_pages),
+                           torch::TensorOptions().dtype(torch::kInt64)).to(pool->k(layer).device());
+  const auto& k = pool->k(layer);
+  auto keys = k.index_select(0, idx).view({n_pages * pt, k.size(2), k.size(3)}).narrow(0, 0, end);
+  auto values = pool->v(layer).index_select(0, idx).view({n_pages * pt, k.size(2), k.size(3)}).narrow(0, 0, end);
+  return {keys, values};
+}
+
+}  // namespace kvault::engine

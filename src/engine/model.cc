@@ -1,0 +1,180 @@
+#include "engine/model.h"
+
+#include <torch/version.h>
+
+#include <cmath>
+
+namespace kvault::engine {
+namespace {
+
+torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b = {}) {
+  return b.defined() ? torch::nn::functional::linear(x, w, b) : torch::nn::functional::linear(x, w);
+}
+
+// Per-layer KV of one sequence in plain growing tensors: ForwardNoCache's cache.
+class ContiguousKv final : public KvAccess {
+ public:
+  explicit ContiguousKv(int64_t layers) : k_(layers), v_(layers) {}
+  void Append(int64_t layer, int64_t start, const torch::Tensor& k, const torch::Tensor& v) override {
+    k_[layer] = k_[layer].defined() ? torch::cat({k_[layer].narrow(0, 0, start), k}) : k;
+    v_[layer] = v_[layer].defined() ? torch::cat({v_[layer].narrow(0, 0, start), v}) : v;
+  }
+  std::pair<torch::Tensor, torch::Tensor> Gather(int64_t layer, int64_t end) override {
+    return {k_[layer].narrow(0, 0, end), v_[layer].narrow(0, 0, end)};
+  }
+
+ private:
+  std::vector<torch::Tensor> k_, v_;
+};
+
+// Hugging Face's inverse frequencies, in float32 as transformers computes them, with
+// "linear" or "llama3" scaling applied.
+torch::Tensor InverseFrequencies(const ModelConfig& c) {
+  const int64_t d = c.head_dim;
+  auto exponents = torch::arange(0, d, 2, torch::kInt64).to(torch::kFloat32) / static_cast<float>(d);
+  auto inv = 1.0 / torch::pow(torch::tensor(static_cast<float>(c.rope_theta)), exponents);
+  const RopeScaling& s = c.rope_scaling;
+  if (s.type == "linear") return inv / s.factor;
+  if (s.type != "llama3") return inv;
+  const double old_len = static_cast<double>(s.original_max_position_embeddings);
+  const double low_wavelen = old_len / s.low_freq_factor;
+  const double high_wavelen = old_len / s.high_freq_factor;
+  auto wavelen = 2 * M_PI / inv;
+  auto scaled = torch::where(wavelen > low_wavelen, inv / s.factor, inv);
+  auto smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+  auto smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled;
+  auto medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen);
+  return torch::where(medium, smoothed, scaled);
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights, torch::Device device)
+    : config_(std::move(config)), weights_(std::move(weights)), device_(device) {
+  inv_freq_ = InverseFrequencies(config_).to(torch::kFloat32).to(device_);
+}
+
+torch::Tensor LlamaModel::RmsNorm(const torch::Tensor& x, const torch::Tensor& w) const {
+  auto xf = x.to(torch::kFloat32);
+  auto var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  return w * (xf * torch::rsqrt(var + config_.rms_norm_eps)).to(x.scalar_type());
+}
+
+LlamaModel::RopeTables LlamaModel::Rope(const torch::Tensor& positions) const {
+  auto freqs = positions.to(torch::kFloat32).unsqueeze(1) * inv_freq_.unsqueeze(0);  // [T, D/2]
+  auto emb = torch::cat({freqs, freqs}, -1);                                          // [T, D]
+  return {emb.cos().to(dtype()).unsqueeze(1), emb.sin().to(dtype()).unsqueeze(1)};
+}
+
+torch::Tensor LlamaModel::Rotate(const torch::Tensor& x, const RopeTables& r) const {
+  const int64_t half = config_.head_dim / 2;
+  auto rotated = torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  return x * r.cos + rotated * r.sin;
+}
+
+torch::Tensor LlamaModel::ApplyRope(const torch::Tensor& x, const torch::Tensor& positions) const {
+  torch::NoGradGuard no_grad;
+  return Rotate(x, Rope(positions.to(device_)));
+}
+
+torch::Tensor LlamaModel::Attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                    int64_t start) const {
+  const int64_t t = q.size(0), n = k.size(0), heads = q.size(1), d = q.size(2);
+  const int64_t rep = heads / k.size(1);
+  auto kk = rep == 1 ? k : k.repeat_interleave(rep, 1);
+  auto vv = rep == 1 ? v : v.repeat_interleave(rep, 1);
+  auto qh = q.transpose(0, 1);   // [H, T, D]
+  auto kh = kk.transpose(0, 1);  // [H, N, D]
+  auto vh = vv.transpose(0, 1);
+  // Query t (at position start + t) sees keys at positions <= start + t (and, with a sliding
+  // window, > start + t - window).
+  torch::Tensor allowed;
+  const bool windowed = config_.sliding_window && n > *config_.sliding_window;
+  if (t > 1 || windowed) {
+    auto qpos = torch::arange(start, start + t, torch::TensorOptions().dtype(torch::kInt64).device(q.device())).unsqueeze(1);
+    auto kpos = torch::arange(0, n, torch::TensorOptions().dtype(torch::kInt64).device(q.device())).unsqueeze(0);
+    allowed = kpos <= qpos;
+    if (windowed) allowed = allowed & (kpos > qpos - *config_.sliding_window);
+  }
+  torch::Tensor out;
+#if TORCH_VERSION_MAJOR >= 2
+  out = allowed.defined() ? at::scaled_dot_product_attention(qh, kh, vh, allowed)
+                          : at::scaled_dot_product_attention(qh, kh, vh);
+#else
+  auto scores = torch::matmul(qh, kh.transpose(1, 2)).to(torch::kFloat32) / std::sqrt(static_cast<double>(d));
+  if (allowed.defined()) scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+  auto probs = torch::softmax(scores, -1).to(vh.scalar_type());
+  out = torch::matmul(probs, vh);
+#endif
+  return out.transpose(0, 1).reshape({t, heads * d});
+}
+
+torch::Tensor LlamaModel::Mlp(const LayerWeights& w, const torch::Tensor& x) const {
+  return Linear(torch::silu(Linear(x, w.gate_proj)) * Linear(x, w.up_proj), w.down_proj);
+}
+
+torch::Tensor LlamaModel::Forward(const torch::Tensor& tokens, int64_t start, KvAccess& kv, bool all_logits) const {
+  torch::NoGradGuard no_grad;
+  const int64_t t = tokens.size(0);
+  const int64_t heads = config_.num_heads, kv_heads = config_.num_kv_heads, d = config_.head_dim;
+  auto ids = tokens.to(device_, torch::kInt64);
+  auto h = weights_.embed.index_select(0, ids);  // [T, hidden]
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(device_);
+  // Keys are stored before RoPE; both sides are rotated here, at this sequence's positions.
+  const RopeTables q_rope = Rope(torch::arange(start, start + t, i64));
+  const RopeTables k_rope = Rope(torch::arange(0, start + t, i64));
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    const LayerWeights& w = weights_.layers[l];
+    kv.BeforeLayer(l);
+    auto x = RmsNorm(h, w.input_norm);
+    auto q = Linear(x, w.q_proj, w.q_bias).view({t, heads, d});
+    auto k = Linear(x, w.k_proj, w.k_bias).view({t, kv_heads, d});
+    auto v = Linear(x, w.v_proj, w.v_bias).view({t, kv_heads, d});
+    kv.Append(l, start, k, v);
+    kv.AfterLayer(l);
+    auto [keys, values] = kv.Gather(l, start + t);
+    auto a = Attention(Rotate(q, q_rope), Rotate(keys, k_rope), values, start);
+    h = h + Linear(a, w.o_proj);
+    h = h + Mlp(w, RmsNorm(h, w.post_norm));
+  }
+  if (!all_logits) h = h.narrow(0, t - 1, 1);
+  return Linear(RmsNorm(h, weights_.final_norm), weights_.lm_head).to(torch::kFloat32);
+}
+
+torch::Tensor LlamaModel::DecodeBatch(const torch::Tensor& tokens, const std::vector<int64_t>& starts,
+                                      const std::vector<KvAccess*>& kv) const {
+  torch::NoGradGuard no_grad;
+  const int64_t b = tokens.size(0);
+  const int64_t heads = config_.num_heads, kv_heads = config_.num_kv_heads, d = config_.head_dim;
+  auto ids = tokens.to(device_, torch::kInt64);
+  auto h = weights_.embed.index_select(0, ids);  // [B, hidden]
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(device_);
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    const LayerWeights& w = weights_.layers[l];
+    auto x = RmsNorm(h, w.input_norm);
+    auto q = Linear(x, w.q_proj, w.q_bias).view({b, heads, d});
+    auto k = Linear(x, w.k_proj, w.k_bias).view({b, kv_heads, d});
+    auto v = Linear(x, w.v_proj, w.v_bias).view({b, kv_heads, d});
+    std::vector<torch::Tensor> outs;
+    outs.reserve(b);
+    for (int64_t i = 0; i < b; ++i) {
+      const int64_t pos = starts[i];
+      kv[i]->BeforeLayer(l);
+      kv[i]->Append(l, pos, k.narrow(0, i, 1), v.narrow(0, i, 1));
+      kv[i]->AfterLayer(l);
+      auto [keys, values] = kv[i]->Gather(l, pos + 1);
+      auto qi = ApplyRope(q.narrow(0, i, 1), torch::arange(pos, pos + 1, i64));
+      outs.push_back(Attention(qi, ApplyRope(keys, torch::arange(0, pos + 1, i64)), values, pos));
+    }
+    h = h + Linear(torch::cat(outs), w.o_proj);
+    h = h + Mlp(w, RmsNorm(h, w.post_norm));
+  }
+  return Linear(RmsNorm(h, weights_.final_norm), weights_.lm_head).to(torch::kFloat32);
+}
+
+torch::Tensor LlamaModel::ForwardNoCache(const torch::Tensor& tokens) const {
+  ContiguousKv kv(config_.num_layers);
+  return Forward(tokens, 0, kv, /*all_logits=*/true);
+}
+
+}  // namespace kvault::engine
