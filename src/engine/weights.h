@@ -1,0 +1,48 @@
+// Model weights: loaded from .safetensors (single file or sharded with
+// model.safetensors.index.json) or initialised deterministically from a seed.
+// Tensor names follow Hugging Face's Llama/Qwen2/Mistral checkpoints.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+#include <vector>
+
+#include "engine/model_config.h"
+#include "kvault/key.h"
+#include "kvault/status.h"
+
+namespace kvault::engine {
+
+struct LayerWeights {
+  torch::Tensor input_norm;            // [hidden]
+  torch::Tensor q_proj, k_proj, v_proj, o_proj;  // [out, in] (nn.Linear layout)
+  torch::Tensor q_bias, k_bias, v_bias;          // undefined unless attention_bias
+  torch::Tensor post_norm;             // [hidden]
+  torch::Tensor gate_proj, up_proj, down_proj;   // [out, in]
+};
+
+struct ModelWeights {
+  torch::Tensor embed;       // [vocab, hidden]
+  std::vector<LayerWeights> layers;
+  torch::Tensor final_norm;  // [hidden]
+  torch::Tensor lm_head;     // [vocab, hidden]; the same tensor as embed when tied
+  // SHA-256 over the canonical config, every tensor's name and shape, and a digest of every
+  // weight byte: equal for equal weights, wherever they were loaded from (DESIGN.md §2).
+  Digest fingerprint;
+};
+
+// Loads every tensor of `dir` (model.safetensors, or the shards listed in
+// model.safetensors.index.json), converted to `dtype`. Missing or misshapen tensors are an
+// InvalidArgument naming the tensor.
+Result<ModelWeights> LoadWeights(const ModelConfig& config, const std::string& dir, torch::ScalarType dtype);
+
+// Deterministic random weights (same seed, same weights on every machine), scaled so that
+// activations stay in range: for tests, benchmarks and the demo.
+ModelWeights RandomWeights(const ModelConfig& config, uint64_t seed, torch::ScalarType dtype);
+
+// Writes `weights` as a single model.safetensors (+ config.json) into `dir` with Hugging
+// Face's names: used by tests and `kvault demo --save-model`.
+Status SaveWeights(const ModelConfig& config, const ModelWeights& weights, const std::string& dir);
+
+}  // namespace kvault::engine
