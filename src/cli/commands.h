@@ -8,6 +8,7 @@ namespace kvault::cli {
 
 void AddBenchCommand(CLI::App& app);    // kvault bench store
 void AddInspectCommand(CLI::App& app);  // kvault inspect DIR
+void AddDemoCommand(CLI::App& app);     // kvault demo
 int ExitCode();
 void SetExitCode(int code);
 

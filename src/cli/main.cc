@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("kvault ") + KVAULT_VERSION);
   kvault::cli::AddBenchCommand(app);
   kvault::cli::AddInspectCommand(app);
+  kvault::cli::AddDemoCommand(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,95 @@
+// kvault demo: replays multi-turn conversations with the store off and on (engine/demo.h).
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "engine/demo.h"
+
+namespace kvault::cli {
+
+void AddDemoCommand(CLI::App& app) {
+  auto opt = std::make_shared<engine::DemoOptions>();
+  auto user_tokens = std::make_shared<std::vector<int>>();
+  CLI::App* cmd = app.add_subcommand(
+      "demo",
+      "The main job: replay multi-turn conversations through the engine with the store off (full recompute) and "
+      "on (DRAM + SSD), and compare time to first token turn by turn");
+  cmd->description(
+      "Replays several multi-turn conversations through the LibTorch engine twice: once with the store off (every "
+      "turn prefills its whole history again) and once with a kvault store on (DRAM tier + SSD tier under "
+      "--data-dir), where a returning conversation reloads its cached KV and prefills only its new tokens. The "
+      "sessions share one system prompt; each turn adds a user message of pseudo-random tokens (deterministic) and "
+      "the model's greedy answer; turns of different sessions interleave (turn 1 of every session, then turn "
+      "2, ...). Run 1's answers are replayed in run 2, so both runs see identical prompts. With no arguments it uses "
+      "a small random-weight Llama-shaped model and finishes in about two minutes on 2 CPU cores.");
+
+  // Model.
+  cmd->add_option("--model", opt->model_dir,
+                  "Hugging Face model directory (config.json + *.safetensors) instead of the built-in tiny model");
+  cmd->add_option("--save-model", opt->save_model_dir,
+                  "Also write the model used (config.json + model.safetensors) to this directory");
+  cmd->add_option("--seed", opt->seed, "Seed of the tiny model's random weights and of the conversations' tokens")
+      ->capture_default_str();
+  cmd->add_option("--dtype", opt->dtype, "Weights and KV dtype: fp32 or bf16")->capture_default_str();
+  cmd->add_option("--device", opt->device, "cpu or cuda")->capture_default_str();
+  cmd->add_option("--threads", opt->threads, "LibTorch intra-op threads (torch::set_num_threads); 0: every core but one, left to the engine's loader/saver and the store's write-behind")
+      ->capture_default_str();
+
+  // Conversations.
+  cmd->add_option("--sessions", opt->sessions, "Conversations (sessions)")->capture_default_str();
+  cmd->add_option("--turns", opt->turns, "Turns per conversation")->capture_default_str();
+  cmd->add_option("--system-tokens", opt->system_tokens, "Tokens of the system prompt shared by every session")
+      ->capture_default_str();
+  cmd->add_option("--user-tokens", *user_tokens, "MIN,MAX tokens of each user message (default 300,500)")
+      ->delimiter(',')
+      ->expected(2);
+  cmd->add_option("--max-new-tokens", opt->max_new_tokens, "Tokens the model answers per turn (greedy)")
+      ->capture_default_str();
+  cmd->add_option("--chunk-tokens", opt->chunk_tokens, "Store chunk size = KV page size, in tokens")
+      ->capture_default_str();
+
+  // Store.
+  cmd->add_option("--data-dir", opt->data_dir,
+                  "Directory of the SSD tier; its segment files are removed first unless --keep-data")
+      ->capture_default_str();
+  cmd->add_flag("--keep-data", opt->keep_data, "Keep what --data-dir already holds (reuse a previous run's cache)");
+  cmd->add_option("--dram-mib", opt->dram_mib,
+                  "DRAM tier cap in MiB. Default (0): about 1.5 sessions of final history, computed from the "
+                  "model's KV bytes per token, so older sessions' chunks are demoted to SSD and some turns are "
+                  "served from T2");
+  cmd->add_flag("--evict-dram", opt->evict_dram,
+                "DRAM cap just above one request, so every returning session is served from SSD (T2)");
+  cmd->add_option("--ssd-mib", opt->ssd_mib, "SSD tier cap in MiB (0: no SSD tier)")->capture_default_str();
+
+  // Output.
+  cmd->add_option("--chart", opt->chart_path, "SVG chart of TTFT per turn ('-': none)")->capture_default_str();
+  cmd->add_flag("--json", opt->json, "Print one JSON object on stdout instead of the table");
+  cmd->add_flag("-q,--quiet", opt->quiet, "No progress lines on stderr");
+  cmd->add_option("--max-logit-diff", opt->max_logit_diff,
+                  "Fail (exit 1) when cached logits differ from recompute by more than this (default 1e-3 fp32, 0.25 bf16)");
+
+  cmd->footer(
+      "Output: progress on stderr; on stdout a table per turn (history tokens, new tokens, prompt tokens, TTFT of "
+      "recompute and cached in ms, their ratio, reused tokens and from which tier: t1 = DRAM, t2 = SSD, "
+      "prefilled tokens, max |logit diff| of the last prompt position, whether the first generated token matches), "
+      "then a summary: last_turn_ttft_ratio (cached / recompute on each session's last turn, averaged), max logit "
+      "diff, hits per tier and the store's counters.\n"
+      "--json prints one object: turns[] with session, turn, history_tokens, new_tokens, prompt_tokens, "
+      "ttft_recompute_ms, ttft_cached_ms, ttft_ratio, hit_tokens, hit_tokens_t1, hit_tokens_t2, tier "
+      "(t1|t2|none), computed_tokens, dropped_tokens, load_wait_ms, max_abs_logit_diff, first_token_equal, "
+      "answer_equal; and model, settings, max_abs_logit_diff, logit_tolerance, last_turn_ttft_ratio, "
+      "first_token_equal_turns, store (StoreStats), runtime_s, chart.\n"
+      "Exit status: 0 ok; 1 a failure (model, store, engine, chart, or cached logits beyond the tolerance); 2 bad "
+      "options.");
+
+  cmd->callback([opt, user_tokens] {
+    if (!user_tokens->empty()) {
+      opt->user_min_tokens = (*user_tokens)[0];
+      opt->user_max_tokens = (*user_tokens)[1];
+    }
+    SetExitCode(engine::DemoMain(*opt));
+  });
+}
+
+}  // namespace kvault::cli

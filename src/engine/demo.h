@@ -1,0 +1,110 @@
+// `kvault demo`: the project's main job. It replays a few multi-turn conversations through
+// the engine twice — once with the store off (every turn recomputes its whole prompt) and
+// once with the store on (DRAM + SSD: a returning conversation prefills only its new
+// tokens) — and reports, per turn, time to first token (TTFT) of both, the cached prefix
+// and the tier that served it, and how far the cached run's logits are from recompute.
+//
+// The conversations: `sessions` sessions share one system prompt; each has `turns` turns,
+// a user message of pseudo-random token ids (deterministic from the seed, session and turn)
+// followed by the model's greedy answer. Turns of different sessions interleave (turn 1 of
+// every session, then turn 2, ...). The answers are generated in the first run and replayed
+// verbatim in the second, so both runs see exactly the same prompts.
+//
+// This header does not include LibTorch, so the CLI compiles without it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kvault/status.h"
+
+namespace kvault::engine {
+
+struct DemoOptions {
+  // Model: empty model_dir = ModelConfig::DemoTiny() with RandomWeights(seed).
+  std::string model_dir;
+  std::string save_model_dir;  // also write the model used there (config.json + safetensors)
+  uint64_t seed = 0;           // weights (tiny model) and conversation tokens
+  std::string dtype = "fp32";  // fp32 | bf16
+  std::string device = "cpu";  // cpu | cuda
+  int threads = 0;             // torch::set_num_threads; 0: every core but one
+
+  // Conversations.
+  int sessions = 3;
+  int turns = 6;
+  int system_tokens = 300;
+  int user_min_tokens = 300, user_max_tokens = 500;
+  int max_new_tokens = 16;
+  int64_t chunk_tokens = 256;
+
+  // Store.
+  std::string data_dir = "./kvault-data/demo";
+  bool keep_data = false;  // false: remove the store's files under data_dir first
+  double dram_mib = 0;     // 0: automatic (about 1.5 sessions of final history)
+  bool evict_dram = false; // DRAM cap just above one request: returning sessions come from SSD
+  double ssd_mib = 2048;
+
+  // Output.
+  std::string chart_path = "kvault-demo.svg";  // "" or "-": no chart
+  bool json = false;
+  bool quiet = false;              // no progress on stderr
+  double max_logit_diff = -1;      // fail above this; < 0: 1e-3 for fp32, 0.25 for bf16
+};
+
+struct DemoTurn {
+  int session = 0;  // 1-based
+  int turn = 0;     // 1-based
+  int64_t history_tokens = 0;  // conversation so far: system prompt + earlier turns
+  int64_t new_tokens = 0;      // this turn's user message
+  int64_t prompt_tokens = 0;   // what the engine prefilled or reused (after truncation)
+  double ttft_recompute_ms = 0, ttft_cached_ms = 0;
+  int64_t hit_tokens = 0, hit_tokens_t1 = 0, hit_tokens_t2 = 0;
+  int64_t computed_tokens = 0;       // prefilled in the cached run
+  int64_t dropped_tokens = 0;        // context overflow (cached run)
+  double load_wait_ms = 0;           // cached run: compute waiting for KV to land
+  std::string tier = "none";         // "t1", "t2" or "none": the slowest tier that served
+  double max_abs_logit_diff = 0;     // last prompt position, cached vs recompute
+  bool first_token_equal = true;     // cached run's first generated token == recompute's
+  bool answer_equal = true;          // every generated token equal
+  double ratio() const { return ttft_recompute_ms > 0 ? ttft_cached_ms / ttft_recompute_ms : 0; }
+};
+
+struct DemoReport {
+  std::string model_description;
+  std::string model_config_json;  // ModelConfig::ToJson()
+  std::string model_source;       // "DemoTiny random weights, seed 0" or the directory
+  std::string dtype, device;
+  int64_t params = 0;
+  int64_t kv_bytes_per_token = 0;
+  int threads = 0;
+
+  DemoOptions options;
+  uint64_t dram_bytes = 0, ssd_bytes = 0;
+  std::string dram_reason;  // how the DRAM cap was chosen
+
+  std::vector<DemoTurn> turns;  // in replay order (round by round)
+  double max_abs_logit_diff = 0;
+  double last_turn_ttft_ratio = 0;  // mean over sessions of cached / recompute on the last turn
+  double logit_tolerance = 0;
+  std::string store_stats_json;     // StoreStats::ToJson() after the cached run
+  double run_recompute_s = 0, run_cached_s = 0, total_s = 0;
+  std::string chart_path;           // where the chart went ("" if none)
+};
+
+// Runs both replays. Progress goes to stderr unless options.quiet. Errors (bad options, a
+// model that does not load, a store that does not open, a failed request) are a Status.
+Result<DemoReport> RunDemo(const DemoOptions& options);
+
+// The per-turn table and the summary, for people.
+std::string DemoTable(const DemoReport& report);
+// One JSON object (see `kvault demo --help`).
+std::string DemoJson(const DemoReport& report);
+// The chart: TTFT of recompute vs cached per turn, grouped by session.
+std::string DemoChartSvg(const DemoReport& report);
+
+// The whole command: RunDemo, the chart, then the table or JSON on stdout. Returns the exit
+// code: 0, 1 on a failure (message on stderr), 2 on bad options.
+int DemoMain(const DemoOptions& options);
+
+}  // namespace kvault::engine
