@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake pkg-config git
   liburing-dev libssl-dev libxxhash-dev nlohmann-json3-dev libcli11-dev libtomlplusplus-dev
-  libgtest-dev
+  libgtest-dev libtorch-dev libopenblas0-pthread
 )
 
 missing=()
