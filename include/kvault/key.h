@@ -69,6 +69,10 @@ struct ChunkSpan {
 // partial chunk is included when `include_partial` is true.
 std::vector<ChunkSpan> ChunkKeys(const Namespace& ns, std::span<const uint32_t> tokens,
                                  bool include_partial = true);
+// The same for a stream that continues the chain after `parent` (begins are relative to
+// `tokens`): ChunkKeys(ns, t) == ChunkKeysFrom(ns, ns.id(), t).
+std::vector<ChunkSpan> ChunkKeysFrom(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens,
+                                     bool include_partial = true);
 
 struct DigestHash {
   size_t operator()(const Digest& d) const {

@@ -109,6 +109,10 @@ class Store {
   // Longest cached prefix of `tokens`: whole chunks until the first miss, then the longest
   // stored partial chunk that matches. Never touches the disk.
   LookupResult Lookup(const Namespace& ns, std::span<const uint32_t> tokens);
+  // The same for tokens that continue the chain after chunk `parent` (chunk begins are
+  // relative to `tokens`). Lets an engine that dropped the middle of a long conversation
+  // find the cached chunks after the gap by their original keys.
+  LookupResult LookupFrom(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens);
 
   // Starts a put of the chunk with `tokens` that follows `parent` (ns.id() for the first).
   // Allocates the T1 slot, evicting by policy; never waits for the disk. If the chunk is

@@ -140,6 +140,7 @@ struct Engine::Impl {
              std::max<int64_t>(1, o.kv_pool_tokens / o.chunk_tokens)) {}
 
   Status Prefill(Sequence& s);
+  std::vector<CachedChunk> CachedPages(const Sequence& s, int64_t dropped);
   void DecodeStep();
   void Finish(Sequence& s);
   uint32_t Sample(Sequence& s, const torch::Tensor& logits);
@@ -186,25 +187,27 @@ Status Engine::Impl::Prefill(Sequence& s) {
   // The longest cached prefix, in new positions: page j holds original chunk OrigChunk(j).
   int64_t cached = 0;
   auto readers = std::make_shared<std::vector<std::pair<ChunkReader, int32_t>>>();
+  std::vector<std::pair<Tier, int64_t>> served;  // tier and tokens of each loaded chunk
   if (opt.store != nullptr && opt.load) {
-    LookupResult hit = opt.store->Lookup(ns, s.orig);
-    for (int64_t j = 0;; ++j) {
-      const int64_t oc = s.OrigChunk(j);
-      if (oc >= static_cast<int64_t>(hit.chunks.size()) || j * c >= m) break;
-      const CachedChunk& ch = hit.chunks[oc];
+    const std::vector<CachedChunk> page_chunks = CachedPages(s, dropped);
+    for (size_t j = 0; j < page_chunks.size() && static_cast<int64_t>(j) * c < m; ++j) {
+      const CachedChunk& ch = page_chunks[j];
       auto r = opt.store->OpenChunk(ns, ch.key);
       if (!r.ok()) break;  // gone or unreadable since the lookup: recompute from here
-      const int64_t t = std::min<int64_t>(ch.tokens, m - j * c);
-      (r->served_from() == Tier::kDisk ? s.result.hit_tokens_t2 : s.result.hit_tokens_t1) += t;
-      if (r->served_from() == Tier::kDisk) s.result.tier = Tier::kDisk;
-      else if (s.result.tier == Tier::kNone) s.result.tier = Tier::kHost;
+      const int64_t t = std::min<int64_t>(ch.tokens, m - static_cast<int64_t>(j) * c);
+      served.emplace_back(r->served_from(), t);
       readers->emplace_back(std::move(r.value()), s.kv->lease()->pages()[j]);
-      cached = j * c + t;
+      cached = static_cast<int64_t>(j) * c + t;
       if (ch.tokens < c) break;
     }
   }
   // The last prompt token is always computed: its logits give the first output token.
   const int64_t start = std::min(cached, m - 1);
+  if (start < cached) served.back().second -= cached - start;
+  for (const auto& [tier, t] : served) {
+    (tier == Tier::kDisk ? s.result.hit_tokens_t2 : s.result.hit_tokens_t1) += t;
+    if (tier == Tier::kDisk || s.result.tier == Tier::kNone) s.result.tier = tier;
+  }
   s.result.hit_tokens = start;
 
   // Loader: copy each cached chunk's layer straight from the store into its page.
@@ -273,6 +276,23 @@ Status Engine::Impl::Prefill(Sequence& s) {
   s.stopped = std::find(stop.begin(), stop.end(), s.next_token) != stop.end() ||
               static_cast<int64_t>(s.result.output_tokens.size()) >= s.params.max_new_tokens;
   return Status::OK();
+}
+
+// The cached chunks for pages 0, 1, ... (new positions), by their original keys. After a
+// context overflow the head and the kept tail are looked up separately, the tail by its
+// chain from the last dropped chunk, so chunks in the dropped gap need not be cached.
+std::vector<CachedChunk> Engine::Impl::CachedPages(const Sequence& s, int64_t dropped) {
+  const int64_t c = opt.chunk_tokens;
+  const std::span<const uint32_t> orig(s.orig);
+  if (dropped == 0) return opt.store->Lookup(ns, orig).chunks;
+  const int64_t head = s.head_chunks * c, tail = head + dropped;
+  std::vector<CachedChunk> pages;
+  if (head > 0) pages = opt.store->Lookup(ns, orig.first(head)).chunks;
+  if (static_cast<int64_t>(pages.size()) != s.head_chunks) return pages;  // the head is not all cached
+  const ChunkKey parent = ChunkKeys(ns, orig.first(tail), /*include_partial=*/false).back().key;
+  auto rest = opt.store->LookupFrom(ns, parent, orig.subspan(tail)).chunks;
+  pages.insert(pages.end(), rest.begin(), rest.end());
+  return pages;
 }
 
 void Engine::Impl::ScheduleSave(Sequence& s, int64_t from, int64_t to, std::shared_ptr<LayerProgress> computed) {

@@ -101,10 +101,23 @@ torch::Tensor LlamaModel::Attention(const torch::Tensor& q, const torch::Tensor&
   out = allowed.defined() ? at::scaled_dot_product_attention(qh, kh, vh, allowed)
                           : at::scaled_dot_product_attention(qh, kh, vh);
 #else
-  auto scores = torch::matmul(qh, kh.transpose(1, 2)).to(torch::kFloat32) / std::sqrt(static_cast<double>(d));
-  if (allowed.defined()) scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
-  auto probs = torch::softmax(scores, -1).to(vh.scalar_type());
-  out = torch::matmul(probs, vh);
+  // No fused attention in LibTorch 1.x: blocks of queries, each against only the keys it may
+  // see, so the fp32 score matrix stays small (heads x 256 x keys) instead of heads x T x N.
+  constexpr int64_t kBlock = 256;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  std::vector<torch::Tensor> blocks;
+  for (int64_t b0 = 0; b0 < t; b0 += kBlock) {
+    const int64_t rows = std::min(kBlock, t - b0);
+    const int64_t keys = std::min(n, start + b0 + rows);  // causal: later keys are masked anyway
+    auto scores = torch::matmul(qh.narrow(1, b0, rows), kh.narrow(1, 0, keys).transpose(1, 2)).to(torch::kFloat32);
+    scores.mul_(scale);
+    if (allowed.defined()) {
+      scores.masked_fill_(allowed.narrow(0, b0, rows).narrow(1, 0, keys).logical_not(),
+                          -std::numeric_limits<float>::infinity());
+    }
+    blocks.push_back(torch::matmul(torch::softmax(scores, -1).to(vh.scalar_type()), vh.narrow(1, 0, keys)));
+  }
+  out = blocks.size() == 1 ? blocks[0] : torch::cat(blocks, 1);
 #endif
   return out.transpose(0, 1).reshape({t, heads * d});
 }

@@ -93,10 +93,15 @@ ChunkKey ChainKey(const Namespace& ns, const ChunkKey& parent, std::span<const u
 }
 
 std::vector<ChunkSpan> ChunkKeys(const Namespace& ns, std::span<const uint32_t> tokens, bool include_partial) {
+  return ChunkKeysFrom(ns, ns.id(), tokens, include_partial);
+}
+
+std::vector<ChunkSpan> ChunkKeysFrom(const Namespace& ns, const ChunkKey& first_parent, std::span<const uint32_t> tokens,
+                                     bool include_partial) {
   const uint32_t c = ns.layout().chunk_tokens;
   std::vector<ChunkSpan> out;
   out.reserve(tokens.size() / c + 1);
-  ChunkKey parent = ns.id();
+  ChunkKey parent = first_parent;
   for (size_t begin = 0; begin < tokens.size(); begin += c) {
     uint32_t n = static_cast<uint32_t>(std::min<size_t>(c, tokens.size() - begin));
     if (n < c && !include_partial) break;

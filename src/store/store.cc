@@ -125,7 +125,12 @@ Result<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) {
   return std::unique_ptr<Store>(new Store(std::move(impl.value())));
 }
 
-LookupResult Store::Lookup(const Namespace& ns, std::span<const uint32_t> tokens) { return impl_->Lookup(ns, tokens); }
+LookupResult Store::Lookup(const Namespace& ns, std::span<const uint32_t> tokens) {
+  return impl_->Lookup(ns, ns.id(), tokens);
+}
+LookupResult Store::LookupFrom(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens) {
+  return impl_->Lookup(ns, parent, tokens);
+}
 
 Result<ChunkWriter> Store::BeginPut(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens) {
   return impl_->BeginPut(ns, parent, tokens);

@@ -95,12 +95,12 @@ void StoreImpl::OnRecordFound(const RecordHeader& h, DiskLocation loc) {
 // ---------------------------------------------------------------------------------------
 // Lookup
 
-LookupResult StoreImpl::Lookup(const Namespace& ns, std::span<const uint32_t> tokens) {
+LookupResult StoreImpl::Lookup(const Namespace& ns, const ChunkKey& first_parent, std::span<const uint32_t> tokens) {
   const uint32_t c = ns.layout().chunk_tokens;
   LookupResult r;
   r.total_tokens = static_cast<uint32_t>(tokens.size());
   // Hash outside the lock. Only whole chunks; partial candidates are hashed below.
-  std::vector<ChunkSpan> full = ChunkKeys(ns, tokens, /*include_partial=*/false);
+  std::vector<ChunkSpan> full = ChunkKeysFrom(ns, first_parent, tokens, /*include_partial=*/false);
 
   std::lock_guard<std::mutex> lock(mu_);
   auto tier_of = [&](const Entry* e) -> Tier {
@@ -121,7 +121,7 @@ LookupResult StoreImpl::Lookup(const Namespace& ns, std::span<const uint32_t> to
     r.cached_tokens += c;
   }
   // The longest stored partial chunk that continues the cached prefix.
-  const ChunkKey& parent = j == 0 ? ns.id() : full[j - 1].key;
+  const ChunkKey& parent = j == 0 ? first_parent : full[j - 1].key;
   const size_t remaining = tokens.size() - size_t{j} * c;
   auto pit = partials_.find(parent);
   if (pit != partials_.end() && remaining > 0) {

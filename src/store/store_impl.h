@@ -28,7 +28,8 @@ class StoreImpl {
   static Result<std::unique_ptr<StoreImpl>> Open(const StoreOptions& options);
   ~StoreImpl();
 
-  LookupResult Lookup(const Namespace& ns, std::span<const uint32_t> tokens);
+  // Longest cached continuation of the chain after `parent` (ns.id(): from the start).
+  LookupResult Lookup(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens);
   Result<ChunkWriter> BeginPut(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens);
   Result<ChunkReader> OpenChunk(const Namespace& ns, const ChunkKey& key);
   Status Flush();

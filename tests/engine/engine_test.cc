@@ -129,6 +129,7 @@ TEST_F(EngineTest, RestoredKvGivesTheSameLogits) {
 
   auto r4 = e.Generate(boundary, Params(1, true));  // everything cached
   EXPECT_EQ(r4.hit_tokens, static_cast<int64_t>(boundary.size()) - 1);
+  EXPECT_EQ(r4.hit_tokens_t1 + r4.hit_tokens_t2, r4.hit_tokens);
   EXPECT_EQ(r4.computed_tokens, 1);
   ExpectMatchesRecompute(boundary, r4);
 }
@@ -259,6 +260,28 @@ TEST_F(EngineTest, ContextOverflowKeepsHeadAndReusesTail) {
   RecordProperty("truncation_max_abs_logit_diff", std::to_string(diff));
   EXPECT_TRUE(std::isfinite(diff));
   EXPECT_GT(diff, 0.0f);  // the tail's KV saw the dropped tokens: not exact, by design
+}
+
+// A conversation that overflowed from its first turn never computed the dropped chunks; its
+// next turn still finds the head and the kept tail by their original keys.
+TEST_F(EngineTest, LaterTurnsAfterOverflowStillHit) {
+  EngineOptions o = Options();
+  o.max_context = 80;
+  o.keep_head_tokens = 16;
+  Engine e(model_, o);
+  auto t1 = RandomTokens(80, 100);  // keeps [0,16) + [48,100): chunks 1 and 2 are never computed
+  auto r1 = e.Generate(t1, Params(4));
+  ASSERT_TRUE(r1.status.ok()) << r1.status.ToString();
+  EXPECT_EQ(r1.dropped_tokens, 32);
+  e.WaitForSaves();
+  auto t2 = Concat(Concat(t1, r1.output_tokens), RandomTokens(81, 8));  // 112: keeps [0,16) + [64,112)
+  auto r2 = e.Generate(t2, Params(1, true));
+  ASSERT_TRUE(r2.status.ok()) << r2.status.ToString();
+  EXPECT_EQ(r2.dropped_tokens, 48);
+  // Head chunk, tail chunks [64,80) and [80,96), and the partial [96,103) saved by turn 1
+  // (its prompt and the three generated tokens fed back).
+  EXPECT_EQ(r2.hit_tokens, 16 + 16 + 16 + 7);
+  EXPECT_EQ(r2.hit_tokens_t1 + r2.hit_tokens_t2, r2.hit_tokens);
 }
 
 TEST_F(EngineTest, PromptThatCannotFitIsAClearError) {
