@@ -122,6 +122,15 @@ torch::Tensor LlamaModel::Attention(const torch::Tensor& q, const torch::Tensor&
   return out.transpose(0, 1).reshape({t, heads * d});
 }
 
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> LlamaModel::Projections(const LayerWeights& w,
+                                                                                const torch::Tensor& h) const {
+  const int64_t t = h.size(0), d = config_.head_dim;
+  auto x = RmsNorm(h, w.input_norm);
+  return {Linear(x, w.q_proj, w.q_bias).view({t, config_.num_heads, d}),
+          Linear(x, w.k_proj, w.k_bias).view({t, config_.num_kv_heads, d}),
+          Linear(x, w.v_proj, w.v_bias).view({t, config_.num_kv_heads, d})};
+}
+
 torch::Tensor LlamaModel::Mlp(const LayerWeights& w, const torch::Tensor& x) const {
   return Linear(torch::silu(Linear(x, w.gate_proj)) * Linear(x, w.up_proj), w.down_proj);
 }
@@ -129,7 +138,6 @@ torch::Tensor LlamaModel::Mlp(const LayerWeights& w, const torch::Tensor& x) con
 torch::Tensor LlamaModel::Forward(const torch::Tensor& tokens, int64_t start, KvAccess& kv, bool all_logits) const {
   torch::NoGradGuard no_grad;
   const int64_t t = tokens.size(0);
-  const int64_t heads = config_.num_heads, kv_heads = config_.num_kv_heads, d = config_.head_dim;
   auto ids = tokens.to(device_, torch::kInt64);
   auto h = weights_.embed.index_select(0, ids);  // [T, hidden]
   auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(device_);
@@ -139,10 +147,7 @@ torch::Tensor LlamaModel::Forward(const torch::Tensor& tokens, int64_t start, Kv
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     const LayerWeights& w = weights_.layers[l];
     kv.BeforeLayer(l);
-    auto x = RmsNorm(h, w.input_norm);
-    auto q = Linear(x, w.q_proj, w.q_bias).view({t, heads, d});
-    auto k = Linear(x, w.k_proj, w.k_bias).view({t, kv_heads, d});
-    auto v = Linear(x, w.v_proj, w.v_bias).view({t, kv_heads, d});
+    auto [q, k, v] = Projections(w, h);
     kv.Append(l, start, k, v);
     kv.AfterLayer(l);
     auto [keys, values] = kv.Gather(l, start + t);
@@ -158,16 +163,12 @@ torch::Tensor LlamaModel::DecodeBatch(const torch::Tensor& tokens, const std::ve
                                       const std::vector<KvAccess*>& kv) const {
   torch::NoGradGuard no_grad;
   const int64_t b = tokens.size(0);
-  const int64_t heads = config_.num_heads, kv_heads = config_.num_kv_heads, d = config_.head_dim;
   auto ids = tokens.to(device_, torch::kInt64);
   auto h = weights_.embed.index_select(0, ids);  // [B, hidden]
   auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(device_);
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     const LayerWeights& w = weights_.layers[l];
-    auto x = RmsNorm(h, w.input_norm);
-    auto q = Linear(x, w.q_proj, w.q_bias).view({b, heads, d});
-    auto k = Linear(x, w.k_proj, w.k_bias).view({b, kv_heads, d});
-    auto v = Linear(x, w.v_proj, w.v_bias).view({b, kv_heads, d});
+    auto [q, k, v] = Projections(w, h);
     std::vector<torch::Tensor> outs;
     outs.reserve(b);
     for (int64_t i = 0; i < b; ++i) {

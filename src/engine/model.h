@@ -64,6 +64,8 @@ class LlamaModel {
   torch::Tensor Attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                           int64_t start) const;  // q [T,H,D] at positions start..; k,v [N,KV,D] rotated
   torch::Tensor Mlp(const LayerWeights& w, const torch::Tensor& x) const;
+  // RMSNorm then the q, k, v projections of hidden states [T, hidden]: [T, heads or kv_heads, D].
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> Projections(const LayerWeights& w, const torch::Tensor& h) const;
 
   ModelConfig config_;
   ModelWeights weights_;
