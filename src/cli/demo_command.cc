@@ -41,7 +41,7 @@ void AddDemoCommand(CLI::App& app) {
   cmd->add_option("--turns", opt->turns, "Turns per conversation")->capture_default_str();
   cmd->add_option("--system-tokens", opt->system_tokens, "Tokens of the system prompt shared by every session")
       ->capture_default_str();
-  cmd->add_option("--user-tokens", *user_tokens, "MIN,MAX tokens of each user message (default 300,500)")
+  cmd->add_option("--user-tokens", *user_tokens, "MIN,MAX tokens of each user message (default 128,320)")
       ->delimiter(',')
       ->expected(2);
   cmd->add_option("--max-new-tokens", opt->max_new_tokens, "Tokens the model answers per turn (greedy)")

@@ -1,5 +1,7 @@
 #include "engine/demo.h"
 
+#include <dlfcn.h>
+
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -242,7 +244,11 @@ Result<DemoReport> RunDemoImpl(const DemoOptions& o) {
   // write-behind use while the model computes (on 2 cores: 1 compute thread; a second one
   // contends with them and slows the cached run down).
   const int hw = static_cast<int>(std::thread::hardware_concurrency());
-  torch::set_num_threads(o.threads > 0 ? o.threads : std::max(1, hw - 1));
+  const int threads = o.threads > 0 ? o.threads : std::max(1, hw - 1);
+  torch::set_num_threads(threads);
+  // LibTorch's CPU GEMMs go to the system BLAS; OpenBLAS keeps its own thread pool (every core
+  // by default), which would take the core left to the loader, saver and write-behind.
+  if (auto set = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(threads);
   rep.threads = torch::get_num_threads();
   const torch::ScalarType dtype = o.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
   rep.dtype = o.dtype;
@@ -418,6 +424,7 @@ Result<DemoReport> RunDemoImpl(const DemoOptions& o) {
           d.computed_tokens = r->computed_tokens;
           d.dropped_tokens = r->dropped_tokens;
           d.load_wait_ms = r->load_wait_ms;
+          d.lookup_ms = r->lookup_ms;
           d.tier = TierString(*r);
           torch::Tensor l2 = LastLogits(*r);
           const torch::Tensor& l1 = logits1[index];
@@ -606,6 +613,7 @@ std::string DemoJson(const DemoReport& rep) {
     t["computed_tokens"] = d.computed_tokens;
     t["dropped_tokens"] = d.dropped_tokens;
     t["load_wait_ms"] = num(d.load_wait_ms);
+    t["lookup_ms"] = num(d.lookup_ms);
     t["max_abs_logit_diff"] = num(d.max_abs_logit_diff);
     t["first_token_equal"] = d.first_token_equal;
     t["answer_equal"] = d.answer_equal;

@@ -32,9 +32,9 @@ struct DemoOptions {
 
   // Conversations.
   int sessions = 3;
-  int turns = 6;
-  int system_tokens = 300;
-  int user_min_tokens = 300, user_max_tokens = 500;
+  int turns = 8;
+  int system_tokens = 512;  // e.g. instructions and tool definitions
+  int user_min_tokens = 128, user_max_tokens = 320;
   int max_new_tokens = 16;
   int64_t chunk_tokens = 256;
 
@@ -63,6 +63,7 @@ struct DemoTurn {
   int64_t computed_tokens = 0;       // prefilled in the cached run
   int64_t dropped_tokens = 0;        // context overflow (cached run)
   double load_wait_ms = 0;           // cached run: compute waiting for KV to land
+  double lookup_ms = 0;              // cached run: lookup + pinning (T2: read + verify)
   std::string tier = "none";         // "t1", "t2" or "none": the slowest tier that served
   double max_abs_logit_diff = 0;     // last prompt position, cached vs recompute
   bool first_token_equal = true;     // cached run's first generated token == recompute's

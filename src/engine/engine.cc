@@ -188,6 +188,7 @@ Status Engine::Impl::Prefill(Sequence& s) {
   int64_t cached = 0;
   auto readers = std::make_shared<std::vector<std::pair<ChunkReader, int32_t>>>();
   std::vector<std::pair<Tier, int64_t>> served;  // tier and tokens of each loaded chunk
+  const auto lookup_start = Clock::now();
   if (opt.store != nullptr && opt.load) {
     const std::vector<CachedChunk> page_chunks = CachedPages(s, dropped);
     for (size_t j = 0; j < page_chunks.size() && static_cast<int64_t>(j) * c < m; ++j) {
@@ -201,6 +202,7 @@ Status Engine::Impl::Prefill(Sequence& s) {
       if (ch.tokens < c) break;
     }
   }
+  s.result.lookup_ms = MsSince(lookup_start);
   // The last prompt token is always computed: its logits give the first output token.
   const int64_t start = std::min(cached, m - 1);
   if (start < cached) served.back().second -= cached - start;
