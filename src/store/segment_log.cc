@@ -206,8 +206,8 @@ Status SegmentLog::StartSegment() {
   auto file = options_.env->OpenFile(seg.path, fo);
   if (!file.ok()) return file.status();
   seg.file = std::move(file.value());
-  KVAULT_RETURN_IF_ERROR(options_.env->SyncDir(options_.dir));
   std::lock_guard<std::mutex> lock(mu_);
+  dir_unsynced_ = true;  // the next Sync() makes the new name durable
   segments_[id] = std::move(seg);
   active_ = id;
   write_offset_ = 0;
@@ -340,12 +340,21 @@ Status SegmentLog::ReadRecord(DiskLocation loc, const RecordHeader& expected, st
 
 Status SegmentLog::Sync() {
   std::vector<std::shared_ptr<File>> files;
+  bool sync_dir;
   {
     std::lock_guard<std::mutex> lock(mu_);
     files.swap(unsynced_);
     if (active_) files.push_back(segments_.at(*active_).file);
+    sync_dir = std::exchange(dir_unsynced_, false);
   }
   Status first;
+  if (sync_dir) {
+    first = options_.env->SyncDir(options_.dir);
+    if (!first.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      dir_unsynced_ = true;  // try again at the next flush
+    }
+  }
   for (const auto& f : files) {
     Status st = f->Sync();
     if (!st.ok() && first.ok()) first = st;

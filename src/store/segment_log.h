@@ -119,6 +119,7 @@ class SegmentLog {
   uint32_t next_id_ = 1;
   // Segments sealed since the last Sync(); they are synced by the next one.
   std::vector<std::shared_ptr<File>> unsynced_;  // GUARDED_BY(mu_)
+  bool dir_unsynced_ = false;  // a segment was created since the last Sync(); GUARDED_BY(mu_)
   AlignedBuffer header_blocks_;  // used by Append only
 };
 
