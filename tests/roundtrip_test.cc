@@ -557,5 +557,28 @@ TEST(Isolation, NamespacesNeverShareEntries) {
   }
 }
 
+// Proves a store whose DRAM tier is faulted in at open (prefault_dram) stores and serves
+// chunks like any other, from T1 and, after a reopen, from T2.
+TEST(RoundTrip, PrefaultedDramServesChunks) {
+  TempDir dir;
+  kvault::StoreOptions o = SmallOptions(dir.path());
+  o.prefault_dram = true;
+  const Namespace ns = MakeNamespace(MakeLayout());
+  std::vector<uint32_t> tokens = MakeTokens(7, 40);
+  std::vector<kvault::ChunkSpan> spans;
+  {
+    auto store = OpenStore(o);
+    ASSERT_TRUE(store);
+    ASSERT_TRUE(PutChain(*store, ns, tokens, &spans).ok());
+    for (const auto& s : spans) EXPECT_EQ(CheckChunk(*store, ns, s.key, s.tokens), Check::kMatch);
+    ASSERT_TRUE(store->Flush().ok());
+  }
+  auto store = OpenStore(o);
+  ASSERT_TRUE(store);
+  Tier from = Tier::kNone;
+  for (const auto& s : spans) EXPECT_EQ(CheckChunk(*store, ns, s.key, s.tokens, &from), Check::kMatch);
+  EXPECT_EQ(from, Tier::kDisk);
+}
+
 }  // namespace
 }  // namespace kvtest

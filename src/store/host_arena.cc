@@ -7,7 +7,8 @@
 
 namespace kvault {
 
-Result<std::unique_ptr<HostArena>> HostArena::Create(uint64_t capacity_bytes, uint32_t page_bytes, bool huge_pages) {
+Result<std::unique_ptr<HostArena>> HostArena::Create(uint64_t capacity_bytes, uint32_t page_bytes, bool huge_pages,
+                                                     bool prefault) {
   if (page_bytes == 0 || page_bytes % 4096 != 0) return Status::InvalidArgument("page_bytes must be a multiple of 4096");
   uint64_t pages = capacity_bytes / page_bytes;
   if (pages == 0) return Status::InvalidArgument("dram capacity is smaller than one page");
@@ -26,6 +27,10 @@ Result<std::unique_ptr<HostArena>> HostArena::Create(uint64_t capacity_bytes, ui
     if (p == MAP_FAILED) return Status::FromErrno(errno, "mmap dram arena");
     // Otherwise transparent huge pages, where the kernel has them.
     if (huge_pages) huge = madvise(p, bytes, MADV_HUGEPAGE) == 0;
+  }
+  if (prefault) {
+    // After MADV_HUGEPAGE, so the pages come in huge where the kernel can.
+    for (uint64_t off = 0; off < bytes; off += 4096) static_cast<volatile char*>(p)[off] = 0;
   }
   return std::unique_ptr<HostArena>(new HostArena(static_cast<std::byte*>(p), bytes, page_bytes,
                                                   static_cast<uint32_t>(pages), huge));

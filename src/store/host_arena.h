@@ -21,7 +21,8 @@ using PageList = std::vector<uint32_t>;
 
 class HostArena {
  public:
-  static Result<std::unique_ptr<HostArena>> Create(uint64_t capacity_bytes, uint32_t page_bytes, bool huge_pages);
+  static Result<std::unique_ptr<HostArena>> Create(uint64_t capacity_bytes, uint32_t page_bytes, bool huge_pages,
+                                                   bool prefault = false);
   ~HostArena();
   HostArena(const HostArena&) = delete;
   HostArena& operator=(const HostArena&) = delete;

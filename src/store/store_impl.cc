@@ -25,7 +25,7 @@ Result<std::unique_ptr<StoreImpl>> StoreImpl::Open(const StoreOptions& options_i
   auto policy = MakePolicy(options.policy);
   if (!policy.ok()) return policy.status();
   s->policy_ = std::move(policy.value());
-  auto arena = HostArena::Create(options.dram_bytes, options.page_bytes, options.huge_pages);
+  auto arena = HostArena::Create(options.dram_bytes, options.page_bytes, options.huge_pages, options.prefault_dram);
   if (!arena.ok()) return arena.status();
   s->arena_ = std::move(arena.value());
   s->stats_.t1_capacity_bytes = s->arena_->capacity_bytes();
