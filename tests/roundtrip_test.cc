@@ -580,5 +580,39 @@ TEST(RoundTrip, PrefaultedDramServesChunks) {
   EXPECT_EQ(from, Tier::kDisk);
 }
 
+// Proves a chunk is published only when every payload byte was written: committing a writer
+// with holes fails and stores nothing, so a reused DRAM page's stale bytes (here another
+// tenant's chunk) can never be served under a new key.
+TEST(RoundTrip, CommitWithUnwrittenBytesIsRefused) {
+  TempDir dir;
+  kvault::StoreOptions o = SmallOptions(dir.path());
+  o.ssd_bytes = 0;
+  auto store = OpenStore(o);
+  ASSERT_TRUE(store);
+  const KvLayout layout = MakeLayout();
+  const Namespace a = MakeNamespace(layout, "tenant-a");
+  const Namespace b = MakeNamespace(layout, "tenant-b");
+  std::vector<uint32_t> tokens = MakeTokens(5, 16);
+  ASSERT_TRUE(PutChain(*store, a, tokens).ok());
+  std::vector<uint32_t> other = MakeTokens(6, 16);
+  {
+    auto w = store->BeginPut(b, b.id(), other);
+    ASSERT_TRUE(w.ok());
+    EXPECT_EQ(w->Commit().code(), Code::kInvalidArgument);  // nothing written
+  }
+  {
+    auto w = store->BeginPut(b, b.id(), other);
+    ASSERT_TRUE(w.ok());
+    const size_t n = layout.chunk_bytes(16);
+    std::vector<std::byte> half(n / 2, std::byte{1});
+    ASSERT_TRUE(w->WriteRange(0, half).ok());
+    ASSERT_TRUE(w->WriteRange(n - n / 4, std::span(half).first(n / 4)).ok());
+    EXPECT_EQ(w->Commit().code(), Code::kInvalidArgument);  // a hole in the middle
+  }
+  EXPECT_EQ(store->Lookup(b, other).cached_tokens, 0u);
+  EXPECT_EQ(store->OpenChunk(b, kvault::ChainKey(b, b.id(), other)).status().code(), Code::kNotFound);
+  EXPECT_EQ(store->Lookup(a, tokens).cached_tokens, 16u);
+}
+
 }  // namespace
 }  // namespace kvtest

@@ -57,6 +57,8 @@ class ChunkWriter {
   Status WriteLayer(uint32_t layer, std::span<const std::byte> kv);
   // Copies `data` to byte `offset` of the payload.
   Status WriteRange(size_t offset, std::span<const std::byte> data);
+  // Publishes the chunk. kInvalidArgument, and the chunk is dropped, unless every payload byte
+  // was written.
   Status Commit();
 
  private:
@@ -125,7 +127,9 @@ class Store {
              std::span<const std::byte> payload);
 
   // Pins chunk `key` in T1 for reading; promotes it from T2 if needed (reads the disk and
-  // verifies its checksum). kNotFound on a miss, corrupt or unreadable data included.
+  // verifies its checksum). kNotFound on a miss, corrupt or unreadable data included;
+  // kResourceExhausted or kNoSpace when T1 cannot make room to promote it (every page pinned,
+  // or a chunk larger than T1). Readers must not outlive the store.
   Result<ChunkReader> OpenChunk(const Namespace& ns, const ChunkKey& key);
 
   // Returns when everything put before the call is on T2 (or failed: the Status says so).

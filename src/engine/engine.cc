@@ -165,6 +165,11 @@ Status Engine::Impl::Prefill(Sequence& s) {
   const int64_t layers = model->config().num_layers;
   const auto n = static_cast<int64_t>(s.orig.size());
   if (n == 0) return Status::InvalidArgument("empty prompt");
+  if (s.params.max_new_tokens < 1) return Status::InvalidArgument("max_new_tokens must be at least 1");
+  const int64_t vocab = model->config().vocab_size;
+  for (uint32_t t : s.orig) {
+    if (t >= vocab) return Status::InvalidArgument("token id " + std::to_string(t) + " outside the vocabulary");
+  }
   // Context overflow: keep a head (whole chunks), drop whole chunks after it, keep the rest.
   const int64_t budget = opt.max_context - s.params.max_new_tokens;
   int64_t dropped = 0;
@@ -226,13 +231,14 @@ Status Engine::Impl::Prefill(Sequence& s) {
           const size_t off = layout.layer_range(static_cast<uint32_t>(l), r.tokens()).offset;
           if (!r.ReadRange(off, {p->KPage(l, page), half}).ok() ||
               !r.ReadRange(off + half, {p->VPage(l, page), half}).ok()) {
+            readers->clear();
             loaded->Fail(layers);
             return;
           }
         }
+        if (l + 1 == layers) readers->clear();  // unpin before the compute may finish
         loaded->Set(l + 1);
       }
-      readers->clear();  // unpin
     });
   }
 
@@ -261,10 +267,11 @@ Status Engine::Impl::Prefill(Sequence& s) {
     throw;
   }
   s.kv->SetHooks(nullptr, nullptr);
-  computed->Set(layers);
-  if (load_failed) {  // never happens with a pinned reader; recompute the prefix rather than guess
+  if (load_failed) {  // never happens with a pinned reader; save nothing computed over it
+    computed->Fail(layers);
     return Status::Corruption("cached KV could not be copied");
   }
+  computed->Set(layers);
   s.length = m;
   s.result.load_wait_ms = wait_ms;
   s.result.prompt_tokens = m;
@@ -300,7 +307,12 @@ std::vector<CachedChunk> Engine::Impl::CachedPages(const Sequence& s, int64_t dr
 void Engine::Impl::ScheduleSave(Sequence& s, int64_t from, int64_t to, std::shared_ptr<LayerProgress> computed) {
   const int64_t c = opt.chunk_tokens;
   if (to <= from) return;
-  const int64_t first = from / c, last = (to - 1) / c;
+  int64_t first = from / c, last = (to - 1) / c;
+  // After a context overflow, KV after the gap was computed without the dropped tokens: under
+  // the original keys (which name the whole prefix) a later request that fits would take it
+  // as exact. Only the head, computed in its true context, is saved.
+  if (s.dropped_chunks > 0) last = std::min(last, s.head_chunks - 1);
+  if (last < first) return;
   // Chain keys of the original stream up to the last chunk's parent.
   const int64_t last_oc = s.OrigChunk(last);
   auto keys = ChunkKeys(ns, std::span(s.orig).first(static_cast<size_t>(last_oc * c)), /*include_partial=*/false);
@@ -329,8 +341,10 @@ void Engine::Impl::ScheduleSave(Sequence& s, int64_t from, int64_t to, std::shar
       for (Item& it : *items) {
         const ByteRange r = layout.layer_range(static_cast<uint32_t>(l), it.tokens);
         const size_t half = r.size / 2;
-        (void)it.writer.WriteRange(r.offset, {p->KPage(l, it.page), half});
-        (void)it.writer.WriteRange(r.offset + half, {p->VPage(l, it.page), half});
+        if (!it.writer.WriteRange(r.offset, {p->KPage(l, it.page), half}).ok() ||
+            !it.writer.WriteRange(r.offset + half, {p->VPage(l, it.page), half}).ok()) {
+          return;  // the writers drop uncommitted
+        }
       }
     }
     for (Item& it : *items) (void)it.writer.Commit();
@@ -400,6 +414,14 @@ Engine::Engine(std::shared_ptr<const LlamaModel> model, EngineOptions options)
     : ns_(options.tenant, model->weights().fingerprint,
           LayoutFor(model->config(), model->dtype(), options.chunk_tokens)),
       options_(options) {
+  if (options.chunk_tokens <= 0 || options.max_context <= 0 || options.kv_pool_tokens < options.chunk_tokens) {
+    throw std::invalid_argument("EngineOptions: chunk_tokens, max_context and kv_pool_tokens must be positive");
+  }
+  if (options.store != nullptr && !model->device().is_cpu()) {
+    // Loads and saves copy between store memory and pool pages with memcpy; GPU pages need
+    // pinned staging and stream ordering (the GPU path issue).
+    throw std::invalid_argument("the store path is CPU-only for now; run the model on the CPU or turn the store off");
+  }
   impl_ = std::make_unique<Impl>(std::move(model), options_, ns_);
 }
 
@@ -430,7 +452,20 @@ bool Engine::Step() {
       s = std::move(impl_->queue.front());
       impl_->queue.pop_front();
     }
-    Status st = impl_->Prefill(*s);
+    auto prefill = [&]() -> Status {
+      try {
+        return impl_->Prefill(*s);
+      } catch (const std::exception& e) {  // a LibTorch error: fail this request, not the loop
+        s->kv.reset();
+        return Status::InvalidArgument(std::string("prefill failed: ") + e.what());
+      }
+    };
+    Status st = prefill();
+    if (st.code() == Code::kResourceExhausted && impl_->running.empty()) {
+      s->kv.reset();
+      impl_->saver.WaitIdle();  // pages may be held only by saves still copying out
+      st = prefill();
+    }
     if (st.code() == Code::kResourceExhausted && !impl_->running.empty()) {
       s->kv.reset();
       std::lock_guard<std::mutex> lock(impl_->queue_mu);

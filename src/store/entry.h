@@ -6,6 +6,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
+#include <vector>
 
 #include "kvault/key.h"
 #include "kvault/layout.h"
@@ -28,6 +30,9 @@ struct Entry {
   // them in order, so the checksum costs no second pass over memory.
   std::unique_ptr<PayloadChecksum> hasher;
   uint64_t hashed_upto = 0;
+  // While uncommitted: the byte ranges written so far, merged and sorted. Commit requires
+  // [0, bytes): a page's stale bytes (another chunk's, maybe another tenant's) never publish.
+  std::vector<std::pair<uint64_t, uint64_t>> written;
 
   bool committed = false;  // visible to lookups
 

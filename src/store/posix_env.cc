@@ -82,7 +82,7 @@ struct ThreadRing {
   bool ok = false;
   ThreadRing() { ok = io_uring_queue_init(kRingDepth, &ring, 0) == 0; }
   ~ThreadRing() {
-    if (ok) io_uring_queue_exit(&ring);
+    if (ok) io_uring_queue_exit(&ring);  // an abandoned ring (ok == false) is leaked on purpose
   }
 };
 
@@ -115,7 +115,19 @@ Status RunPieces(int fd, bool is_write, std::vector<Piece>& pieces, bool use_uri
       ++in_flight;
     }
     int rc = io_uring_submit_and_wait(&tr->ring, 1);
-    if (rc < 0 && rc != -EINTR) return Status::FromErrno(-rc, "io_uring_submit");
+    if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+      // The ring is unusable. Never return while the kernel may still touch these buffers:
+      // reap what it has, abandon the ring (its unsubmitted entries are never submitted),
+      // and let later calls on this thread run synchronously.
+      const unsigned unsubmitted = io_uring_sq_ready(&tr->ring);
+      for (size_t left = in_flight - unsubmitted; left > 0; --left) {
+        io_uring_cqe* cqe = nullptr;
+        if (io_uring_wait_cqe(&tr->ring, &cqe) != 0) break;
+        io_uring_cqe_seen(&tr->ring, cqe);
+      }
+      tr->ok = false;
+      return Status::FromErrno(-rc, "io_uring_submit");
+    }
     io_uring_cqe* cqe = nullptr;
     while (io_uring_peek_cqe(&tr->ring, &cqe) == 0) {
       Piece& p = pieces[io_uring_cqe_get_data64(cqe)];

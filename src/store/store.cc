@@ -65,8 +65,7 @@ Status ChunkWriter::WriteRange(size_t offset, std::span<const std::byte> data) {
 Status ChunkWriter::Commit() {
   if (exists_) return Status::OK();
   if (entry_ == nullptr) return Status::InvalidArgument("writer already committed");
-  impl_->Commit(std::exchange(entry_, nullptr), superseded_);
-  return Status::OK();
+  return impl_->Commit(std::exchange(entry_, nullptr), superseded_);
 }
 
 // --- ChunkReader -------------------------------------------------------------------------

@@ -245,9 +245,27 @@ void StoreImpl::CopyIn(Entry* e, size_t offset, std::span<const std::byte> data)
     }
   });
   if (hash) e->hashed_upto += data.size();
+  // Record [offset, end) and merge it with the ranges it touches.
+  uint64_t lo = offset, hi = offset + data.size();
+  auto& w = e->written;
+  auto it = std::lower_bound(w.begin(), w.end(), std::make_pair(lo, uint64_t{0}));
+  if (it != w.begin() && std::prev(it)->second >= lo) --it;
+  auto last = it;
+  while (last != w.end() && last->first <= hi) {
+    lo = std::min(lo, last->first);
+    hi = std::max(hi, last->second);
+    ++last;
+  }
+  it = w.erase(it, last);
+  w.insert(it, {lo, hi});
 }
 
-void StoreImpl::Commit(Entry* e, const std::vector<ChunkKey>& superseded) {
+Status StoreImpl::Commit(Entry* e, const std::vector<ChunkKey>& superseded) {
+  if (e->written.size() != 1 || e->written[0] != std::make_pair(uint64_t{0}, e->bytes)) {
+    Abort(e);
+    return Status::InvalidArgument("commit of a chunk whose payload was not completely written");
+  }
+  e->written.clear();
   if (e->hashed_upto == e->bytes) {  // written in order: the checksum is already known
     e->payload_checksum = e->hasher->Digest();
     e->checksum_valid = true;
@@ -273,6 +291,7 @@ void StoreImpl::Commit(Entry* e, const std::vector<ChunkKey>& superseded) {
     }
   }
   writer_cv_.notify_one();
+  return Status::OK();
 }
 
 void StoreImpl::Abort(Entry* e) {

@@ -42,7 +42,9 @@ class StoreImpl {
   void CopyOut(const Entry* e, size_t offset, std::span<std::byte> dst) const;
   void ForEachPiece(const Entry* e, size_t offset, size_t size,
                     const std::function<void(std::span<const std::byte>)>& fn) const;
-  void Commit(Entry* e, const std::vector<ChunkKey>& superseded);
+  // Publishes the chunk; kInvalidArgument (and the chunk is dropped) unless every payload
+  // byte was written.
+  Status Commit(Entry* e, const std::vector<ChunkKey>& superseded);
   void Abort(Entry* e);
   void Unpin(Entry* e);
 

@@ -263,8 +263,9 @@ TEST_F(EngineTest, ContextOverflowKeepsHeadAndReusesTail) {
 }
 
 // A conversation that overflowed from its first turn never computed the dropped chunks; its
-// next turn still finds the head and the kept tail by their original keys.
-TEST_F(EngineTest, LaterTurnsAfterOverflowStillHit) {
+// next turn still finds the head. The tail computed after the gap is not saved under the
+// original keys (it did not see the dropped tokens), so it is not reused.
+TEST_F(EngineTest, LaterTurnsAfterOverflowFindTheHead) {
   EngineOptions o = Options();
   o.max_context = 80;
   o.keep_head_tokens = 16;
@@ -278,10 +279,42 @@ TEST_F(EngineTest, LaterTurnsAfterOverflowStillHit) {
   auto r2 = e.Generate(t2, Params(1, true));
   ASSERT_TRUE(r2.status.ok()) << r2.status.ToString();
   EXPECT_EQ(r2.dropped_tokens, 48);
-  // Head chunk, tail chunks [64,80) and [80,96), and the partial [96,103) saved by turn 1
-  // (its prompt and the three generated tokens fed back).
-  EXPECT_EQ(r2.hit_tokens, 16 + 16 + 16 + 7);
+  EXPECT_EQ(r2.hit_tokens, 16);
   EXPECT_EQ(r2.hit_tokens_t1 + r2.hit_tokens_t2, r2.hit_tokens);
+}
+
+// KV computed after a context overflow must never be served to a request that fits: that
+// request must get exactly the logits of a full recompute.
+TEST_F(EngineTest, OverflowedRunDoesNotPoisonExactRequests) {
+  EngineOptions o = Options();
+  o.max_context = 128;
+  o.keep_head_tokens = 16;
+  auto prompt = RandomTokens(90, 120);
+  Engine e(model_, o);
+  ASSERT_TRUE(e.Generate(std::vector<uint32_t>(prompt.begin(), prompt.begin() + 48), Params(1)).status.ok());
+  e.WaitForSaves();
+  auto overflowed = e.Generate(prompt, Params(40));  // 120 + 40 > 128: drops chunks
+  ASSERT_TRUE(overflowed.status.ok());
+  EXPECT_GT(overflowed.dropped_tokens, 0);
+  e.WaitForSaves();
+  auto exact = e.Generate(prompt, Params(1, true));  // fits: no truncation
+  ASSERT_TRUE(exact.status.ok());
+  EXPECT_EQ(exact.dropped_tokens, 0);
+  ExpectMatchesRecompute(prompt, exact);
+}
+
+TEST_F(EngineTest, BadRequestsAreClearErrors) {
+  Engine e(model_, Options());
+  EXPECT_EQ(e.Generate(RandomTokens(91, 20), Params(0)).status.code(), Code::kInvalidArgument);
+  EXPECT_EQ(e.Generate(RandomTokens(91, 20), Params(-20)).status.code(), Code::kInvalidArgument);
+  auto bad = RandomTokens(92, 20);
+  bad[7] = 100000;  // vocab is 128
+  EXPECT_EQ(e.Generate(bad, Params(1)).status.code(), Code::kInvalidArgument);
+  EXPECT_EQ(e.Generate({}, Params(1)).status.code(), Code::kInvalidArgument);
+  EXPECT_TRUE(e.Generate(RandomTokens(93, 20), Params(1)).status.ok());  // still serving
+  EngineOptions zero = Options();
+  zero.chunk_tokens = 0;
+  EXPECT_THROW(Engine(model_, zero), std::invalid_argument);
 }
 
 TEST_F(EngineTest, PromptThatCannotFitIsAClearError) {
