@@ -189,5 +189,21 @@ TEST(Restart, LoweredCapReclaimsOldestSegments) {
   EXPECT_EQ(found, st.t2_entries);
 }
 
+// Proves one directory belongs to one open store: a second Open of the same directory is
+// refused (it would reuse segment ids and reclaim the first one's segments) until the first
+// store closes.
+TEST(Restart, SecondStoreOnTheSameDirectoryIsRefused) {
+  TempDir dir;
+  const kvault::StoreOptions o = SmallOptions(dir.path());
+  auto first = Store::Open(o);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  auto second = Store::Open(o);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), kvault::Code::kUnavailable);
+  first = kvault::Status::OK();  // close
+  auto third = Store::Open(o);
+  EXPECT_TRUE(third.ok()) << third.status().ToString();
+}
+
 }  // namespace
 }  // namespace kvtest

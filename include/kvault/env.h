@@ -50,6 +50,12 @@ struct FileOpenOptions {
   bool use_io_uring = true; // batch with io_uring when the kernel allows it
 };
 
+// Held while a process owns a directory; released when destroyed (or the process dies).
+class FileLock {
+ public:
+  virtual ~FileLock() = default;
+};
+
 class Env {
  public:
   virtual ~Env() = default;
@@ -63,6 +69,9 @@ class Env {
   virtual Status RemoveFile(const std::string& path) = 0;
   virtual Status RenameFile(const std::string& from, const std::string& to) = 0;
   virtual Status SyncDir(const std::string& path) = 0;
+  // Takes an exclusive advisory lock (flock) on `path`, creating it; kUnavailable if another
+  // open file holds it. The default works for every POSIX file system.
+  virtual Result<std::unique_ptr<FileLock>> LockFile(const std::string& path);
 };
 
 }  // namespace kvault

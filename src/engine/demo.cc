@@ -141,7 +141,7 @@ Status WipeStoreDir(const std::string& dir) {
   for (const auto& entry : fs::directory_iterator(path, ec)) {
     std::string name = entry.path().filename().string();
     bool segment = name.size() > 8 && name.rfind("seg-", 0) == 0 && name.substr(name.size() - 4) == ".kvs";
-    if ((segment || name == ".probe") && entry.is_regular_file(ec)) {
+    if ((segment || name == ".probe" || name == "LOCK") && entry.is_regular_file(ec)) {
       victims.push_back(entry.path());
     } else {
       return Status::InvalidArgument("--data-dir " + dir + " holds '" + name +

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <liburing.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -241,7 +242,28 @@ class PosixEnv final : public Env {
   }
 };
 
+class PosixFileLock final : public FileLock {
+ public:
+  explicit PosixFileLock(int fd) : fd_(fd) {}
+  ~PosixFileLock() override { ::close(fd_); }  // closing releases the flock
+
+ private:
+  int fd_;
+};
+
 }  // namespace
+
+Result<std::unique_ptr<FileLock>> Env::LockFile(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::FromErrno(errno, "open " + path);
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int err = errno;
+    ::close(fd);
+    if (err == EWOULDBLOCK) return Status::Unavailable(path + " is locked: another store has this directory open");
+    return Status::FromErrno(err, "flock " + path);
+  }
+  return std::unique_ptr<FileLock>(new PosixFileLock(fd));
+}
 
 Env* Env::Default() {
   static PosixEnv env;

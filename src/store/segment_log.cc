@@ -49,6 +49,11 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::Open(const Options& options, con
   std::unique_ptr<SegmentLog> log(new SegmentLog(options));
   Env* env = options.env;
   KVAULT_RETURN_IF_ERROR(env->CreateDirs(options.dir));
+  // One store per directory: a second one would pick the same segment ids and reclaim the
+  // first one's segments.
+  auto lock = env->LockFile(options.dir + "/LOCK");
+  if (!lock.ok()) return lock.status();
+  log->lock_ = std::move(lock.value());
   auto names = env->ListDir(options.dir);
   if (!names.ok()) return names.status();
   std::vector<uint32_t> ids;

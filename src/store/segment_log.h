@@ -121,6 +121,7 @@ class SegmentLog {
   std::vector<std::shared_ptr<File>> unsynced_;  // GUARDED_BY(mu_)
   bool dir_unsynced_ = false;  // a segment was created since the last Sync(); GUARDED_BY(mu_)
   AlignedBuffer header_blocks_;  // used by Append only
+  std::unique_ptr<FileLock> lock_;  // this process owns the directory
 };
 
 }  // namespace kvault
