@@ -64,6 +64,7 @@ struct DemoTurn {
   int64_t dropped_tokens = 0;        // context overflow (cached run)
   double load_wait_ms = 0;           // cached run: compute waiting for KV to land
   double lookup_ms = 0;              // cached run: lookup + pinning (T2: read + verify)
+  double forward_ms = 0;             // cached run: the prefill forward (KV load overlapped inside)
   std::string tier = "none";         // "t1", "t2" or "none": the slowest tier that served
   double max_abs_logit_diff = 0;     // last prompt position, cached vs recompute
   bool first_token_equal = true;     // cached run's first generated token == recompute's
@@ -87,6 +88,9 @@ struct DemoReport {
   std::vector<DemoTurn> turns;  // in replay order (round by round)
   double max_abs_logit_diff = 0;
   double last_turn_ttft_ratio = 0;  // mean over sessions of cached / recompute on the last turn
+  // Cached turns with a hit: share of TTFT outside the forward pass and the KV transfer
+  // (lookup, pinning/promotion), i.e. queueing, sampling, page allocation, save setup.
+  double engine_overhead_fraction = 0;
   double logit_tolerance = 0;
   std::string store_stats_json;     // StoreStats::ToJson() after the cached run
   double run_recompute_s = 0, run_cached_s = 0, total_s = 0;

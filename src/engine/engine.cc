@@ -258,6 +258,7 @@ Status Engine::Impl::Prefill(Sequence& s) {
   std::vector<int64_t> ids(m - start);
   for (int64_t p = start; p < m; ++p) ids[p - start] = s.TokenAt(p, c);
   torch::Tensor logits;
+  const auto forward_start = Clock::now();
   try {
     logits = model->Forward(torch::tensor(ids, torch::kInt64), start, *s.kv, s.params.return_prompt_logits);
   } catch (...) {
@@ -267,6 +268,7 @@ Status Engine::Impl::Prefill(Sequence& s) {
     throw;
   }
   s.kv->SetHooks(nullptr, nullptr);
+  s.result.forward_ms = MsSince(forward_start);
   if (load_failed) {  // never happens with a pinned reader; save nothing computed over it
     computed->Fail(layers);
     return Status::Corruption("cached KV could not be copied");

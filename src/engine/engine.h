@@ -49,6 +49,7 @@ struct RequestResult {
   Status status;
   double ttft_ms = 0, total_ms = 0;
   double lookup_ms = 0;          // lookup + pinning the cached prefix (T2 hits: read and verified)
+  double forward_ms = 0;         // the prefill forward pass (its waits for loaded KV included)
   double load_wait_ms = 0;       // time the compute waited for cached KV to land
   int64_t prompt_tokens = 0;     // after truncation
   int64_t hit_tokens = 0;        // cached prefix reused (loaded, not recomputed)
