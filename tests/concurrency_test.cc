@@ -43,31 +43,6 @@ struct Counters {
   std::atomic<uint64_t> ops{0}, verified{0}, mismatches{0}, bad_status{0};
 };
 
-// Puts a chain, each chunk either with Put or layer by layer in a random order.
-kvault::Status PutMixed(Store& store, const Namespace& ns, const std::vector<uint32_t>& tokens, std::mt19937_64& rng) {
-  const KvLayout& layout = ns.layout();
-  for (const auto& c : kvault::ChunkKeys(ns, tokens)) {
-    const std::vector<std::byte> payload = PayloadFor(c.key, layout.chunk_bytes(c.tokens));
-    const auto chunk_tokens = std::span(tokens).subspan(c.begin, c.tokens);
-    if (rng() % 2) {
-      KVAULT_RETURN_IF_ERROR(store.Put(ns, c.parent, chunk_tokens, payload));
-      continue;
-    }
-    auto w = store.BeginPut(ns, c.parent, chunk_tokens);
-    if (!w.ok()) return w.status();
-    std::vector<uint32_t> order(layout.num_layers);
-    for (uint32_t l = 0; l < order.size(); ++l) order[l] = l;
-    std::shuffle(order.begin(), order.end(), rng);
-    for (uint32_t l : order) {
-      kvault::ByteRange r = layout.layer_range(l, c.tokens);
-      KVAULT_RETURN_IF_ERROR(w->WriteLayer(l, std::span(payload).subspan(r.offset, r.size)));
-    }
-    if (rng() % 8 == 0) continue;  // dropped without Commit: discarded
-    KVAULT_RETURN_IF_ERROR(w->Commit());
-  }
-  return kvault::Status::OK();
-}
-
 // Opening may miss (evicted, or every page pinned right now) but never returns wrong bytes.
 void VerifyOpen(Store& store, const Namespace& ns, const ChunkKey& key, uint32_t tokens, Counters& n) {
   std::string why;
@@ -91,7 +66,7 @@ void Worker(Store& store, const Namespace& ns, const std::vector<std::vector<uin
     const auto& tokens = chains[rng() % chains.size()];
     const unsigned op = rng() % 100;
     if (op < 35) {
-      kvault::Status st = PutMixed(store, ns, tokens, rng);
+      kvault::Status st = PutChainMixed(store, ns, tokens, rng, /*layered_one_in=*/2, /*abandon_one_in=*/8);
       if (!st.ok() && st.code() != Code::kResourceExhausted) {
         ++n.bad_status;
         ADD_FAILURE() << "put: " << st.ToString();

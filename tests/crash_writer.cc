@@ -35,32 +35,6 @@ void WriteAll(int fd, const std::string& s) {
   }
 }
 
-// Puts every chunk of the chain; one in four chunks is written layer by layer in a random
-// order through a ChunkWriter instead of one Put.
-kvault::Status PutChainMixed(kvault::Store& store, const kvault::Namespace& ns, const std::vector<uint32_t>& tokens,
-                             std::mt19937_64& rng) {
-  const kvault::KvLayout& layout = ns.layout();
-  for (const kvault::ChunkSpan& c : kvault::ChunkKeys(ns, tokens)) {
-    const std::vector<std::byte> payload = kvtest::PayloadFor(c.key, layout.chunk_bytes(c.tokens));
-    const std::span<const uint32_t> chunk_tokens = std::span(tokens).subspan(c.begin, c.tokens);
-    if (rng() % 4 != 0) {
-      KVAULT_RETURN_IF_ERROR(store.Put(ns, c.parent, chunk_tokens, payload));
-      continue;
-    }
-    auto w = store.BeginPut(ns, c.parent, chunk_tokens);
-    if (!w.ok()) return w.status();
-    std::vector<uint32_t> order(layout.num_layers);
-    for (uint32_t l = 0; l < order.size(); ++l) order[l] = l;
-    std::shuffle(order.begin(), order.end(), rng);
-    for (uint32_t l : order) {
-      kvault::ByteRange r = layout.layer_range(l, c.tokens);
-      KVAULT_RETURN_IF_ERROR(w->WriteLayer(l, std::span(payload).subspan(r.offset, r.size)));
-    }
-    KVAULT_RETURN_IF_ERROR(w->Commit());
-  }
-  return kvault::Status::OK();
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -87,7 +61,8 @@ int main(int argc, char** argv) {
   for (uint64_t i = 0; std::chrono::steady_clock::now() < deadline; ++i) {
     const uint64_t chain = (seed << 24) | i;
     WriteAll(log, "P " + std::to_string(chain) + "\n");
-    kvault::Status st = PutChainMixed(**store, ns, kvtest::CrashChainTokens(chain), rng);
+    kvault::Status st = kvtest::PutChainMixed(**store, ns, kvtest::CrashChainTokens(chain), rng,
+                                               /*layered_one_in=*/4, /*abandon_one_in=*/0);
     if (!st.ok()) {
       std::fprintf(stderr, "crash_writer: put: %s\n", st.ToString().c_str());
       return 5;

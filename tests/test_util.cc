@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -88,6 +89,31 @@ kvault::Status PutChain(Store& store, const Namespace& ns, std::span<const uint3
     KVAULT_RETURN_IF_ERROR(store.Put(ns, c.parent, tokens.subspan(c.begin, c.tokens), payload));
   }
   if (spans != nullptr) *spans = std::move(chunks);
+  return kvault::Status::OK();
+}
+
+kvault::Status PutChainMixed(Store& store, const Namespace& ns, std::span<const uint32_t> tokens,
+                             std::mt19937_64& rng, uint32_t layered_one_in, uint32_t abandon_one_in) {
+  const KvLayout& layout = ns.layout();
+  for (const kvault::ChunkSpan& c : kvault::ChunkKeys(ns, tokens)) {
+    const std::vector<std::byte> payload = PayloadFor(c.key, layout.chunk_bytes(c.tokens));
+    const std::span<const uint32_t> chunk_tokens = tokens.subspan(c.begin, c.tokens);
+    if (rng() % layered_one_in != 0) {
+      KVAULT_RETURN_IF_ERROR(store.Put(ns, c.parent, chunk_tokens, payload));
+      continue;
+    }
+    auto w = store.BeginPut(ns, c.parent, chunk_tokens);
+    if (!w.ok()) return w.status();
+    std::vector<uint32_t> order(layout.num_layers);
+    for (uint32_t l = 0; l < order.size(); ++l) order[l] = l;
+    std::shuffle(order.begin(), order.end(), rng);
+    for (uint32_t l : order) {
+      const kvault::ByteRange r = layout.layer_range(l, c.tokens);
+      KVAULT_RETURN_IF_ERROR(w->WriteLayer(l, std::span(payload).subspan(r.offset, r.size)));
+    }
+    if (abandon_one_in != 0 && rng() % abandon_one_in == 0) continue;  // dropped without Commit
+    KVAULT_RETURN_IF_ERROR(w->Commit());
+  }
   return kvault::Status::OK();
 }
 

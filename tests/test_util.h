@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <random>
 #include <span>
 #include <string>
 #include <vector>
@@ -59,6 +60,12 @@ std::vector<std::byte> PayloadFor(const ChunkKey& key, size_t bytes);
 // Returns the first failing status; `spans` receives the chunks put.
 kvault::Status PutChain(Store& store, const Namespace& ns, std::span<const uint32_t> tokens,
                         std::vector<kvault::ChunkSpan>* spans = nullptr);
+
+// Like PutChain, but each chunk is written layer by layer in a shuffled order with probability 1/layered_one_in
+// (else one Put), and such a writer is dropped without Commit with probability
+// 1/abandon_one_in (0: never). Exercises every write path with the same payloads.
+kvault::Status PutChainMixed(Store& store, const Namespace& ns, std::span<const uint32_t> tokens,
+                             std::mt19937_64& rng, uint32_t layered_one_in, uint32_t abandon_one_in);
 
 enum class Check { kMatch, kMissing, kMismatch };
 const char* CheckName(Check c);
