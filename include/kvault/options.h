@@ -22,8 +22,12 @@ struct StoreOptions {
   uint64_t segment_bytes = 256ull << 20;
   // Most bytes the write-behind thread submits to the disk in one batch.
   uint64_t write_batch_bytes = 128ull << 20;
-  // T1 eviction policy: "lru" (the default; the scheduler-aware ones come with hints).
+  // Eviction policy of T1: "lru" (default), "fifo", "s3fifo" or "aware" (scheduler-aware:
+  // uses the look-ahead window given by Store::Hint). "opt" needs the future: replay only.
   std::string policy = "lru";
+  // Most bytes of T1 that hints may hold prefetched from T2 and not yet read: the prefetcher
+  // stops there until requests use them (or they are evicted). 0: a quarter of dram_bytes.
+  uint64_t prefetch_bytes = 0;
   bool direct_io = true;     // O_DIRECT for T2 where the file system allows it
   bool use_io_uring = true;  // io_uring for T2 where the kernel allows it
   bool huge_pages = true;    // back T1 with huge pages where available

@@ -25,9 +25,14 @@ struct StoreStats {
   uint64_t puts = 0, puts_deduplicated = 0;
   uint64_t t1_evictions = 0;           // dropped from T1 with a copy on T2 (or T2 off)
   uint64_t t1_dropped_unpersisted = 0; // dropped from T1 before the write-behind reached them
-  uint64_t t2_evictions = 0;           // entries dropped with a reclaimed segment
+  uint64_t t2_evictions = 0;           // T2 copies dropped (policy victims, reclaimed segments)
+  uint64_t t2_compactions = 0;         // segments whose live records were copied forward
+  uint64_t bytes_compacted = 0;
   uint64_t t2_rewrites = 0;            // hot entries written again when their segment went
-  uint64_t promotions = 0;             // T2 -> T1
+  uint64_t promotions = 0;             // T2 -> T1 (on read and by prefetch)
+  uint64_t hints = 0;                  // Store::Hint calls
+  uint64_t prefetches = 0;             // chunks a hint read from T2 into T1
+  uint64_t bytes_prefetched = 0;
   uint64_t partials_superseded = 0;
 
   // Occupancy.

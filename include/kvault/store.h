@@ -132,8 +132,17 @@ class Store {
   // or a chunk larger than T1). Readers must not outlive the store.
   Result<ChunkReader> OpenChunk(const Namespace& ns, const ChunkKey& key);
 
+  // Scheduler hint: the prompts of the next queued requests, in the order they will run (the
+  // look-ahead window; it replaces the previous hint). The "aware" policy keeps their chunks
+  // in DRAM ahead of everything else, and a background prefetcher reads the ones only on T2
+  // into T1 (while prefetched-but-unread bytes stay under options.prefetch_bytes), never
+  // evicting a window entry or one not yet on disk. Returns at once: never waits for I/O.
+  void Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts);
+
   // Returns when everything put before the call is on T2 (or failed: the Status says so).
   Status Flush();
+  // Returns when the prefetches of the hints given so far are done (tests, benchmarks).
+  void WaitForPrefetch();
 
   StoreStats Stats() const;
 

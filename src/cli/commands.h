@@ -9,6 +9,7 @@ namespace kvault::cli {
 void AddBenchCommand(CLI::App& app);    // kvault bench store
 void AddInspectCommand(CLI::App& app);  // kvault inspect DIR
 void AddDemoCommand(CLI::App& app);     // kvault demo
+void AddReplayCommand(CLI::App& app);   // kvault replay --trace FILE
 int ExitCode();
 void SetExitCode(int code);
 

@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   kvault::cli::AddBenchCommand(app);
   kvault::cli::AddInspectCommand(app);
   kvault::cli::AddDemoCommand(app);
+  kvault::cli::AddReplayCommand(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,7 +1,5 @@
 #include "engine/demo.h"
 
-#include <dlfcn.h>
-
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -21,6 +19,7 @@
 #include "engine/engine.h"
 #include "engine/model.h"
 #include "engine/model_config.h"
+#include "engine/runtime_setup.h"
 #include "engine/svg_chart.h"
 #include "engine/weights.h"
 #include "kvault/options.h"
@@ -130,32 +129,6 @@ const char* TierString(const RequestResult& r) {
 
 // Removes the store's own files under `dir` (segments and the direct-I/O probe) and refuses
 // to touch anything else, so a mistyped --data-dir never deletes someone's files.
-Status WipeStoreDir(const std::string& dir) {
-  std::error_code ec;
-  fs::path path(dir);
-  if (!fs::exists(path, ec)) return Status::OK();
-  if (!fs::is_directory(path, ec)) {
-    return Status::InvalidArgument("--data-dir " + dir + " exists and is not a directory");
-  }
-  std::vector<fs::path> victims;
-  for (const auto& entry : fs::directory_iterator(path, ec)) {
-    std::string name = entry.path().filename().string();
-    bool segment = name.size() > 8 && name.rfind("seg-", 0) == 0 && name.substr(name.size() - 4) == ".kvs";
-    if ((segment || name == ".probe" || name == "LOCK") && entry.is_regular_file(ec)) {
-      victims.push_back(entry.path());
-    } else {
-      return Status::InvalidArgument("--data-dir " + dir + " holds '" + name +
-                                     "', which is not a kvault segment file; refusing to wipe it "
-                                     "(choose another directory, or pass --keep-data)");
-    }
-  }
-  if (ec) return Status::IOError("cannot list --data-dir " + dir + ": " + ec.message());
-  for (const auto& v : victims) {
-    if (!fs::remove(v, ec) && ec) return Status::IOError("cannot remove " + v.string() + ": " + ec.message());
-  }
-  return Status::OK();
-}
-
 Status ValidateOptions(const DemoOptions& o) {
   auto bad = [](const std::string& m) { return Status::InvalidArgument(m); };
   if (o.sessions < 1 || o.sessions > 64) return bad("--sessions must be in [1, 64]");
@@ -243,13 +216,7 @@ Result<DemoReport> RunDemoImpl(const DemoOptions& o) {
   // Default: every core but one, which the engine's loader and saver threads and the store's
   // write-behind use while the model computes (on 2 cores: 1 compute thread; a second one
   // contends with them and slows the cached run down).
-  const int hw = static_cast<int>(std::thread::hardware_concurrency());
-  const int threads = o.threads > 0 ? o.threads : std::max(1, hw - 1);
-  torch::set_num_threads(threads);
-  // LibTorch's CPU GEMMs go to the system BLAS; OpenBLAS keeps its own thread pool (every core
-  // by default), which would take the core left to the loader, saver and write-behind.
-  if (auto set = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(threads);
-  rep.threads = torch::get_num_threads();
+  rep.threads = SetComputeThreads(o.threads);
   const torch::ScalarType dtype = o.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
   rep.dtype = o.dtype;
   rep.device = o.device;

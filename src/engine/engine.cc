@@ -454,6 +454,11 @@ bool Engine::Step() {
       s = std::move(impl_->queue.front());
       impl_->queue.pop_front();
     }
+    if (options_.store != nullptr && options_.hint_window > 0 && options_.load) {
+      // The requests behind this one: their cached KV should be in DRAM when they run.
+      const std::vector<std::vector<uint32_t>> next = LookAhead(options_.hint_window);
+      options_.store->Hint(ns_, std::vector<std::span<const uint32_t>>(next.begin(), next.end()));
+    }
     auto prefill = [&]() -> Status {
       try {
         return impl_->Prefill(*s);

@@ -32,6 +32,9 @@ struct EngineOptions {
   bool save_prompt = true;          // save the prompt's new KV
   bool save_generated = true;       // also save generated tokens' KV
   bool load = true;                 // reuse cached KV (false: save only)
+  // Before each prefill, hint the store with the prompts of this many queued requests
+  // (scheduler-aware eviction and prefetch; Store::Hint). 0: no hints.
+  size_t hint_window = 8;
 };
 
 struct SamplingParams {

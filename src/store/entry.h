@@ -46,6 +46,7 @@ struct Entry {
   bool dirty = false;    // queued for T2, not yet there
   bool writing = false;  // the write-behind thread has it in flight
   bool hot = false;      // read since it was last written: rewritten when its segment goes
+  bool prefetched = false;  // in T1 by a hint's prefetch, not read since: counts against the budget
   uint64_t seq = 0;      // put order
 
   // T2 (local SSD).

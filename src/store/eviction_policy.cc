@@ -1,6 +1,44 @@
 #include "store/eviction_policy.h"
 
+#include "store/aware_policy.h"
+#include "store/fifo_policy.h"
+#include "store/opt_policy.h"
+#include "store/s3fifo_policy.h"
+
 namespace kvault {
+
+// ---------------------------------------------------------------------------------------
+// AccessWindow
+
+std::vector<ChunkKey> AccessWindow::Set(const std::vector<std::vector<ChunkKey>>& requests) {
+  std::unordered_map<ChunkKey, WindowRank, DigestHash> next;
+  for (uint32_t i = 0; i < requests.size(); ++i) {
+    for (uint32_t j = 0; j < requests[i].size(); ++j) {
+      next.emplace(requests[i][j], WindowRank{i, j});  // emplace keeps the first (lowest) rank
+    }
+  }
+  // One pass over each window: O(keys in the old window + keys in the new one).
+  std::vector<ChunkKey> changed;
+  for (const auto& [key, rank] : next) {
+    auto old = rank_.find(key);
+    if (old == rank_.end() || old->second.request != rank.request || old->second.chunk != rank.chunk) {
+      changed.push_back(key);
+    }
+  }
+  for (const auto& [key, rank] : rank_) {
+    if (!next.count(key)) changed.push_back(key);
+  }
+  rank_ = std::move(next);
+  return changed;
+}
+
+const WindowRank* AccessWindow::Find(const ChunkKey& key) const {
+  auto it = rank_.find(key);
+  return it == rank_.end() ? nullptr : &it->second;
+}
+
+// ---------------------------------------------------------------------------------------
+// LruPolicy
 
 void LruPolicy::Insert(Entry* e) {
   if (where_.count(e)) return Touch(e);
@@ -28,9 +66,28 @@ Entry* LruPolicy::PickVictim(const std::function<bool(const Entry*)>& eligible) 
   return nullptr;
 }
 
-Result<std::unique_ptr<EvictionPolicy>> MakePolicy(const std::string& name) {
+// ---------------------------------------------------------------------------------------
+// Factory
+
+const std::vector<std::string>& PolicyNames() {
+  static const std::vector<std::string> names = {"lru", "fifo", "s3fifo", "aware", "opt"};
+  return names;
+}
+
+Result<std::unique_ptr<EvictionPolicy>> MakePolicy(const std::string& name, PolicyContext context) {
   if (name == "lru") return std::unique_ptr<EvictionPolicy>(new LruPolicy());
-  return Status::InvalidArgument("unknown eviction policy '" + name + "' (available: lru)");
+  if (name == "fifo") return std::unique_ptr<EvictionPolicy>(new FifoPolicy());
+  if (name == "s3fifo") return std::unique_ptr<EvictionPolicy>(new S3FifoPolicy());
+  if (name == "aware") return std::unique_ptr<EvictionPolicy>(new AwarePolicy(context.window));
+  if (name == "opt") {
+    if (context.oracle == nullptr) {
+      return Status::InvalidArgument("eviction policy 'opt' needs a future oracle (replay only)");
+    }
+    return std::unique_ptr<EvictionPolicy>(new OptPolicy(context.oracle));
+  }
+  std::string available;
+  for (const std::string& n : PolicyNames()) available += (available.empty() ? "" : ", ") + n;
+  return Status::InvalidArgument("unknown eviction policy '" + name + "' (available: " + available + ")");
 }
 
 }  // namespace kvault

@@ -148,6 +148,8 @@ Status Store::Put(const Namespace& ns, const ChunkKey& parent, std::span<const u
 
 Result<ChunkReader> Store::OpenChunk(const Namespace& ns, const ChunkKey& key) { return impl_->OpenChunk(ns, key); }
 Status Store::Flush() { return impl_->Flush(); }
+void Store::Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts) { impl_->Hint(ns, prompts); }
+void Store::WaitForPrefetch() { impl_->WaitForPrefetch(); }
 StoreStats Store::Stats() const { return impl_->Stats(); }
 
 std::string StoreStats::ToJson() const {
@@ -156,7 +158,7 @@ std::string StoreStats::ToJson() const {
   KV(lookups) KV(lookup_tokens) KV(lookup_chunks) KV(hit_tokens_t1) KV(hit_chunks_t1) KV(hit_tokens_t2)
   KV(hit_chunks_t2) KV(miss_tokens) KV(miss_chunks) KV(bytes_put) KV(bytes_loaded) KV(bytes_t1_to_t2)
   KV(bytes_t2_to_t1) KV(puts) KV(puts_deduplicated) KV(t1_evictions) KV(t1_dropped_unpersisted)
-  KV(t2_evictions) KV(t2_rewrites) KV(promotions) KV(partials_superseded) KV(t1_used_bytes)
+  KV(t2_evictions) KV(t2_compactions) KV(bytes_compacted) KV(t2_rewrites) KV(promotions) KV(hints) KV(prefetches) KV(bytes_prefetched) KV(partials_superseded) KV(t1_used_bytes)
   KV(t1_capacity_bytes) KV(t1_entries) KV(t2_used_bytes) KV(t2_capacity_bytes) KV(t2_entries)
   KV(t2_segments) KV(write_queue_entries) KV(err_io) KV(err_no_space) KV(err_corruption) KV(err_torn)
   KV(err_load_miss) KV(t2_direct_io)

@@ -2,11 +2,16 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
+
+#include "store/aligned_buffer.h"
 
 namespace kvault {
 namespace {
 
 bool SameNamespace(const Entry& e, const Namespace& ns) { return e.ns_id == ns.id() && e.layout == ns.layout(); }
+
+uint64_t RecordBytes(const Entry& e) { return kBlockBytes + RoundUpToBlock(e.bytes); }
 
 }  // namespace
 
@@ -22,9 +27,12 @@ Result<std::unique_ptr<StoreImpl>> StoreImpl::Open(const StoreOptions& options_i
     return Status::InvalidArgument("segment_bytes must be at least 64 KiB");
   }
   std::unique_ptr<StoreImpl> s(new StoreImpl(options));
-  auto policy = MakePolicy(options.policy);
+  auto policy = MakePolicy(options.policy, PolicyContext{&s->window_, nullptr});
   if (!policy.ok()) return policy.status();
   s->policy_ = std::move(policy.value());
+  auto t2_policy = MakePolicy(options.policy, PolicyContext{&s->window_, nullptr});
+  if (!t2_policy.ok()) return t2_policy.status();
+  s->t2_policy_ = std::move(t2_policy.value());
   auto arena = HostArena::Create(options.dram_bytes, options.page_bytes, options.huge_pages, options.prefault_dram);
   if (!arena.ok()) return arena.status();
   s->arena_ = std::move(arena.value());
@@ -45,8 +53,17 @@ Result<std::unique_ptr<StoreImpl>> StoreImpl::Open(const StoreOptions& options_i
       if (!oldest) break;
       s->ReclaimSegment(*oldest);
     }
+    // The T2 policy starts from the records' write order.
+    std::vector<Entry*> on_disk;
+    for (auto& [k, e] : s->index_) {
+      if (e->on_t2) on_disk.push_back(e.get());
+    }
+    std::sort(on_disk.begin(), on_disk.end(), [](const Entry* a, const Entry* b) { return a->seq < b->seq; });
+    for (Entry* e : on_disk) s->t2_policy_->Insert(e);
   }
+  s->prefetch_budget_ = options.prefetch_bytes > 0 ? options.prefetch_bytes : s->arena_->capacity_bytes() / 4;
   s->writer_ = std::thread([p = s.get()] { p->WriterLoop(); });
+  if (s->log_) s->prefetcher_ = std::thread([p = s.get()] { p->PrefetchLoop(); });
   return s;
 }
 
@@ -56,6 +73,8 @@ StoreImpl::~StoreImpl() {
     shutdown_ = true;
   }
   writer_cv_.notify_all();
+  prefetch_cv_.notify_all();
+  if (prefetcher_.joinable()) prefetcher_.join();
   if (writer_.joinable()) writer_.join();
   log_.reset();  // seals the active segment
 }
@@ -68,6 +87,9 @@ void StoreImpl::OnRecordFound(const RecordHeader& h, DiskLocation loc) {
   if (it != index_.end()) {
     Entry& e = *it->second;
     if (e.seq < h.seq) {  // the newest copy wins
+      auto live = segment_live_.find(e.location.segment);
+      if (live != segment_live_.end()) live->second -= std::min(live->second, RecordBytes(e));
+      segment_live_[loc.segment] += h.record_bytes();
       e.seq = h.seq;
       e.location = loc;
       e.payload_checksum = h.payload_checksum;
@@ -88,6 +110,7 @@ void StoreImpl::OnRecordFound(const RecordHeader& h, DiskLocation loc) {
   e->on_t2 = true;
   e->location = loc;
   e->seq = h.seq;
+  segment_live_[loc.segment] += h.record_bytes();
   if (e->partial()) partials_[e->parent].push_back(e->key);
   index_[h.key] = std::move(e);
 }
@@ -95,30 +118,27 @@ void StoreImpl::OnRecordFound(const RecordHeader& h, DiskLocation loc) {
 // ---------------------------------------------------------------------------------------
 // Lookup
 
-LookupResult StoreImpl::Lookup(const Namespace& ns, const ChunkKey& first_parent, std::span<const uint32_t> tokens) {
-  const uint32_t c = ns.layout().chunk_tokens;
-  LookupResult r;
-  r.total_tokens = static_cast<uint32_t>(tokens.size());
-  // Hash outside the lock. Only whole chunks; partial candidates are hashed below.
-  std::vector<ChunkSpan> full = ChunkKeysFrom(ns, first_parent, tokens, /*include_partial=*/false);
+Tier StoreImpl::TierOfLocked(const Entry* e, const Namespace& ns) const {
+  if (e == nullptr || !e->committed || !SameNamespace(*e, ns)) return Tier::kNone;
+  if (e->in_t1) return Tier::kHost;
+  if (e->on_t2 || e->promoting) return Tier::kDisk;
+  return Tier::kNone;
+}
 
-  std::lock_guard<std::mutex> lock(mu_);
-  auto tier_of = [&](const Entry* e) -> Tier {
-    if (e == nullptr || !e->committed || !SameNamespace(*e, ns)) return Tier::kNone;
-    if (e->in_t1) return Tier::kHost;
-    if (e->on_t2 || e->promoting) return Tier::kDisk;
-    return Tier::kNone;
-  };
+std::vector<CachedChunk> StoreImpl::CachedPrefixLocked(const Namespace& ns, const ChunkKey& first_parent,
+                                                       std::span<const uint32_t> tokens,
+                                                       const std::vector<ChunkSpan>& full) const {
+  const uint32_t c = ns.layout().chunk_tokens;
   auto find = [&](const ChunkKey& k) -> const Entry* {
     auto it = index_.find(k);
     return it == index_.end() ? nullptr : it->second.get();
   };
+  std::vector<CachedChunk> chunks;
   size_t j = 0;
   for (; j < full.size(); ++j) {
-    Tier t = tier_of(find(full[j].key));
+    Tier t = TierOfLocked(find(full[j].key), ns);
     if (t == Tier::kNone) break;
-    r.chunks.push_back({full[j].key, full[j].begin, c, t});
-    r.cached_tokens += c;
+    chunks.push_back({full[j].key, full[j].begin, c, t});
   }
   // The longest stored partial chunk that continues the cached prefix.
   const ChunkKey& parent = j == 0 ? first_parent : full[j - 1].key;
@@ -129,14 +149,24 @@ LookupResult StoreImpl::Lookup(const Namespace& ns, const ChunkKey& first_parent
     for (const ChunkKey& k : pit->second) {
       const Entry* e = find(k);
       if (e == nullptr || e->tokens > remaining || (best && e->tokens <= best->tokens)) continue;
-      if (tier_of(e) == Tier::kNone) continue;
+      if (TierOfLocked(e, ns) == Tier::kNone) continue;
       if (ChainKey(ns, parent, tokens.subspan(size_t{j} * c, e->tokens)) == k) best = e;
     }
-    if (best != nullptr) {
-      r.chunks.push_back({best->key, static_cast<uint32_t>(j * c), best->tokens, tier_of(best)});
-      r.cached_tokens += best->tokens;
-    }
+    if (best != nullptr) chunks.push_back({best->key, static_cast<uint32_t>(j * c), best->tokens, TierOfLocked(best, ns)});
   }
+  return chunks;
+}
+
+LookupResult StoreImpl::Lookup(const Namespace& ns, const ChunkKey& first_parent, std::span<const uint32_t> tokens) {
+  const uint32_t c = ns.layout().chunk_tokens;
+  LookupResult r;
+  r.total_tokens = static_cast<uint32_t>(tokens.size());
+  // Hash outside the lock. Only whole chunks; partial candidates are hashed under it.
+  std::vector<ChunkSpan> full = ChunkKeysFrom(ns, first_parent, tokens, /*include_partial=*/false);
+
+  std::lock_guard<std::mutex> lock(mu_);
+  r.chunks = CachedPrefixLocked(ns, first_parent, tokens, full);
+  for (const CachedChunk& ch : r.chunks) r.cached_tokens += ch.tokens;
 
   StoreStats& st = stats_;
   ++st.lookups;
@@ -310,14 +340,15 @@ void StoreImpl::EnqueueWriteLocked(Entry* e) {
 // ---------------------------------------------------------------------------------------
 // T1 space
 
-Status StoreImpl::AllocatePagesLocked(uint64_t bytes, PageList* out) {
+Status StoreImpl::AllocatePagesLocked(uint64_t bytes, PageList* out, const std::function<bool(const Entry*)>& may_evict) {
   const uint32_t n = arena_->PagesFor(bytes);
   if (n > arena_->total_pages()) return Status::NoSpace("chunk of " + std::to_string(bytes) + " bytes exceeds the DRAM tier");
+  auto allowed = [&](const Entry* e) { return e->evictable() && (!may_evict || may_evict(e)); };
   while (arena_->free_pages() < n) {
     // Clean entries first (their data is on T2 or needs no T2); dirty ones only as a last
     // resort, so that a put never waits for the disk.
-    Entry* victim = policy_->PickVictim([](const Entry* e) { return e->evictable() && !e->dirty; });
-    if (victim == nullptr) victim = policy_->PickVictim([](const Entry* e) { return e->evictable(); });
+    Entry* victim = policy_->PickVictim([&](const Entry* e) { return allowed(e) && (e->on_t2 || !log_); });
+    if (victim == nullptr) victim = policy_->PickVictim(allowed);
     if (victim == nullptr) return Status::ResourceExhausted("every DRAM page is pinned or in flight");
     EvictFromT1Locked(victim);
   }
@@ -325,7 +356,29 @@ Status StoreImpl::AllocatePagesLocked(uint64_t bytes, PageList* out) {
   return Status::OK();
 }
 
+void StoreImpl::ClearPrefetchedLocked(Entry* e) {
+  if (!e->prefetched) return;
+  e->prefetched = false;
+  prefetched_bytes_ -= e->bytes;
+}
+
+void StoreImpl::DropT2CopyLocked(Entry* e) {
+  auto live = segment_live_.find(e->location.segment);
+  if (live != segment_live_.end()) live->second -= std::min(live->second, RecordBytes(*e));
+  e->on_t2 = false;
+  t2_policy_->Remove(e);
+}
+
+void StoreImpl::AddT2CopyLocked(Entry* e, DiskLocation loc) {
+  e->on_t2 = true;
+  e->location = loc;
+  segment_live_[loc.segment] += RecordBytes(*e);
+  segment_keys_[loc.segment].push_back(e->key);
+  t2_policy_->Insert(e);
+}
+
 void StoreImpl::EvictFromT1Locked(Entry* e) {
+  ClearPrefetchedLocked(e);
   policy_->Remove(e);
   arena_->Free(e->pages);
   e->pages.clear();
@@ -341,6 +394,8 @@ void StoreImpl::EvictFromT1Locked(Entry* e) {
 }
 
 void StoreImpl::EraseLocked(Entry* e) {
+  ClearPrefetchedLocked(e);
+  if (e->on_t2) DropT2CopyLocked(e);
   if (e->in_t1 || e->promoting) {
     policy_->Remove(e);
     arena_->Free(e->pages);
@@ -388,13 +443,17 @@ Result<ChunkReader> StoreImpl::OpenChunk(const Namespace& ns, const ChunkKey& ke
       return Status::NotFound("chunk " + key.ShortHex() + " is not cached");
     }
     Entry* e = it->second.get();
-    if (e->promoting) {  // another thread is reading it from T2
+    if (e->promoting || (e->writing && !e->in_t1)) {  // being read from T2, or moved on T2
       progress_cv_.wait(lock);
       continue;
     }
     if (e->in_t1) {
       ++e->pins;
-      if (e->on_t2) e->hot = true;
+      ClearPrefetchedLocked(e);
+      if (e->on_t2) {
+        e->hot = true;
+        t2_policy_->Touch(e);
+      }
       policy_->Touch(e);
       return ChunkReader(this, e, Tier::kHost);
     }
@@ -402,41 +461,49 @@ Result<ChunkReader> StoreImpl::OpenChunk(const Namespace& ns, const ChunkKey& ke
       ++stats_.err_load_miss;
       return Status::NotFound("chunk " + key.ShortHex() + " is not cached");
     }
-    // Promote: read T2 straight into freshly allocated T1 pages.
-    PageList pages;
-    Status st = AllocatePagesLocked(RoundUpToBlock(e->bytes), &pages);
-    if (!st.ok()) return st;
-    e->pages = std::move(pages);
-    e->promoting = true;
-    ++e->pins;
-    const RecordHeader expected = HeaderOf(*e);
-    const DiskLocation loc = e->location;
-    std::vector<IoSlice> slices;
-    arena_->ForEachPiece(e->pages, 0, RoundUpToBlock(e->bytes), [&](std::byte* p, size_t n) { slices.push_back({p, n}); });
-    lock.unlock();
-    st = log_->ReadRecord(loc, expected, slices);
-    lock.lock();
-    e->promoting = false;
-    progress_cv_.notify_all();
-    if (st.ok()) {
-      e->in_t1 = true;
-      e->hot = true;
-      policy_->Insert(e);
-      ++stats_.promotions;
-      stats_.bytes_t2_to_t1 += e->bytes;
-      return ChunkReader(this, e, Tier::kDisk);
-    }
-    // Unreadable or corrupt: never served. Drop the T2 copy; the chunk is a miss from now on.
-    // kNotFound means the segment was reclaimed during the read: a plain miss, not an error.
-    if (st.code() != Code::kNotFound) CountErrorLocked(st);
-    ++stats_.err_load_miss;
-    --e->pins;
-    arena_->Free(e->pages);
-    e->pages.clear();
-    e->on_t2 = false;
-    if (e->pins == 0) EraseLocked(e);
+    Status st = PromoteLocked(lock, e);
+    if (st.ok()) return ChunkReader(this, e, Tier::kDisk);
+    if (st.code() == Code::kResourceExhausted || st.code() == Code::kNoSpace) return st;
     return Status::NotFound("chunk " + key.ShortHex() + " could not be read from disk: " + st.ToString());
   }
+}
+
+Status StoreImpl::PromoteLocked(std::unique_lock<std::mutex>& lock, Entry* e,
+                                const std::function<bool(const Entry*)>& may_evict) {
+  // Read T2 straight into freshly allocated T1 pages.
+  PageList pages;
+  KVAULT_RETURN_IF_ERROR(AllocatePagesLocked(RoundUpToBlock(e->bytes), &pages, may_evict));
+  e->pages = std::move(pages);
+  e->promoting = true;
+  ++e->pins;
+  const RecordHeader expected = HeaderOf(*e);
+  const DiskLocation loc = e->location;
+  std::vector<IoSlice> slices;
+  arena_->ForEachPiece(e->pages, 0, RoundUpToBlock(e->bytes), [&](std::byte* p, size_t n) { slices.push_back({p, n}); });
+  lock.unlock();
+  Status st = log_->ReadRecord(loc, expected, slices);
+  lock.lock();
+  e->promoting = false;
+  progress_cv_.notify_all();
+  if (st.ok()) {
+    e->in_t1 = true;
+    e->hot = true;
+    policy_->Insert(e);
+    t2_policy_->Touch(e);
+    ++stats_.promotions;
+    stats_.bytes_t2_to_t1 += e->bytes;
+    return Status::OK();
+  }
+  // Unreadable or corrupt: never served. Drop the T2 copy; the chunk is a miss from now on.
+  // kNotFound means the segment was reclaimed during the read: a plain miss, not an error.
+  if (st.code() != Code::kNotFound) CountErrorLocked(st);
+  ++stats_.err_load_miss;
+  --e->pins;
+  arena_->Free(e->pages);
+  e->pages.clear();
+  if (e->on_t2 && e->location.segment == loc.segment && e->location.offset == loc.offset) DropT2CopyLocked(e);
+  if (e->pins == 0 && !e->on_t2) EraseLocked(e);
+  return st.code() == Code::kNotFound ? st : Status::NotFound(st.ToString());
 }
 
 void StoreImpl::CopyOut(const Entry* e, size_t offset, std::span<std::byte> dst) const {
@@ -458,6 +525,92 @@ void StoreImpl::Unpin(Entry* e) {
   std::lock_guard<std::mutex> lock(mu_);
   --e->pins;
   if (e->pins == 0 && !e->in_t1 && !e->on_t2 && !e->promoting) EraseLocked(e);
+}
+
+// ---------------------------------------------------------------------------------------
+// Hints and prefetch
+
+void StoreImpl::Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts) {
+  std::vector<std::vector<ChunkSpan>> full;  // whole chunks, hashed outside the lock
+  full.reserve(prompts.size());
+  for (std::span<const uint32_t> p : prompts) full.push_back(ChunkKeys(ns, p, /*include_partial=*/false));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.hints;
+    // Each prompt's cached prefix, the stored partial chunk it would reuse included, as
+    // Lookup finds it; then its uncached whole chunks (about to be written).
+    std::vector<std::vector<CachedChunk>> cached(prompts.size());
+    std::vector<std::vector<ChunkKey>> chains(prompts.size());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      cached[i] = CachedPrefixLocked(ns, ns.id(), prompts[i], full[i]);
+      size_t whole = 0;
+      for (const CachedChunk& c : cached[i]) {
+        chains[i].push_back(c.key);
+        whole += c.tokens == ns.layout().chunk_tokens;
+      }
+      for (size_t j = whole; j < full[i].size(); ++j) chains[i].push_back(full[i][j].key);
+    }
+    for (const ChunkKey& k : window_.Set(chains)) {
+      auto it = index_.find(k);
+      if (it == index_.end() || !it->second->committed) continue;
+      if (it->second->in_t1) policy_->WindowChanged(it->second.get());
+      if (it->second->on_t2) t2_policy_->WindowChanged(it->second.get());
+    }
+    // Prefetch, in window order, the chunks only on T2 of each prompt's cached prefix.
+    prefetch_queue_.clear();
+    if (log_) {
+      for (const auto& prefix : cached) {
+        for (const CachedChunk& c : prefix) {
+          if (c.tier == Tier::kDisk) prefetch_queue_.push_back(c.key);
+        }
+      }
+    }
+  }
+  prefetch_cv_.notify_one();
+}
+
+void StoreImpl::WaitForPrefetch() {
+  std::unique_lock<std::mutex> lock(mu_);
+  progress_cv_.wait(lock, [&] { return prefetch_queue_.empty() && !prefetching_; });
+}
+
+void StoreImpl::PrefetchLoop() {
+  // Victims for a prefetch: nothing the window needs, nothing without a copy on disk.
+  auto may_evict = [this](const Entry* v) { return v->on_t2 && !window_.Contains(v->key); };
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    prefetch_cv_.wait(lock, [&] { return shutdown_ || !prefetch_queue_.empty(); });
+    if (shutdown_) break;
+    const ChunkKey key = prefetch_queue_.front();
+    prefetch_queue_.pop_front();
+    auto it = index_.find(key);
+    Entry* e = it == index_.end() ? nullptr : it->second.get();
+    if (e == nullptr || !e->committed || e->in_t1 || e->promoting || e->writing || !e->on_t2) {
+      progress_cv_.notify_all();
+      continue;
+    }
+    if (prefetched_bytes_ + e->bytes > prefetch_budget_ || std::chrono::steady_clock::now() < degraded_until_) {
+      prefetch_queue_.clear();  // enough prefetched and not yet used (or the disk is failing)
+      progress_cv_.notify_all();
+      continue;
+    }
+    prefetching_ = true;
+    const uint64_t bytes = e->bytes;
+    Status st = PromoteLocked(lock, e, may_evict);  // releases the lock while reading
+    prefetching_ = false;
+    if (st.ok()) {
+      --e->pins;  // in T1 now, owned by the policy like any other entry
+      e->prefetched = true;
+      prefetched_bytes_ += bytes;
+      ++stats_.prefetches;
+      stats_.bytes_prefetched += bytes;
+    } else if (st.code() == Code::kResourceExhausted || st.code() == Code::kNoSpace) {
+      prefetch_queue_.clear();  // no room without evicting what the window needs
+    }
+    progress_cv_.notify_all();
+  }
+  prefetching_ = false;
+  progress_cv_.notify_all();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -529,12 +682,11 @@ void StoreImpl::WriterLoop() {
       e->writing = false;
       --e->pins;
       if (item.status.ok()) {
-        e->on_t2 = true;
-        e->location = item.location;
+        if (e->on_t2) DropT2CopyLocked(e);  // an older copy (rewritten after a failed load)
+        AddT2CopyLocked(e, item.location);
         e->payload_checksum = item.header.payload_checksum;
         e->checksum_valid = true;
         e->hot = false;
-        segment_keys_[item.location.segment].push_back(e->key);
         stats_.bytes_t1_to_t2 += e->bytes;
       } else {
         failed = true;
@@ -551,14 +703,145 @@ void StoreImpl::WriterLoop() {
 }
 
 Status StoreImpl::EnsureT2Space(std::span<const uint64_t> record_bytes) {
-  const uint64_t needed = log_->BytesNeeded(record_bytes);
-  if (needed > options_.ssd_bytes) return Status::NoSpace("records larger than the disk tier's cap");
-  while (log_->UsedBytes() + needed > options_.ssd_bytes) {
-    auto oldest = log_->OldestInactive();
-    if (!oldest) return Status::NoSpace("disk tier cap reached with nothing to reclaim");
-    ReclaimSegment(*oldest);
+  for (;;) {
+    const uint64_t needed = log_->BytesNeeded(record_bytes);  // compaction moves the active segment's end
+    if (needed > options_.ssd_bytes) return Status::NoSpace("records larger than the disk tier's cap");
+    if (log_->UsedBytes() + needed <= options_.ssd_bytes) return Status::OK();
+    // In order: delete a sealed segment with nothing live; compact one at least half dead
+    // (copying its live records costs at most what it frees); else the T2 policy's victim
+    // record dies, and the loop looks again.
+    std::optional<uint32_t> empty, sparse;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      uint64_t sparse_live = 0;
+      std::optional<uint32_t> active;
+      for (const SegmentInfo& seg : log_->Segments()) {
+        if (seg.active) {
+          active = seg.id;
+          continue;
+        }
+        auto it = segment_live_.find(seg.id);
+        const uint64_t live = it == segment_live_.end() ? 0 : it->second;
+        if (live == 0) {
+          empty = seg.id;
+          break;
+        }
+        if (2 * live <= seg.bytes && (!sparse || live < sparse_live)) {
+          sparse = seg.id;
+          sparse_live = live;
+        }
+      }
+      if (!empty && !sparse) {
+        // Only records in sealed segments: a dead record in the active one frees nothing yet.
+        Entry* victim = t2_policy_->PickVictim([&](const Entry* e) {
+          return e->on_t2 && e->pins == 0 && !e->promoting && !e->writing && e->location.segment != active;
+        });
+        if (victim != nullptr) {
+          ++stats_.t2_evictions;
+          DropT2CopyLocked(victim);
+          if (!victim->in_t1 && victim->pins == 0) EraseLocked(victim);
+          continue;
+        }
+      }
+    }
+    if (empty) {
+      ReclaimSegment(*empty);
+    } else if (sparse) {
+      CompactSegment(*sparse);
+    } else {
+      // Every sealed record is pinned or in flight: give back the oldest segment whole.
+      auto oldest = log_->OldestInactive();
+      if (!oldest) return Status::NoSpace("disk tier cap reached with nothing to reclaim");
+      ReclaimSegment(*oldest);
+    }
   }
-  return Status::OK();
+}
+
+void StoreImpl::CompactSegment(uint32_t id) {
+  // 1. Claim the live, idle records of the segment: pinned and marked `writing`, readers wait.
+  struct Move {
+    Entry* e;
+    AppendItem item;
+    AlignedBuffer copy;  // the payload read from disk (entries not in T1)
+    bool ok = true;
+  };
+  std::vector<Move> moves;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto keys = segment_keys_.find(id);
+    if (keys != segment_keys_.end()) {
+      for (const ChunkKey& k : keys->second) {
+        auto it = index_.find(k);
+        if (it == index_.end()) continue;
+        Entry* e = it->second.get();
+        if (!e->on_t2 || e->location.segment != id || e->pins > 0 || e->promoting || e->writing || e->dirty) continue;
+        ++e->pins;
+        e->writing = true;
+        Move m{e, {}, {}};
+        m.item.header = HeaderOf(*e);
+        m.item.header.seq = next_seq_++;  // the copy wins over the old one after a restart
+        moves.push_back(std::move(m));
+      }
+    }
+  }
+  // 2. Payloads: from T1 when there (pinned pages do not move), else read from the segment.
+  for (Move& m : moves) {
+    const uint64_t padded = RoundUpToBlock(m.e->bytes);
+    if (m.e->in_t1) {
+      arena_->ForEachPiece(m.e->pages, 0, padded, [&](std::byte* p, size_t n) { m.item.payload.push_back({p, n}); });
+      continue;
+    }
+    m.copy.Resize(padded);
+    const IoSlice slice{reinterpret_cast<std::byte*>(m.copy.data()), padded};
+    Status st = log_->ReadRecord(m.e->location, HeaderOf(*m.e), {&slice, 1});
+    if (!st.ok()) {
+      m.ok = false;
+      std::lock_guard<std::mutex> lock(mu_);
+      CountErrorLocked(st);
+      continue;
+    }
+    m.item.payload.push_back(slice);
+  }
+  // 3. The segment goes (every record in it but the claimed ones dies), then the copies are
+  //    appended: freeing first means compaction never needs spare space. A crash in between
+  //    loses the copies: misses, never wrong data.
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (Move& m : moves) {
+      if (m.ok) continue;
+      m.e->writing = false;  // unreadable: dies with the segment
+      --m.e->pins;
+    }
+  }
+  ReclaimSegment(id);
+  std::vector<AppendItem> items;
+  for (Move& m : moves) {
+    if (m.ok) items.push_back(std::move(m.item));
+  }
+  if (!items.empty()) log_->Append(items);
+  std::lock_guard<std::mutex> lock(mu_);
+  size_t j = 0;
+  for (Move& m : moves) {
+    if (!m.ok) continue;
+    const AppendItem& item = items[j++];
+    Entry* e = m.e;
+    e->writing = false;
+    --e->pins;
+    if (item.status.ok()) {
+      e->location = item.location;
+      e->seq = item.header.seq;
+      segment_live_[item.location.segment] += RecordBytes(*e);
+      segment_keys_[item.location.segment].push_back(e->key);
+      stats_.bytes_compacted += e->bytes;
+    } else {
+      if (item.status.code() != Code::kUnavailable) CountErrorLocked(item.status);
+      ++stats_.t2_evictions;
+      DropT2CopyLocked(e);
+      if (e->pins == 0 && !e->in_t1) EraseLocked(e);
+    }
+  }
+  ++stats_.t2_compactions;
+  progress_cv_.notify_all();  // readers waiting for the moved entries
 }
 
 void StoreImpl::ReclaimSegment(uint32_t id) {
@@ -566,12 +849,14 @@ void StoreImpl::ReclaimSegment(uint32_t id) {
     std::lock_guard<std::mutex> lock(mu_);
     std::vector<ChunkKey> keys = std::move(segment_keys_[id]);
     segment_keys_.erase(id);
+    segment_live_.erase(id);
     for (const ChunkKey& k : keys) {
       auto it = index_.find(k);
       if (it == index_.end()) continue;
       Entry* e = it->second.get();
-      if (!e->on_t2 || e->location.segment != id) continue;
-      e->on_t2 = false;
+      // Entries compaction claimed (writing, not dirty) keep their T2 copy: it is rewritten.
+      if (!e->on_t2 || e->location.segment != id || (e->writing && !e->dirty)) continue;
+      DropT2CopyLocked(e);
       ++stats_.t2_evictions;
       if (e->in_t1) {
         // Compaction for free: a chunk read since it was written is still in DRAM, so it is

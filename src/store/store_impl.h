@@ -33,6 +33,8 @@ class StoreImpl {
   Result<ChunkWriter> BeginPut(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens);
   Result<ChunkReader> OpenChunk(const Namespace& ns, const ChunkKey& key);
   Status Flush();
+  void Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts);
+  void WaitForPrefetch();
   StoreStats Stats() const;
 
   // For the handles. REQUIRES: the entry is pinned by the calling handle.
@@ -52,16 +54,35 @@ class StoreImpl {
   explicit StoreImpl(const StoreOptions& options);
   void OnRecordFound(const RecordHeader& h, DiskLocation loc);  // while opening
 
-  Status AllocatePagesLocked(uint64_t bytes, PageList* out);  // REQUIRES: mu_ held
+  // Makes room by evicting policy victims that `may_evict` accepts (default: any).
+  Tier TierOfLocked(const Entry* e, const Namespace& ns) const;  // REQUIRES: mu_ held
+  // The cached prefix of `tokens` after `first_parent`: the chunks of `full` (its whole
+  // chunks' spans) until the first miss, then the longest stored partial chunk that follows.
+  std::vector<CachedChunk> CachedPrefixLocked(const Namespace& ns, const ChunkKey& first_parent,
+                                              std::span<const uint32_t> tokens,
+                                              const std::vector<ChunkSpan>& full) const;  // REQUIRES: mu_ held
+  Status AllocatePagesLocked(uint64_t bytes, PageList* out,
+                             const std::function<bool(const Entry*)>& may_evict = nullptr);  // REQUIRES: mu_ held
+  // Reads T2-only entry e into fresh T1 pages; releases `lock` during the read. On success e is
+  // in T1 with one more pin (the caller's). On failure e is unpinned again, its unreadable T2
+  // copy dropped (and e erased when nothing else holds it); the Status says why.
+  Status PromoteLocked(std::unique_lock<std::mutex>& lock, Entry* e,
+                       const std::function<bool(const Entry*)>& may_evict = nullptr);
   void EvictFromT1Locked(Entry* e);                          // REQUIRES: mu_ held
   void EraseLocked(Entry* e);                                // REQUIRES: mu_ held, e->pins == 0
   void EnqueueWriteLocked(Entry* e);                         // REQUIRES: mu_ held
+  void ClearPrefetchedLocked(Entry* e);                      // REQUIRES: mu_ held
+  // e's record on T2 stops being live (the entry itself stays while in T1 or pinned).
+  void DropT2CopyLocked(Entry* e);                           // REQUIRES: mu_ held, e->on_t2
+  void AddT2CopyLocked(Entry* e, DiskLocation loc);          // REQUIRES: mu_ held
   void CountErrorLocked(const Status& st);                   // REQUIRES: mu_ held
   static RecordHeader HeaderOf(const Entry& e);
 
   void WriterLoop();
+  void PrefetchLoop();
   Status EnsureT2Space(std::span<const uint64_t> record_bytes);  // writer thread only
   void ReclaimSegment(uint32_t id);                              // writer thread only
+  void CompactSegment(uint32_t id);                              // writer thread only
 
   const StoreOptions options_;
   std::unique_ptr<HostArena> arena_;
@@ -73,7 +94,19 @@ class StoreImpl {
   std::unordered_map<ChunkKey, std::vector<ChunkKey>, DigestHash> partials_;
   // Segment id -> keys written there (some may have moved or gone since).
   std::unordered_map<uint32_t, std::vector<ChunkKey>> segment_keys_;
-  std::unique_ptr<EvictionPolicy> policy_;
+  std::unique_ptr<EvictionPolicy> policy_;     // T1 entries (committed, in_t1)
+  std::unique_ptr<EvictionPolicy> t2_policy_;  // T2 entries (on_t2): which record dies next
+  AccessWindow window_;  // the last Store::Hint; both policies read it
+  // Segment id -> bytes of its records that are still the live copy of an entry. A segment
+  // with none is deleted; one at least half dead is compacted (see EnsureT2Space).
+  std::unordered_map<uint32_t, uint64_t> segment_live_;
+
+  // Prefetch: keys of T2-only window entries, in window order; the prefetch thread reads them.
+  std::deque<ChunkKey> prefetch_queue_;
+  uint64_t prefetched_bytes_ = 0;      // bytes of T1 entries with `prefetched` set
+  uint64_t prefetch_budget_ = 0;       // the most prefetched_bytes_ may reach
+  bool prefetching_ = false;           // the prefetch thread has a read in flight
+  std::condition_variable prefetch_cv_;  // prefetch work, or shutdown
 
   // Write-behind queue of (seq, key). An item is stale when its entry is gone, no longer
   // dirty, or has a newer seq. processed_seq_ is the highest seq the writer has finished.
@@ -91,6 +124,7 @@ class StoreImpl {
   mutable StoreStats stats_;
   mutable std::atomic<uint64_t> bytes_loaded_{0};
   std::thread writer_;
+  std::thread prefetcher_;
 };
 
 }  // namespace kvault

@@ -1,0 +1,277 @@
+#include "replay/simulator.h"
+
+#include <algorithm>
+#include <chrono>
+#include <queue>
+#include <unordered_map>
+
+#include "replay/tier_model.h"
+
+namespace kvault::replay {
+namespace {
+
+// What `opt` knows: every request's chunks, in trace order. Time = request index.
+class TraceOracle final : public FutureOracle {
+ public:
+  explicit TraceOracle(const Trace& trace) {
+    for (uint32_t i = 0; i < trace.requests.size(); ++i) {
+      for (const TraceChunk& c : trace.requests[i].chunks) uses_[c.key].push_back(i);
+    }
+  }
+  void Advance(uint64_t now) { now_ = now; }
+  uint64_t Now() const override { return now_; }
+  uint64_t NextUse(const ChunkKey& key) const override {
+    auto it = uses_.find(key);
+    if (it == uses_.end()) return UINT64_MAX;
+    auto u = std::lower_bound(it->second.begin(), it->second.end(), now_);
+    return u == it->second.end() ? UINT64_MAX : *u;
+  }
+
+ private:
+  uint64_t now_ = 0;
+  std::unordered_map<ChunkKey, std::vector<uint32_t>, DigestHash> uses_;
+};
+
+}  // namespace
+
+double ReplayResult::token_hit_rate() const {
+  return prompt_tokens == 0 ? 0.0 : double(hit_tokens_t1 + hit_tokens_t2) / double(prompt_tokens);
+}
+
+double ReplayResult::Percentile(double p) const {
+  if (ttft_ms.empty()) return 0;
+  std::vector<double> v = ttft_ms;
+  const size_t k = std::min(v.size() - 1, static_cast<size_t>(p / 100.0 * double(v.size() - 1) + 0.5));
+  std::nth_element(v.begin(), v.begin() + k, v.end());
+  return v[k];
+}
+
+Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
+  KVAULT_RETURN_IF_ERROR(o.cost.Validate());
+  if (!(o.speed > 0)) return Status::InvalidArgument("speed must be positive");
+  if (trace.requests.empty()) return Status::InvalidArgument("the trace has no requests");
+  if (o.engines == 0) return Status::InvalidArgument("at least one engine");
+  const auto wall_start = std::chrono::steady_clock::now();
+  auto last_progress = wall_start;
+
+  const uint64_t kv_per_token = o.model.kv_bytes_per_token();
+  TraceOracle oracle(trace);
+  AccessWindow window;
+  PolicyContext context{&window, &oracle};
+  auto model_or = TierModel::Create(o.dram_bytes, o.ssd_bytes, o.page_bytes, kv_per_token, o.policy, context);
+  if (!model_or.ok()) return model_or.status();
+  TierModel& tiers = *model_or.value();
+  const uint64_t prefetch_budget = o.prefetch_budget_bytes > 0 ? o.prefetch_budget_bytes : tiers.t1_capacity() / 4;
+  const double read_bps = o.cost.ssd_read_gbps * 1e9, write_bps = o.cost.ssd_write_gbps * 1e9;
+  const double pcie_bps = o.cost.pcie_gbps * 1e9;
+  const double layers = std::max<uint32_t>(o.model.layers, 1);
+  const uint64_t write_backlog_limit = tiers.t1_capacity() / 2;
+
+  const auto& reqs = trace.requests;
+  const size_t n = reqs.size();
+  auto arrival_s = [&](size_t i) { return reqs[i].arrival_ms / 1000.0 / o.speed; };
+
+  ReplayResult r;
+  r.requests = n;
+  r.ttft_ms.reserve(n);
+  r.service_ms.reserve(n);
+  // When each engine is next free (min-heap): requests start in arrival order on the engine
+  // that frees first.
+  std::priority_queue<double, std::vector<double>, std::greater<double>> engine_free;
+  for (uint32_t k = 0; k < o.engines; ++k) engine_free.push(0.0);
+  double disk_free = 0, last_completion = 0;
+  size_t arrived = 0;  // requests with arrival <= the current start
+  // Prefetched T1 entries no request has used yet, with when their read completes. Their
+  // bytes count against the prefetch budget until used or evicted.
+  struct Prefetched {
+    double ready_s;
+    uint64_t bytes;
+  };
+  std::unordered_map<ChunkKey, Prefetched, DigestHash> prefetched;
+  uint64_t prefetched_bytes = 0;
+  auto forget_prefetch = [&](const ChunkKey& k) {
+    auto p = prefetched.find(k);
+    if (p == prefetched.end()) return;
+    prefetched_bytes -= p->second.bytes;
+    prefetched.erase(p);
+  };
+
+  for (size_t i = 0; i < n; ++i) {
+    const TraceRequest& q = reqs[i];
+    const double arrival = arrival_s(i);
+    const double start = std::max(arrival, engine_free.top());
+    engine_free.pop();
+    while (arrived < n && arrival_s(arrived) <= start) ++arrived;
+    arrived = std::max(arrived, i + 1);
+    r.queue.emplace_back(start, static_cast<uint32_t>(arrived - i - 1));
+    oracle.Advance(i);
+
+    // 1. Lookup; pin the hits.
+    std::vector<Entry*> hits = tiers.LookupPrefix(q.chunks);
+    for (Entry* e : hits) tiers.Pin(e);
+    uint64_t hit_tokens = 0, t1_tokens = 0, t1_bytes = 0, t2_bytes = 0;
+    uint64_t lead_tokens = 0, lead_bytes = 0;  // the leading run of ready T1 chunks
+    bool lead = true;
+    std::vector<double> pending_until(hits.size(), -1);  // >= 0: arrives from the disk then
+    for (size_t k = 0; k < hits.size(); ++k) {
+      Entry* e = hits[k];
+      hit_tokens += e->tokens;
+      bool in_dram = e->in_t1;
+      if (in_dram) {
+        auto p = prefetched.find(e->key);
+        if (p != prefetched.end() && p->second.ready_s > start) {
+          in_dram = false;
+          pending_until[k] = p->second.ready_s;
+        }
+      }
+      if (in_dram) {
+        t1_tokens += e->tokens;
+        t1_bytes += e->bytes;
+        if (lead) {
+          lead_tokens += e->tokens;
+          lead_bytes += e->bytes;
+        }
+      } else {
+        lead = false;
+        t2_bytes += e->bytes;
+      }
+    }
+    r.hit_tokens_t1 += t1_tokens;
+    r.hit_tokens_t2 += hit_tokens - t1_tokens;
+
+    // 2. Load everything cached (A) or recompute from the first chunk not in DRAM (B).
+    const uint64_t input = q.input_tokens;
+    double disk = disk_free, disk_done = start;
+    for (size_t k = 0; k < hits.size(); ++k) {
+      if (pending_until[k] >= 0) {
+        disk_done = std::max(disk_done, pending_until[k]);
+      } else if (!hits[k]->in_t1) {
+        disk = std::max(disk, start) + double(hits[k]->bytes) / read_bps;
+        disk_done = std::max(disk_done, disk);
+      }
+    }
+    const double load_a = std::max(disk_done - start + double(t2_bytes) / pcie_bps, double(t1_bytes + t2_bytes) / pcie_bps);
+    const double compute_a = o.cost.PrefillSeconds(o.model, std::max<uint64_t>(1, input - hit_tokens), hit_tokens);
+    const double service_a = std::max(load_a, compute_a) + load_a / layers;
+    double service = service_a;
+    size_t reused_chunks = hits.size();
+    uint64_t reused_tokens = hit_tokens;
+    if (t2_bytes > 0) {
+      const double load_b = double(lead_bytes) / pcie_bps;
+      const double compute_b = o.cost.PrefillSeconds(o.model, std::max<uint64_t>(1, input - lead_tokens), lead_tokens);
+      const double service_b = std::max(load_b, compute_b) + load_b / layers;
+      if (service_b < service_a) {
+        service = service_b;
+        reused_tokens = lead_tokens;
+        reused_chunks = 0;
+        while (reused_chunks < hits.size() && pending_until[reused_chunks] < 0 && hits[reused_chunks]->in_t1) ++reused_chunks;
+        ++r.planner_recomputes;
+      } else {
+        ++r.planner_loads;
+      }
+    }
+    if (reused_chunks == hits.size() && t2_bytes > 0) {  // plan A: the disk reads happen
+      disk_free = disk;
+      for (size_t k = 0; k < hits.size(); ++k) {
+        if (pending_until[k] >= 0 || hits[k]->in_t1) continue;
+        r.bytes_t2_to_t1 += hits[k]->bytes;
+        tiers.Promote(hits[k], [](const Entry*) { return true; });  // streamed through if no room
+      }
+    }
+    for (Entry* e : hits) forget_prefetch(e->key);  // used (or skipped by the planner): done
+    for (size_t k = 0; k < reused_chunks; ++k) {
+      tiers.Touch(hits[k]);
+      r.bytes_t1_to_gpu += hits[k]->bytes;
+    }
+    r.reused_tokens += reused_tokens;
+    const double end = start + service;
+
+    // 3. Hint the queued requests; prefetch their T2 chunks into T1.
+    std::vector<std::vector<ChunkKey>> queued;
+    for (size_t j = i + 1; j < arrived && queued.size() < o.window; ++j) {
+      std::vector<ChunkKey> keys;
+      keys.reserve(reqs[j].chunks.size());
+      for (const TraceChunk& c : reqs[j].chunks) keys.push_back(c.key);
+      queued.push_back(std::move(keys));
+    }
+    if (o.window > 0) {
+      tiers.WindowChanged(window.Set(queued));
+      // Prefetched entries evicted before use no longer count against the budget.
+      std::erase_if(prefetched, [&](const auto& kv) {
+        const Entry* e = tiers.Find(kv.first);
+        if (e != nullptr && e->in_t1) return false;
+        prefetched_bytes -= kv.second.bytes;
+        return true;
+      });
+      auto outside_window = [&](const Entry* v) { return !window.Contains(v->key); };
+      bool room = true;
+      for (size_t j = 0; j < queued.size() && room; ++j) {
+        for (Entry* e : tiers.LookupPrefix(reqs[i + 1 + j].chunks)) {
+          if (e->in_t1) continue;
+          if (prefetched_bytes + e->bytes > prefetch_budget || !tiers.Promote(e, outside_window)) {
+            room = false;
+            break;
+          }
+          disk_free = std::max(disk_free, start) + double(e->bytes) / read_bps;
+          prefetched[e->key] = {disk_free, e->bytes};
+          prefetched_bytes += e->bytes;
+          r.bytes_prefetched += e->bytes;
+          r.bytes_t2_to_t1 += e->bytes;
+        }
+      }
+    }
+
+    // 4. Save the new chunks: T1 now, T2 behind on the disk's timeline.
+    std::vector<Entry*> saved;
+    for (size_t k = reused_chunks; k < q.chunks.size(); ++k) {
+      const TraceChunk& c = q.chunks[k];
+      const ChunkKey parent = k == 0 ? ChunkKey{} : q.chunks[k - 1].key;
+      bool created = false;
+      Entry* e = tiers.Put(c.key, parent, c.tokens, &created);
+      if (e == nullptr) continue;
+      tiers.Pin(e);
+      saved.push_back(e);
+      if (!created) continue;
+      r.bytes_gpu_to_t1 += e->bytes;
+      if (tiers.t2_capacity() == 0) continue;
+      const double t = std::max(disk_free, end);
+      if ((t - end) * write_bps > double(write_backlog_limit)) {
+        ++r.writes_dropped;
+        continue;
+      }
+      if (tiers.WriteToT2(e)) {
+        disk_free = t + double(e->bytes) / write_bps;
+        r.bytes_t1_to_t2 += e->bytes;
+      }
+    }
+    for (Entry* e : saved) tiers.Unpin(e);
+    for (Entry* e : hits) tiers.Unpin(e);
+
+    engine_free.push(end);
+    r.prefill_busy_s += service;
+    r.last_prefill_end_s = end;
+    r.ttft_ms.push_back((end - arrival) * 1000.0);
+    r.service_ms.push_back(service * 1000.0);
+    r.prompt_tokens += input;
+    r.output_tokens += q.output_tokens;
+    last_completion = std::max(last_completion, end + q.output_tokens * o.cost.decode_ms_per_token / 1000.0);
+
+    if (i % 1024 == 1023) {
+      const auto now = std::chrono::steady_clock::now();
+      if (o.progress && now - last_progress > std::chrono::milliseconds(500)) {
+        last_progress = now;
+        o.progress(i + 1, n);
+      }
+    }
+  }
+  r.makespan_s = last_completion - arrival_s(0);
+  const TierCounters& c = tiers.counters();
+  r.t1_evictions = c.t1_evictions;
+  r.t2_evictions = c.t2_evictions;
+  r.t1_put_failures = c.t1_put_failures;
+  r.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
+  if (o.progress) o.progress(n, n);
+  return r;
+}
+
+}  // namespace kvault::replay

@@ -1,0 +1,76 @@
+// The discrete-event replay behind `kvault replay`: a request trace through a model of one
+// serving node — `engines` prefill engines (one per GPU, as in prefill/decode disaggregated
+// serving) taking requests from one FIFO queue — in front of the node's shared kvault tiers
+// (TierModel: the store's index and policies, payloads elided).
+//
+// Per request, at the time it reaches the engine:
+//   1. lookup of the prompt's chunk chain (T1 / T2 hits; the hit chunks are pinned);
+//   2. the look-ahead window (the next `window` requests already queued) is hinted to the
+//      store: the policies see it, and the prefetcher reads their T2 chunks into T1 in the
+//      background on the disk's timeline, never evicting a window entry or a pinned one, while
+//      prefetched-but-unused bytes stay within `prefetch_budget_bytes`;
+//   3. service time: the cached prefix loads layer by layer (T2 chunks first cross the disk,
+//      then every hit crosses PCIe) while the new tokens compute; TTFT counts the larger of
+//      the two plus one layer's share of the load (the first layer cannot overlap). When
+//      reading the T2 part is slower than recomputing it, the planner recomputes it instead;
+//   4. the new chunks are put into T1 and written behind to T2 on the disk's timeline; a
+//      write that would leave more than half of T1 waiting for the disk is dropped (the store
+//      would evict those entries before they reached the disk).
+// The disk is one FIFO timeline shared by demand reads, prefetches and write-behind.
+//
+// Thread-safety: RunReplay is reentrant (no globals).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kvault/status.h"
+#include "replay/cost_model.h"
+#include "replay/trace.h"
+
+namespace kvault::replay {
+
+struct ReplayOptions {
+  ModelShape model;
+  CostModel cost;
+  uint64_t dram_bytes = 64ull << 30;
+  uint64_t ssd_bytes = 512ull << 30;
+  uint32_t page_bytes = 256u << 10;
+  std::string policy = "lru";
+  uint32_t engines = 4;                  // prefill engines (GPUs) sharing the store and the disk
+  uint32_t window = 32;                  // queued requests hinted; 0: no hints, no prefetch
+  uint64_t prefetch_budget_bytes = 0;    // prefetched, not yet used; 0 = a quarter of T1
+  double speed = 1.0;                    // arrival rate multiplier
+  // Called about every 0.5 s of wall time with (requests done, total).
+  std::function<void(size_t, size_t)> progress;
+};
+
+struct ReplayResult {
+  size_t requests = 0;
+  uint64_t prompt_tokens = 0, output_tokens = 0;
+  uint64_t hit_tokens_t1 = 0, hit_tokens_t2 = 0;  // lookup hits (what the cache held)
+  uint64_t reused_tokens = 0;                      // hits actually loaded (after the planner)
+  uint64_t planner_loads = 0, planner_recomputes = 0;
+  std::vector<double> ttft_ms;                     // per request, trace order
+  std::vector<double> service_ms;                  // per request: TTFT minus queueing
+  double makespan_s = 0;        // first arrival to last completion
+  double prefill_busy_s = 0;    // engine time spent prefilling
+  double last_prefill_end_s = 0;
+  // Queue length (requests waiting) sampled at each request's start: (time s, length).
+  std::vector<std::pair<double, uint32_t>> queue;
+  // Bytes moved per path.
+  uint64_t bytes_t1_to_gpu = 0, bytes_t2_to_t1 = 0, bytes_prefetched = 0;
+  uint64_t bytes_gpu_to_t1 = 0, bytes_t1_to_t2 = 0, writes_dropped = 0;
+  uint64_t t1_evictions = 0, t2_evictions = 0, t1_put_failures = 0;
+  uint64_t prefetch_hit_tokens = 0;  // T1 hits that a prefetch brought in
+  double wall_s = 0;
+
+  double token_hit_rate() const;
+  double Percentile(double p) const;  // of ttft_ms
+};
+
+Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& options);
+
+}  // namespace kvault::replay

@@ -1,0 +1,171 @@
+#include "replay/tier_model.h"
+
+#include "store/record_format.h"
+
+namespace kvault::replay {
+
+Result<std::unique_ptr<TierModel>> TierModel::Create(uint64_t t1_bytes, uint64_t t2_bytes, uint32_t page_bytes,
+                                                     uint64_t kv_bytes_per_token, const std::string& policy,
+                                                     PolicyContext context) {
+  if (page_bytes == 0 || page_bytes % kBlockBytes != 0) {
+    return Status::InvalidArgument("page_bytes must be a positive multiple of 4096");
+  }
+  if (kv_bytes_per_token == 0) return Status::InvalidArgument("KV bytes per token must be positive");
+  std::unique_ptr<TierModel> m(new TierModel());
+  m->page_bytes_ = page_bytes;
+  m->t1_cap_ = t1_bytes / page_bytes * page_bytes;  // whole pages, like the store's arena
+  m->t2_cap_ = t2_bytes;
+  m->kv_bytes_per_token_ = kv_bytes_per_token;
+  auto p1 = MakePolicy(policy, context);
+  if (!p1.ok()) return p1.status();
+  auto p2 = MakePolicy(policy, context);
+  if (!p2.ok()) return p2.status();
+  m->t1_policy_ = std::move(p1.value());
+  m->t2_policy_ = std::move(p2.value());
+  return m;
+}
+
+uint64_t TierModel::T1Cost(const Entry& e) const {
+  const uint64_t padded = RoundUpToBlock(e.bytes);
+  return (padded + page_bytes_ - 1) / page_bytes_ * page_bytes_;
+}
+
+uint64_t TierModel::T2Cost(const Entry& e) const { return kBlockBytes + RoundUpToBlock(e.bytes); }
+
+std::vector<Entry*> TierModel::LookupPrefix(const std::vector<TraceChunk>& chain) {
+  std::vector<Entry*> hits;
+  for (const TraceChunk& c : chain) {
+    Entry* e = Find(c.key);
+    if (e == nullptr) break;
+    hits.push_back(e);
+  }
+  return hits;
+}
+
+void TierModel::Touch(Entry* e) {
+  if (e->in_t1) t1_policy_->Touch(e);
+  if (e->on_t2) t2_policy_->Touch(e);
+}
+
+bool TierModel::MakeT1Room(uint64_t bytes, const std::function<bool(const Entry*)>& may_evict) {
+  if (bytes > t1_cap_) return false;
+  while (t1_used_ + bytes > t1_cap_) {
+    Entry* victim = t1_policy_->PickVictim([&](const Entry* v) { return v->pins == 0 && may_evict(v); });
+    if (victim == nullptr) return false;
+    ++counters_.t1_evictions;
+    DropFromT1(victim);
+  }
+  return true;
+}
+
+bool TierModel::Promote(Entry* e, const std::function<bool(const Entry*)>& may_evict) {
+  if (e->in_t1) return true;
+  ++e->pins;  // not its own victim
+  const bool room = MakeT1Room(T1Cost(*e), may_evict);
+  --e->pins;
+  if (!room) return false;
+  e->in_t1 = true;
+  t1_used_ += T1Cost(*e);
+  t1_policy_->Insert(e);
+  if (e->on_t2) t2_policy_->Touch(e);
+  return true;
+}
+
+Entry* TierModel::Find(const ChunkKey& key) {
+  auto it = index_.find(key);
+  if (it == index_.end() || !(it->second->in_t1 || it->second->on_t2)) return nullptr;
+  return it->second.get();
+}
+
+Entry* TierModel::Put(const ChunkKey& key, const ChunkKey& parent, uint32_t tokens, bool* created) {
+  *created = false;
+  if (Entry* existing = Find(key)) return existing;
+  auto it = index_.find(key);
+  if (it != index_.end()) {  // pinned, in no tier any more: stored again
+    Entry* e = it->second.get();
+    if (!MakeT1Room(T1Cost(*e), [](const Entry*) { return true; })) {
+      ++counters_.t1_put_failures;
+      return nullptr;
+    }
+    e->in_t1 = true;
+    t1_used_ += T1Cost(*e);
+    t1_policy_->Insert(e);
+    *created = true;
+    return e;
+  }
+  auto owned = std::make_unique<Entry>();
+  Entry* e = owned.get();
+  e->key = key;
+  e->parent = parent;
+  e->tokens = tokens;
+  e->bytes = chunk_bytes(tokens);
+  e->committed = true;
+  if (!MakeT1Room(T1Cost(*e), [](const Entry*) { return true; })) {
+    ++counters_.t1_put_failures;
+    return nullptr;
+  }
+  e->in_t1 = true;
+  t1_used_ += T1Cost(*e);
+  index_[key] = std::move(owned);
+  t1_policy_->Insert(e);
+  *created = true;
+  return e;
+}
+
+bool TierModel::WriteToT2(Entry* e) {
+  if (t2_cap_ == 0 || e->on_t2) return e->on_t2;
+  const uint64_t cost = T2Cost(*e);
+  if (cost > t2_cap_) return false;
+  ++e->pins;
+  bool ok = true;
+  while (t2_used_ + cost > t2_cap_) {
+    Entry* victim = t2_policy_->PickVictim([](const Entry* v) { return v->pins == 0; });
+    if (victim == nullptr) {
+      ok = false;
+      break;
+    }
+    ++counters_.t2_evictions;
+    DropFromT2(victim);
+  }
+  --e->pins;
+  if (!ok) return false;
+  e->on_t2 = true;
+  t2_used_ += cost;
+  t2_policy_->Insert(e);
+  return true;
+}
+
+void TierModel::WindowChanged(const std::vector<ChunkKey>& keys) {
+  for (const ChunkKey& k : keys) {
+    auto it = index_.find(k);
+    if (it == index_.end()) continue;
+    Entry* e = it->second.get();
+    if (e->in_t1) t1_policy_->WindowChanged(e);
+    if (e->on_t2) t2_policy_->WindowChanged(e);
+  }
+}
+
+void TierModel::DropFromT1(Entry* e) {
+  t1_policy_->Remove(e);
+  t1_used_ -= T1Cost(*e);
+  e->in_t1 = false;
+  EraseIfGone(e);
+}
+
+void TierModel::DropFromT2(Entry* e) {
+  t2_policy_->Remove(e);
+  t2_used_ -= T2Cost(*e);
+  e->on_t2 = false;
+  EraseIfGone(e);
+}
+
+void TierModel::Unpin(Entry* e) {
+  --e->pins;
+  EraseIfGone(e);
+}
+
+void TierModel::EraseIfGone(Entry* e) {
+  if (!e->in_t1 && !e->on_t2 && e->pins == 0) index_.erase(e->key);  // destroys *e
+}
+
+}  // namespace kvault::replay

@@ -1,0 +1,25 @@
+#include "store/fifo_policy.h"
+
+namespace kvault {
+
+void FifoPolicy::Insert(Entry* e) {
+  if (where_.count(e)) return;
+  order_.push_front(e);
+  where_[e] = order_.begin();
+}
+
+void FifoPolicy::Remove(Entry* e) {
+  auto it = where_.find(e);
+  if (it == where_.end()) return;
+  order_.erase(it->second);
+  where_.erase(it);
+}
+
+Entry* FifoPolicy::PickVictim(const std::function<bool(const Entry*)>& eligible) {
+  for (auto it = order_.rbegin(); it != order_.rend(); ++it) {
+    if (eligible(*it)) return *it;
+  }
+  return nullptr;
+}
+
+}  // namespace kvault

@@ -1,0 +1,302 @@
+// kvault replay: trace parsing, the payload-free tier model and the simulator.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <unordered_set>
+
+#include "replay/simulator.h"
+#include "replay/tier_model.h"
+#include "replay/trace.h"
+
+namespace kvault::replay {
+namespace {
+
+std::string MooncakeLine(double ts, uint32_t len, const std::vector<int>& ids, uint32_t out = 1) {
+  std::string s = "{\"timestamp\": " + std::to_string(ts) + ", \"input_length\": " + std::to_string(len) +
+                  ", \"output_length\": " + std::to_string(out) + ", \"hash_ids\": [";
+  for (size_t i = 0; i < ids.size(); ++i) s += (i ? ", " : "") + std::to_string(ids[i]);
+  return s + "]}\n";
+}
+
+Trace MustParse(const std::string& text, TraceOptions o = {}) {
+  auto t = ParseTrace(text, o);
+  EXPECT_TRUE(t.ok()) << t.status().ToString();
+  return t.ok() ? std::move(t.value()) : Trace{};
+}
+
+// A T1-only configuration holding exactly `chunks` chunks of 512 tokens.
+ReplayOptions SmallOptions(const std::string& policy, uint64_t chunks) {
+  ReplayOptions o;
+  o.model.name = "test";
+  o.model.layers = 2;
+  o.model.q_heads = 2;
+  o.model.kv_heads = 1;
+  o.model.head_dim = 4;
+  o.model.params = 1e6;
+  o.model.kv_bytes_per_token_override = 8;  // a 512-token chunk = 4096 B = one page
+  o.page_bytes = 4096;
+  o.dram_bytes = chunks * 4096;
+  o.ssd_bytes = 0;
+  o.policy = policy;
+  o.engines = 1;
+  o.window = 0;
+  return o;
+}
+
+TEST(TraceTest, MooncakeChunksShareKeysExactlyWhenPrefixesAreShared) {
+  // Request 2 shares block 1 with request 1 but not block 2; request 3 repeats request 1.
+  const std::string text = MooncakeLine(0, 1024, {1, 2}) + MooncakeLine(5, 1000, {1, 3}) + MooncakeLine(9, 1024, {1, 2});
+  for (uint32_t chunk : {128u, 256u, 512u}) {
+    TraceOptions o;
+    o.chunk_tokens = chunk;
+    Trace t = MustParse(text, o);
+    ASSERT_EQ(t.requests.size(), 3u);
+    EXPECT_EQ(t.format, "mooncake");
+    const auto& a = t.requests[0].chunks;
+    const auto& b = t.requests[1].chunks;
+    const auto& c = t.requests[2].chunks;
+    ASSERT_EQ(a.size(), 1024 / chunk);
+    ASSERT_EQ(b.size(), (1000 + chunk - 1) / chunk);
+    const size_t shared = 512 / chunk;  // the chunks inside block 1
+    for (size_t k = 0; k < b.size(); ++k) {
+      EXPECT_EQ(a[k].key == b[k].key, k < shared) << "chunk " << chunk << " index " << k;
+    }
+    for (size_t k = 0; k < a.size(); ++k) EXPECT_EQ(a[k].key, c[k].key);
+    uint32_t sum = 0;
+    for (const auto& ch : b) sum += ch.tokens;
+    EXPECT_EQ(sum, 1000u);
+    EXPECT_EQ(t.prompt_tokens, 1024u + 1000u + 1024u);
+    EXPECT_EQ(t.reusable_tokens, 512u + 1024u);  // request 2 reuses block 1; request 3 everything
+    EXPECT_EQ(t.unique_tokens, 1024u + 488u);
+  }
+}
+
+TEST(TraceTest, ChunksStraddlingBlocksHaveNoTokenStream) {
+  TraceOptions o;
+  o.chunk_tokens = 384;  // does not divide 512
+  Trace t = MustParse(MooncakeLine(0, 1024, {1, 2}), o);
+  ASSERT_EQ(t.requests[0].chunks.size(), 3u);
+  EXPECT_EQ(t.requests[0].chunks[0].stream_begin, 0);
+  EXPECT_LT(t.requests[0].chunks[1].stream_begin, 0);  // tokens 384..767 span blocks 1 and 2
+}
+
+TEST(TraceTest, ScaledBlocksKeepTheSharingStructure) {
+  TraceOptions o;
+  o.chunk_tokens = 16;
+  o.scaled_block_tokens = 16;
+  Trace t = MustParse(MooncakeLine(0, 1024, {1, 2}) + MooncakeLine(1, 1100, {1, 2, 7}), o);
+  EXPECT_EQ(t.requests[0].input_tokens, 32u);
+  EXPECT_EQ(t.requests[1].input_tokens, 32u + 3u);  // 76 tokens of the last block -> ceil(76 * 16 / 512)
+  EXPECT_EQ(t.requests[0].chunks[1].key, t.requests[1].chunks[1].key);
+  EXPECT_EQ(t.requests[1].chunks[2].tokens, 3u);
+}
+
+TEST(TraceTest, SessionsReuseTheirHistoryAndSharedPrefix) {
+  const std::string text =
+      "{\"session\": \"a\", \"timestamp\": 0, \"input_tokens\": 300, \"output_tokens\": 100, \"prefix\": \"sys\", \"prefix_tokens\": 512}\n"
+      "{\"session\": \"b\", \"timestamp\": 1, \"input_tokens\": 10, \"output_tokens\": 5, \"prefix\": \"sys\", \"prefix_tokens\": 512}\n"
+      "{\"session\": \"a\", \"timestamp\": 2, \"input_tokens\": 200}\n";
+  TraceOptions o;
+  o.chunk_tokens = 256;
+  Trace t = MustParse(text, o);
+  EXPECT_EQ(t.format, "sessions");
+  const auto& a1 = t.requests[0];
+  const auto& b1 = t.requests[1];
+  const auto& a2 = t.requests[2];
+  EXPECT_EQ(a1.input_tokens, 812u);
+  EXPECT_EQ(a2.input_tokens, 812u + 100u + 200u);
+  // The system prompt's two chunks are shared by both sessions; then they differ.
+  EXPECT_EQ(a1.chunks[0].key, b1.chunks[0].key);
+  EXPECT_EQ(a1.chunks[1].key, b1.chunks[1].key);
+  EXPECT_NE(a1.chunks[2].key, b1.chunks[2].key);
+  // Turn 2 of session a repeats turn 1's whole chunks.
+  for (size_t k = 0; k < 3; ++k) EXPECT_EQ(a1.chunks[k].key, a2.chunks[k].key);
+}
+
+TEST(TraceTest, ErrorsNameTheLine) {
+  auto bad = [](const std::string& text) { return ParseTrace(text, {}).status(); };
+  Status st = bad(MooncakeLine(0, 1024, {1, 2}) + "{not json\n");
+  EXPECT_EQ(st.code(), Code::kInvalidArgument);
+  EXPECT_NE(st.message().find("line 2"), std::string::npos) << st.message();
+  st = bad(MooncakeLine(0, 1024, {1}));  // 1024 tokens need 2 blocks
+  EXPECT_NE(st.message().find("hash_ids"), std::string::npos) << st.message();
+  EXPECT_EQ(bad("{\"timestamp\": 0, \"input_length\": 5}\n").code(), Code::kInvalidArgument);
+  EXPECT_EQ(bad("{\"timestamp\": -1, \"input_length\": 5, \"hash_ids\": [1]}\n").code(), Code::kInvalidArgument);
+  EXPECT_EQ(bad(MooncakeLine(0, 10, {1}) + "{\"session\": \"x\", \"timestamp\": 1, \"input_tokens\": 4}\n").code(),
+            Code::kInvalidArgument);
+  EXPECT_EQ(bad("").code(), Code::kInvalidArgument);
+  EXPECT_EQ(LoadTrace("/nonexistent/trace.jsonl", {}).status().code(), Code::kNotFound);
+}
+
+TEST(TraceTest, RepeatAddsFreshRequestsAfterTheSpan) {
+  TraceOptions o;
+  o.repeat = 3;
+  Trace t = MustParse(MooncakeLine(0, 512, {1}) + MooncakeLine(100, 512, {1}), o);
+  ASSERT_EQ(t.requests.size(), 6u);
+  EXPECT_DOUBLE_EQ(t.requests[2].arrival_ms, 200.0);  // span 100 + mean gap 100
+  EXPECT_NE(t.requests[0].chunks[0].key, t.requests[2].chunks[0].key);
+  EXPECT_EQ(t.reusable_tokens, 3u * 512u);
+}
+
+// Cyclic access a b c a b c ... over a cache of two chunks: LRU and FIFO never hit, Belady hits
+// one request in three (worked out by hand: after the first three misses, every eviction
+// keeps the chunk needed next).
+TEST(SimulatorTest, HandMadeTraceWithAKnownOptimum) {
+  std::string text;
+  const int ids[] = {10, 11, 12};
+  for (int i = 0; i < 9; ++i) text += MooncakeLine(i * 1000.0, 512, {ids[i % 3]});
+  Trace t = MustParse(text);
+  auto hits = [&](const std::string& policy, uint32_t window) {
+    ReplayOptions o = SmallOptions(policy, 2);
+    o.window = window;
+    auto r = RunReplay(t, o);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? r->hit_tokens_t1 + r->hit_tokens_t2 : 0;
+  };
+  EXPECT_EQ(hits("lru", 0), 0u);
+  EXPECT_EQ(hits("fifo", 0), 0u);
+  EXPECT_EQ(hits("opt", 0), 3u * 512u);
+}
+
+// With every request queued at once, the window shows the future to "aware": on the cyclic
+// trace it then evicts like Belady.
+TEST(SimulatorTest, AwareWithAWindowMatchesTheOptimumOnTheCyclicTrace) {
+  std::string text;
+  const int ids[] = {10, 11, 12};
+  for (int i = 0; i < 9; ++i) text += MooncakeLine(0, 512, {ids[i % 3]});
+  Trace t = MustParse(text);
+  ReplayOptions o = SmallOptions("aware", 2);
+  o.window = 4;
+  auto aware = RunReplay(t, o);
+  ASSERT_TRUE(aware.ok());
+  o.policy = "lru";
+  auto lru = RunReplay(t, o);
+  ASSERT_TRUE(lru.ok());
+  EXPECT_EQ(aware->hit_tokens_t1, 3u * 512u);
+  EXPECT_EQ(lru->hit_tokens_t1, 0u);
+  EXPECT_LE(aware->Percentile(90), lru->Percentile(90));
+}
+
+// A trace of conversations and shared prompts, generated deterministically.
+Trace SyntheticSessions(int requests) {
+  std::string text;
+  uint64_t x = 42;
+  auto next = [&] { return x = x * 6364136223846793005ull + 1442695040888963407ull, x >> 33; };
+  for (int i = 0; i < requests; ++i) {
+    const uint64_t session = next() % 40;
+    text += "{\"session\": " + std::to_string(session) + ", \"timestamp\": " + std::to_string(i * 50) +
+            ", \"input_tokens\": " + std::to_string(100 + next() % 900) + ", \"output_tokens\": 50, \"prefix\": \"p" +
+            std::to_string(session % 3) + "\", \"prefix_tokens\": 1024}\n";
+  }
+  TraceOptions o;
+  o.chunk_tokens = 256;
+  return MustParse(text, o);
+}
+
+TEST(SimulatorTest, InfiniteCacheReachesTheTraceCeilingWithEveryPolicy) {
+  Trace t = SyntheticSessions(400);
+  ASSERT_GT(t.reusable_tokens, 0u);
+  for (const std::string& policy : PolicyNames()) {
+    ReplayOptions o = SmallOptions(policy, 1 << 20);
+    o.ssd_bytes = 1ull << 40;
+    auto r = RunReplay(t, o);
+    ASSERT_TRUE(r.ok()) << policy;
+    EXPECT_EQ(r->hit_tokens_t1 + r->hit_tokens_t2, t.reusable_tokens) << policy;
+    EXPECT_EQ(r->t1_evictions, 0u) << policy;
+  }
+}
+
+TEST(SimulatorTest, OptIsACeilingAndRunsAreDeterministic) {
+  Trace t = SyntheticSessions(600);
+  uint64_t unique_chunks = t.unique_chunks;
+  for (uint64_t cap : {unique_chunks / 20, unique_chunks / 5}) {
+    ReplayOptions o = SmallOptions("opt", cap);
+    auto opt = RunReplay(t, o);
+    ASSERT_TRUE(opt.ok());
+    for (const char* policy : {"lru", "fifo", "s3fifo", "aware"}) {
+      o.policy = policy;
+      o.window = 8;
+      auto a = RunReplay(t, o);
+      auto b = RunReplay(t, o);
+      ASSERT_TRUE(a.ok() && b.ok());
+      EXPECT_LE(a->token_hit_rate(), opt->token_hit_rate() + 1e-9) << policy << " cap " << cap;
+      EXPECT_EQ(a->hit_tokens_t1, b->hit_tokens_t1);
+      EXPECT_EQ(a->ttft_ms, b->ttft_ms);
+    }
+  }
+}
+
+TEST(TierModelTest, CapsAreRespectedAndPinnedEntriesStay) {
+  AccessWindow window;
+  auto m = TierModel::Create(/*t1=*/3 * 4096, /*t2=*/3 * 8192, 4096, /*kv per token=*/8, "lru", {&window, nullptr});
+  ASSERT_TRUE(m.ok());
+  TierModel& tiers = *m.value();
+  std::vector<Entry*> pinned;
+  ChunkKey parent;
+  for (int i = 0; i < 10; ++i) {
+    ChunkKey k;
+    k.bytes[0] = static_cast<uint8_t>(i + 1);
+    bool created = false;
+    Entry* e = tiers.Put(k, parent, 512, &created);
+    ASSERT_NE(e, nullptr);
+    EXPECT_TRUE(created);
+    tiers.WriteToT2(e);
+    if (i == 0) {
+      tiers.Pin(e);
+      pinned.push_back(e);
+    }
+    EXPECT_LE(tiers.t1_used(), tiers.t1_capacity());
+    EXPECT_LE(tiers.t2_used(), tiers.t2_capacity());
+    parent = k;
+  }
+  EXPECT_TRUE(pinned[0]->in_t1);  // never a victim while pinned
+  tiers.Unpin(pinned[0]);
+  // T1 full of pinned entries: a put finds no room.
+  std::vector<Entry*> all;
+  for (int i = 20; i < 23; ++i) {
+    ChunkKey k;
+    k.bytes[0] = static_cast<uint8_t>(i);
+    bool created = false;
+    Entry* e = tiers.Put(k, ChunkKey{}, 512, &created);
+    ASSERT_NE(e, nullptr);
+    tiers.Pin(e);
+    all.push_back(e);
+  }
+  ChunkKey k;
+  k.bytes[0] = 99;
+  bool created = false;
+  EXPECT_EQ(tiers.Put(k, ChunkKey{}, 512, &created), nullptr);
+  EXPECT_EQ(tiers.counters().t1_put_failures, 1u);
+  for (Entry* e : all) tiers.Unpin(e);
+}
+
+TEST(SimulatorTest, QueueingShowsInTtftAndMoreEnginesDrainIt) {
+  Trace t = SyntheticSessions(300);
+  ReplayOptions o = SmallOptions("lru", 64);
+  o.cost.prefill_tflops = 1e-4;  // slow engines: the queue builds up
+  o.speed = 4;
+  auto one = RunReplay(t, o);
+  o.engines = 8;
+  auto eight = RunReplay(t, o);
+  ASSERT_TRUE(one.ok() && eight.ok());
+  EXPECT_GT(one->Percentile(90), eight->Percentile(90));
+  uint32_t max_queue = 0;
+  for (const auto& [time, len] : one->queue) max_queue = std::max(max_queue, len);
+  EXPECT_GT(max_queue, 0u);
+  for (size_t i = 0; i < one->ttft_ms.size(); ++i) EXPECT_GE(one->ttft_ms[i] + 1e-9, one->service_ms[i]);
+}
+
+TEST(SimulatorTest, BadOptionsAreErrors) {
+  Trace t = SyntheticSessions(10);
+  ReplayOptions o = SmallOptions("nope", 4);
+  EXPECT_EQ(RunReplay(t, o).status().code(), Code::kInvalidArgument);
+  o = SmallOptions("lru", 4);
+  o.engines = 0;
+  EXPECT_EQ(RunReplay(t, o).status().code(), Code::kInvalidArgument);
+  o = SmallOptions("lru", 4);
+  o.cost.pcie_gbps = 0;
+  EXPECT_EQ(RunReplay(t, o).status().code(), Code::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace kvault::replay
