@@ -237,7 +237,7 @@ TEST(TierModelTest, CapsAreRespectedAndPinnedEntriesStay) {
     ChunkKey k;
     k.bytes[0] = static_cast<uint8_t>(i + 1);
     bool created = false;
-    Entry* e = tiers.Put(k, parent, 512, &created);
+    Entry* e = tiers.Put(TraceChunk{k, 512}, parent, 512, &created);
     ASSERT_NE(e, nullptr);
     EXPECT_TRUE(created);
     tiers.WriteToT2(e);
@@ -257,7 +257,7 @@ TEST(TierModelTest, CapsAreRespectedAndPinnedEntriesStay) {
     ChunkKey k;
     k.bytes[0] = static_cast<uint8_t>(i);
     bool created = false;
-    Entry* e = tiers.Put(k, ChunkKey{}, 512, &created);
+    Entry* e = tiers.Put(TraceChunk{k, 512}, ChunkKey{}, 512, &created);
     ASSERT_NE(e, nullptr);
     tiers.Pin(e);
     all.push_back(e);
@@ -265,7 +265,7 @@ TEST(TierModelTest, CapsAreRespectedAndPinnedEntriesStay) {
   ChunkKey k;
   k.bytes[0] = 99;
   bool created = false;
-  EXPECT_EQ(tiers.Put(k, ChunkKey{}, 512, &created), nullptr);
+  EXPECT_EQ(tiers.Put(TraceChunk{k, 512}, ChunkKey{}, 512, &created), nullptr);
   EXPECT_EQ(tiers.counters().t1_put_failures, 1u);
   for (Entry* e : all) tiers.Unpin(e);
 }
@@ -284,6 +284,26 @@ TEST(SimulatorTest, QueueingShowsInTtftAndMoreEnginesDrainIt) {
   for (const auto& [time, len] : one->queue) max_queue = std::max(max_queue, len);
   EXPECT_GT(max_queue, 0u);
   for (size_t i = 0; i < one->ttft_ms.size(); ++i) EXPECT_GE(one->ttft_ms[i] + 1e-9, one->service_ms[i]);
+}
+
+// A chat's next turn reuses the previous prompt's trailing partial chunk (the store keeps it
+// and finds it by the tokens that follow), then its full chunk supersedes the partial one.
+TEST(SimulatorTest, NextTurnReusesThePartialChunk) {
+  const std::string text =
+      "{\"session\": \"a\", \"timestamp\": 0, \"input_tokens\": 600, \"output_tokens\": 100}\n"
+      "{\"session\": \"a\", \"timestamp\": 1000, \"input_tokens\": 200}\n"
+      "{\"session\": \"a\", \"timestamp\": 2000, \"input_tokens\": 50}\n";
+  TraceOptions to;
+  to.chunk_tokens = 256;
+  Trace t = MustParse(text, to);
+  // Turn 1: 600 tokens = 256 + 256 + 88 (partial). Turn 2: 900 = 256 + 256 + 256 + 132: it
+  // reuses 512 + the 88-token partial. Turn 3: 950 tokens reuses turn 2's 768 + its 132-token partial.
+  EXPECT_EQ(t.reusable_tokens, 600u + 900u);
+  ReplayOptions o = SmallOptions("lru", 64);
+  o.model.kv_bytes_per_token_override = 8;
+  auto r = RunReplay(t, o);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->hit_tokens_t1 + r->hit_tokens_t2, 600u + 900u);
 }
 
 TEST(SimulatorTest, BadOptionsAreErrors) {

@@ -26,7 +26,8 @@ std::vector<uint32_t> Chain(int i) { return MakeTokens(1000 + i, kChainChunks * 
 
 void PutAndFlush(Store& store, const Namespace& ns, const std::vector<uint32_t>& tokens) {
   ASSERT_TRUE(PutChain(store, ns, tokens).ok());
-  ASSERT_TRUE(store.Flush().ok());
+  const kvault::Status st = store.Flush();
+  ASSERT_TRUE(st.ok()) << st.ToString() << " " << store.Stats().ToJson();
 }
 
 void ReadAll(Store& store, const Namespace& ns, const std::vector<uint32_t>& tokens) {

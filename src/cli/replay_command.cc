@@ -14,7 +14,7 @@ void AddReplayCommand(CLI::App& app) {
       "replay", "Replay a request trace through a model of the serving system and kvault's tiers: hit rate, TTFT, throughput");
   cmd->description(
       "Discrete-event replay of a request trace (Mooncake JSONL with hash_ids, or kvault's session format) through "
-      "one prefill engine with a FIFO queue in front of kvault's DRAM (T1) and SSD (T2) tiers. The tiers run the "
+      "--engines prefill engines sharing one FIFO queue in front of kvault's DRAM (T1) and SSD (T2) tiers. The tiers run the "
       "store's own index rules and eviction policies with payload bytes elided; time is charged by a cost model "
       "(prefill FLOPs at an effective rate, PCIe and disk bandwidths; defaults measured on an H100 machine). "
       "Reports prompt-token hit rate per tier, TTFT percentiles, throughput, queue length over time and bytes per "
@@ -48,13 +48,15 @@ void AddReplayCommand(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--max-requests", o->max_requests, "Use only the first N requests of the file");
   cmd->add_option("--prefill-tflops", o->cost.prefill_tflops, "Effective prefill FLOP rate, TFLOP/s")->capture_default_str();
+  cmd->add_option("--attention-tflops", o->cost.attention_tflops, "Effective rate of prefill's attention FLOPs (0: --prefill-tflops)")
+      ->capture_default_str();
   cmd->add_option("--pcie-gbps", o->cost.pcie_gbps, "Host DRAM -> GPU bandwidth, GB/s")->capture_default_str();
   cmd->add_option("--ssd-read-gbps", o->cost.ssd_read_gbps, "T2 read bandwidth, GB/s")->capture_default_str();
   cmd->add_option("--ssd-write-gbps", o->cost.ssd_write_gbps, "T2 write bandwidth, GB/s")->capture_default_str();
   cmd->add_option("--decode-ms", o->cost.decode_ms_per_token, "Decode time per output token of a request, ms")
       ->capture_default_str();
   cmd->add_flag("--json", o->json, "Print one JSON object (several policies: {\"runs\": [...]})");
-  cmd->add_option("--chart", o->chart_path, "Write an SVG chart of queue length over time");
+  cmd->add_option("--chart", o->chart_path, "Write an SVG chart of queue length over time ('-' or empty: none)");
   cmd->add_flag("-q,--quiet", o->quiet, "No progress on stderr");
   cmd->add_flag("--engine", o->engine,
                 "Validate the simulator: run the first requests through the real engine and store, then the simulator "

@@ -455,9 +455,12 @@ bool Engine::Step() {
       impl_->queue.pop_front();
     }
     if (options_.store != nullptr && options_.hint_window > 0 && options_.load) {
-      // The requests behind this one: their cached KV should be in DRAM when they run.
+      // This request first (its chunks must not be evicted before its lookup pins them), then
+      // the ones behind it: their cached KV should be in DRAM when they run.
       const std::vector<std::vector<uint32_t>> next = LookAhead(options_.hint_window);
-      options_.store->Hint(ns_, std::vector<std::span<const uint32_t>>(next.begin(), next.end()));
+      std::vector<std::span<const uint32_t>> window{std::span<const uint32_t>(s->orig)};
+      window.insert(window.end(), next.begin(), next.end());
+      options_.store->Hint(ns_, window);
     }
     auto prefill = [&]() -> Status {
       try {

@@ -22,7 +22,7 @@ int SetComputeThreads(int threads) {
   return torch::get_num_threads();
 }
 
-Status WipeStoreDir(const std::string& dir, const std::string& flag) {
+Status WipeStoreDir(const std::string& dir, const std::string& flag, bool can_keep) {
   std::error_code ec;
   fs::path path(dir);
   if (!fs::exists(path, ec)) return Status::OK();
@@ -35,8 +35,8 @@ Status WipeStoreDir(const std::string& dir, const std::string& flag) {
       victims.push_back(entry.path());
     } else {
       return Status::InvalidArgument(flag + " " + dir + " holds '" + name +
-                                     "', which is not a kvault segment file; refusing to wipe it "
-                                     "(choose another directory, or pass --keep-data)");
+                                     "', which is not a kvault segment file; refusing to wipe it (choose another directory" +
+                                     (can_keep ? std::string(", or pass --keep-data)") : std::string(")")));
     }
   }
   if (ec) return Status::IOError("cannot list " + flag + " " + dir + ": " + ec.message());

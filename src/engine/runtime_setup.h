@@ -14,7 +14,8 @@ int SetComputeThreads(int threads);
 
 // Empties a store directory before a run: removes kvault's segment files and LOCK; refuses
 // (kInvalidArgument) when it holds anything else, so a mistyped path never loses user files.
-// `flag` names the option in the message. A missing directory is fine.
-Status WipeStoreDir(const std::string& dir, const std::string& flag = "--data-dir");
+// `flag` names the option in the message; `can_keep`: the command has --keep-data (the
+// message suggests it). A missing directory is fine.
+Status WipeStoreDir(const std::string& dir, const std::string& flag = "--data-dir", bool can_keep = true);
 
 }  // namespace kvault::engine

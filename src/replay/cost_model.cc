@@ -7,12 +7,14 @@ uint64_t ModelShape::kv_bytes_per_token() const {
   return uint64_t{2} * layers * kv_heads * head_dim * dtype_bytes;
 }
 
-double ModelShape::PrefillFlops(uint64_t n, uint64_t cached) const {
+// 2 FLOPs per parameter per token.
+double ModelShape::WeightFlops(uint64_t n) const { return 2.0 * params * static_cast<double>(n); }
+
+// QK^T and PV: 2 * 2 * d FLOPs per (query, key) pair per layer, over cached + causal new keys.
+double ModelShape::AttentionFlops(uint64_t n, uint64_t cached) const {
   const double nn = static_cast<double>(n), c = static_cast<double>(cached);
-  // Weights: 2 FLOPs per parameter per token. Attention: QK^T and PV, 2 * 2 * d FLOPs per
-  // (query, key) pair per layer, over cached + causal new keys.
   const double d = double(q_heads) * head_dim;
-  return 2.0 * params * nn + 4.0 * layers * d * (c * nn + nn * nn / 2.0);
+  return 4.0 * layers * d * (c * nn + nn * nn / 2.0);
 }
 
 const std::vector<std::string>& ModelPresetNames() {
@@ -33,7 +35,7 @@ Result<ModelShape> ModelPreset(const std::string& name) {
 }
 
 Status CostModel::Validate() const {
-  if (!(prefill_tflops > 0) || !(pcie_gbps > 0) || !(ssd_read_gbps > 0) || !(ssd_write_gbps > 0) ||
+  if (!(prefill_tflops > 0) || !(pcie_gbps > 0) || !(ssd_read_gbps > 0) || !(ssd_write_gbps > 0) || !(attention_tflops >= 0) ||
       !(decode_ms_per_token >= 0) || !(request_overhead_ms >= 0)) {
     return Status::InvalidArgument("cost model rates must be positive");
   }

@@ -27,8 +27,11 @@ struct ModelShape {
   uint64_t kv_bytes_per_token_override = 0;  // --kv-bytes-per-token; 0 = from the shape
 
   uint64_t kv_bytes_per_token() const;
-  // FLOPs to prefill `n` new tokens after `cached` tokens of context (causal attention).
-  double PrefillFlops(uint64_t n, uint64_t cached) const;
+  // FLOPs to prefill `n` new tokens after `cached` tokens of context: the weights' GEMMs
+  // and causal attention.
+  double WeightFlops(uint64_t n) const;
+  double AttentionFlops(uint64_t n, uint64_t cached) const;
+  double PrefillFlops(uint64_t n, uint64_t cached) const { return WeightFlops(n) + AttentionFlops(n, cached); }
 };
 
 // llama3-8b, llama3-70b, qwen2.5-7b, qwen2.5-72b, mistral-7b.
@@ -37,6 +40,7 @@ const std::vector<std::string>& ModelPresetNames();
 
 struct CostModel {
   double prefill_tflops = 580;     // effective FLOP/s of prefill, in 10^12
+  double attention_tflops = 0;     // of its attention part; 0: the same as prefill_tflops
   double pcie_gbps = 55;           // host DRAM -> GPU, GB/s (10^9)
   double ssd_read_gbps = 1.2;      // T2 -> T1
   double ssd_write_gbps = 1.2;     // T1 -> T2 (write-behind)
@@ -44,7 +48,9 @@ struct CostModel {
   double request_overhead_ms = 0;  // fixed engine time per prefill (scheduling, sampling)
 
   double PrefillSeconds(const ModelShape& m, uint64_t n, uint64_t cached) const {
-    return request_overhead_ms / 1000.0 + m.PrefillFlops(n, cached) / (prefill_tflops * 1e12);
+    const double attention_rate = (attention_tflops > 0 ? attention_tflops : prefill_tflops) * 1e12;
+    return request_overhead_ms / 1000.0 + m.WeightFlops(n) / (prefill_tflops * 1e12) +
+           m.AttentionFlops(n, cached) / attention_rate;
   }
   Status Validate() const;
 };

@@ -62,9 +62,10 @@ double MeasureMemcpyGbps() {
   return best;
 }
 
-// Write then O_DIRECT-read 64 MiB under `dir`: the T2 bandwidths the store sees there.
-std::pair<double, double> MeasureDiskGbps(const std::string& dir) {
-  const size_t n = 64u << 20, piece = 1u << 20;
+// Write then O_DIRECT-read 64 MiB under `dir` in pieces of `record` bytes (one chunk's
+// record, as the store reads and writes them): the T2 bandwidths the store sees there.
+std::pair<double, double> MeasureDiskGbps(const std::string& dir, size_t record) {
+  const size_t piece = (record + 4095) / 4096 * 4096, n = (64u << 20) / piece * piece;
   const std::string path = dir + "/.probe";
   void* buf = nullptr;
   if (posix_memalign(&buf, 4096, piece) != 0) return {1.0, 1.0};
@@ -100,12 +101,64 @@ double MatmulParams(const engine::ModelWeights& w) {
   return n;
 }
 
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  const size_t k = std::min(v.size() - 1, static_cast<size_t>(p / 100.0 * double(v.size() - 1) + 0.5));
-  std::nth_element(v.begin(), v.begin() + k, v.end());
-  return v[k];
+struct CalibrationSample {
+  double weight_flops, attention_flops, seconds;
+};
+
+// Least squares of seconds = k + weight_flops / weight_rate + attention_flops / attention_rate.
+// Falls back to one rate and no fixed cost when the three-term fit is not physical.
+void FitCostModel(const std::vector<CalibrationSample>& samples, CostModel* cost) {
+  double m[3][4] = {};  // normal equations [A^T A | A^T y] for columns (w, a, 1)
+  for (const auto& s : samples) {
+    const double x[3] = {s.weight_flops, s.attention_flops, 1.0};
+    for (int i = 0; i < 3; ++i) {
+      for (int j = 0; j < 3; ++j) m[i][j] += x[i] * x[j];
+      m[i][3] += x[i] * s.seconds;
+    }
+  }
+  // Column scaling keeps the elimination well conditioned (FLOPs are ~1e9, the constant 1).
+  double scale[3];
+  for (int j = 0; j < 3; ++j) scale[j] = m[j][j] > 0 ? 1.0 / std::sqrt(m[j][j]) : 1.0;
+  for (int i = 0; i < 3; ++i) {
+    for (int j = 0; j < 3; ++j) m[i][j] *= scale[i] * scale[j];
+    m[i][3] *= scale[i];
+  }
+  bool ok = true;
+  for (int c = 0; c < 3 && ok; ++c) {  // Gauss-Jordan with partial pivoting
+    int p = c;
+    for (int r = c + 1; r < 3; ++r) {
+      if (std::fabs(m[r][c]) > std::fabs(m[p][c])) p = r;
+    }
+    if (std::fabs(m[p][c]) < 1e-12) {
+      ok = false;
+      break;
+    }
+    std::swap(m[c], m[p]);
+    for (int r = 0; r < 3; ++r) {
+      if (r == c) continue;
+      const double f = m[r][c] / m[c][c];
+      for (int k = c; k < 4; ++k) m[r][k] -= f * m[c][k];
+    }
+  }
+  const double per_weight = ok ? m[0][3] / m[0][0] * scale[0] : 0;
+  const double per_attention = ok ? m[1][3] / m[1][1] * scale[1] : 0;
+  const double fixed = ok ? m[2][3] / m[2][2] * scale[2] : 0;
+  if (ok && per_weight > 0 && per_attention > 0 && fixed >= 0) {
+    cost->prefill_tflops = 1.0 / per_weight / 1e12;
+    cost->attention_tflops = 1.0 / per_attention / 1e12;
+    cost->request_overhead_ms = fixed * 1000.0;
+    return;
+  }
+  double flops = 0, seconds = 0;  // one rate through the origin
+  for (const auto& s : samples) {
+    flops += s.weight_flops + s.attention_flops;
+    seconds += s.seconds;
+  }
+  cost->prefill_tflops = seconds > 0 ? flops / seconds / 1e12 : 1e-3;
+  cost->attention_tflops = 0;
+  cost->request_overhead_ms = 0;
 }
+
 
 }  // namespace
 
@@ -115,11 +168,11 @@ int EngineValidationMain(const ReplayCliOptions& cli) {
   auto say = [&](const std::string& s) {
     if (progress) std::fprintf(stderr, "replay --engine: %s\n", s.c_str());
   };
-  if (cli.engine_requests == 0) return Fail("--engine-requests must be at least 1");
-  if (cli.engine_block_tokens == 0 || 512 % cli.engine_block_tokens != 0) {
-    return Fail("--engine-block-tokens must divide 512");
+  // The flags were checked by ReplayMain.
+  if (Status st = engine::WipeStoreDir(cli.data_dir, "--data-dir", /*can_keep=*/false); !st.ok()) {
+    std::fprintf(stderr, "kvault replay --engine: %s\n", st.ToString().c_str());
+    return 2;
   }
-  if (Status st = engine::WipeStoreDir(cli.data_dir); !st.ok()) return Fail(st.ToString());
   std::filesystem::create_directories(cli.data_dir);
   const int threads = engine::SetComputeThreads(cli.threads);
 
@@ -154,50 +207,77 @@ int EngineValidationMain(const ReplayCliOptions& cli) {
       std::to_string(trace.requests.size()) + " requests, chunk " + std::to_string(chunk) + " tokens, longest prompt " +
       std::to_string(longest) + " tokens");
 
-  // Calibrate the cost model on this engine: prefill time = overhead + FLOPs / rate.
+  // Calibrate the cost model on this engine: prefill time = overhead + weight FLOPs / rate +
+  // attention FLOPs / attention rate, fitted on prompts without and with a cached prefix.
   ModelShape shape{"demo-tiny", static_cast<uint32_t>(config.num_layers), static_cast<uint32_t>(config.num_heads),
                    static_cast<uint32_t>(config.num_kv_heads), static_cast<uint32_t>(config.head_dim), 4,
                    MatmulParams(model->weights())};
   shape.kv_bytes_per_token_override = layout.token_bytes();
   CostModel cost;
   {
+    StoreOptions so;  // DRAM only: the cached prefixes of the calibration prompts
+    so.dir = cli.data_dir;
+    so.ssd_bytes = 0;
+    so.dram_bytes = 8 * (uint64_t{longest} + 4 * chunk) * layout.token_bytes() + (64u << 20);
+    auto calib_store = Store::Open(so);
+    if (!calib_store.ok()) return Fail("calibration store: " + calib_store.status().ToString());
     EngineOptions eo;
     eo.max_context = config.max_position_embeddings;
     eo.chunk_tokens = chunk;
     eo.kv_pool_tokens = 4 * (longest + 4 * chunk);
     eo.max_batch = 1;
+    eo.store = calib_store->get();
+    eo.save_generated = false;
     Engine calib(model, eo);
-    std::vector<std::pair<double, double>> samples;  // (flops, seconds)
-    const uint32_t sizes[] = {std::max(16u, longest / 16), std::max(32u, longest / 4), std::max(64u, longest / 2), longest};
-    for (uint32_t n : sizes) {
+    std::vector<CalibrationSample> samples;
+    auto prompt = [&](uint64_t stream, uint32_t n) {
       std::vector<uint32_t> p(n);
-      for (uint32_t t = 0; t < n; ++t) p[t] = TokenAt(0xca11b, t, vocab);
-      for (int rep = 0; rep < 2; ++rep) {
+      for (uint32_t t = 0; t < n; ++t) p[t] = TokenAt(stream, t, vocab);
+      return p;
+    };
+    auto measure = [&](const std::vector<uint32_t>& p, int reps) -> Result<RequestResult> {
+      RequestResult r;
+      for (int rep = 0; rep < reps; ++rep) {
         SamplingParams sp;
         sp.max_new_tokens = 1;
-        RequestResult r = calib.Generate(p, sp);
-        if (!r.status.ok()) return Fail("calibration prefill: " + r.status.ToString());
-        if (rep == 1) {
-          samples.emplace_back(shape.PrefillFlops(n, 0), r.ttft_ms / 1000.0);
-          say("calibration: " + std::to_string(n) + " tokens in " + std::to_string(r.ttft_ms) + " ms");
-        }
+        r = calib.Generate(p, sp);
+        if (!r.status.ok()) return r.status;
+        calib.WaitForSaves();
       }
+      return r;
+    };
+    // Without a cached prefix (each size twice: the second run is measured, with its prefix
+    // then cached, so a fresh stream per size).
+    const uint32_t sizes[] = {std::max(16u, longest / 16), std::max(32u, longest / 4), std::max(64u, longest / 2), longest};
+    uint64_t stream = 0xca11b;
+    for (uint32_t n : sizes) {
+      (void)measure(prompt(stream + 1000, n), 1);  // warm-up on another stream
+      auto r = measure(prompt(stream++, n), 1);
+      if (!r.ok()) return Fail("calibration prefill: " + r.status().ToString());
+      samples.push_back({shape.WeightFlops(n), shape.AttentionFlops(n, 0), r->ttft_ms / 1000.0});
+      say("calibration: " + std::to_string(n) + " new tokens in " + std::to_string(r->ttft_ms) + " ms");
     }
-    // Least squares of seconds = a + flops / rate.
-    double sx = 0, sy = 0, sxx = 0, sxy = 0;
-    for (auto [x, y] : samples) {
-      sx += x, sy += y, sxx += x * x, sxy += x * y;
+    // After a cached prefix: the prompt is cached first, then extended.
+    const uint32_t cached_sizes[][2] = {{longest / 2, 32}, {longest * 3 / 4, 128}, {longest - 64, 64}};
+    for (const auto& cs : cached_sizes) {
+      const uint32_t c = cs[0] / chunk * chunk, n = cs[1];
+      if (c == 0) continue;
+      std::vector<uint32_t> full = prompt(stream++, c + n);
+      if (!measure(std::vector<uint32_t>(full.begin(), full.begin() + c), 1).ok()) return Fail("calibration prefill failed");
+      auto r = measure(full, 1);
+      if (!r.ok()) return Fail("calibration prefill: " + r.status().ToString());
+      const uint64_t hit = static_cast<uint64_t>(r->hit_tokens), computed = c + n - hit;
+      samples.push_back({shape.WeightFlops(computed), shape.AttentionFlops(computed, hit), r->ttft_ms / 1000.0});
+      say("calibration: " + std::to_string(computed) + " new tokens after " + std::to_string(hit) + " cached in " +
+          std::to_string(r->ttft_ms) + " ms");
     }
-    const double k = double(samples.size());
-    const double slope = (k * sxy - sx * sy) / std::max(1e-30, k * sxx - sx * sx);
-    const double intercept = std::max(0.0, (sy - slope * sx) / k);
-    cost.prefill_tflops = slope > 0 ? 1.0 / slope / 1e12 : 1e-3;
-    cost.request_overhead_ms = intercept * 1000.0;
+    FitCostModel(samples, &cost);
   }
   cost.pcie_gbps = MeasureMemcpyGbps();
-  std::tie(cost.ssd_read_gbps, cost.ssd_write_gbps) = MeasureDiskGbps(cli.data_dir);
+  std::tie(cost.ssd_read_gbps, cost.ssd_write_gbps) = MeasureDiskGbps(cli.data_dir, 4096 + layout.chunk_bytes(chunk));
   cost.decode_ms_per_token = 0;
-  say("calibrated: prefill " + std::to_string(cost.prefill_tflops * 1000) + " GFLOP/s + " +
+  say("calibrated: prefill " + std::to_string(cost.prefill_tflops * 1000) + " GFLOP/s (attention " +
+      std::to_string((cost.attention_tflops > 0 ? cost.attention_tflops : cost.prefill_tflops) * 1000) + " GFLOP/s) + " +
       std::to_string(cost.request_overhead_ms) + " ms per request; memcpy " + std::to_string(cost.pcie_gbps) +
       " GB/s; disk read " + std::to_string(cost.ssd_read_gbps) + " GB/s, write " + std::to_string(cost.ssd_write_gbps) + " GB/s");
 
@@ -246,10 +326,14 @@ int EngineValidationMain(const ReplayCliOptions& cli) {
         const size_t i = next++;
         SamplingParams sp;
         sp.max_new_tokens = 1;
-        engine.Submit(PromptOf(trace.requests[i], vocab), sp, [&, i](RequestResult r) {
+        // The loop submits between steps: a request that arrived during a prefill is submitted
+        // late, and that wait is part of its TTFT.
+        const double late_ms =
+            std::max(0.0, Seconds(t0, Clock::now()) - (trace.requests[i].arrival_ms - first) / 1000.0 / cli.speed) * 1000.0;
+        engine.Submit(PromptOf(trace.requests[i], vocab), sp, [&, i, late_ms](RequestResult r) {
           ++done;
           if (!r.status.ok()) return;
-          measured[i] = r.ttft_ms;
+          measured[i] = late_ms + r.ttft_ms;
           measured_service[i] = r.lookup_ms + r.forward_ms;
           hit_t1 += r.hit_tokens_t1;
           hit_t2 += r.hit_tokens_t2;
@@ -282,6 +366,7 @@ int EngineValidationMain(const ReplayCliOptions& cli) {
   ro.policy = cli.engine_policy;
   ro.window = cli.window;
   ro.speed = cli.speed;
+  ro.engines = 1;  // one engine loop, one request prefilled at a time
   auto sim_or = RunReplay(trace, ro);
   if (!sim_or.ok()) return Fail("simulator: " + sim_or.status().ToString());
   const ReplayResult& sim = sim_or.value();
@@ -309,6 +394,7 @@ int EngineValidationMain(const ReplayCliOptions& cli) {
   j["dram_mib"] = dram >> 20;
   j["ssd_mib"] = ssd >> 20;
   j["calibration"] = {{"prefill_gflops", cost.prefill_tflops * 1000},
+                      {"attention_gflops", (cost.attention_tflops > 0 ? cost.attention_tflops : cost.prefill_tflops) * 1000},
                       {"request_overhead_ms", cost.request_overhead_ms},
                       {"memcpy_gbps", cost.pcie_gbps},
                       {"disk_read_gbps", cost.ssd_read_gbps},

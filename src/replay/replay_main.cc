@@ -46,9 +46,24 @@ int ReplayMain(const ReplayCliOptions& cli) {
     } oracle;
     if (auto made = MakePolicy(p, {&w, &oracle}); !made.ok()) return Fail(made.status(), 2);
   }
+  if (cli.engine) {
+    AccessWindow w;
+    if (auto made = MakePolicy(cli.engine_policy, {&w, nullptr}); !made.ok()) {
+      return Fail(Status::InvalidArgument("--engine-policy: " + made.status().message()), 2);
+    }
+    if (cli.engine_requests == 0) return Fail(Status::InvalidArgument("--engine-requests must be at least 1"), 2);
+    if (cli.engine_block_tokens == 0 || 512 % cli.engine_block_tokens != 0) {
+      return Fail(Status::InvalidArgument("--engine-block-tokens must divide 512"), 2);
+    }
+  }
+  if (cli.engines == 0) return Fail(Status::InvalidArgument("--engines must be at least 1"), 2);
+  if (!(cli.prefetch_budget_gib >= 0) || cli.prefetch_budget_gib > 1e6) {
+    return Fail(Status::InvalidArgument("--prefetch-budget-gib must be >= 0"), 2);
+  }
+  if (!(cli.dram_gib <= 1e7) || !(cli.ssd_gib <= 1e9)) return Fail(Status::InvalidArgument("capacities are implausibly large"), 2);
   if (cli.chunk_tokens == 0) return Fail(Status::InvalidArgument("--chunk-tokens must be positive"), 2);
   if (!(cli.speed > 0)) return Fail(Status::InvalidArgument("--speed must be positive"), 2);
-  if (cli.cache_fraction < 0 || cli.dram_share <= 0 || cli.dram_share > 1 || cli.dram_gib < 0 || cli.ssd_gib < 0) {
+  if (!(cli.cache_fraction >= 0) || !(cli.dram_share > 0) || cli.dram_share > 1 || !(cli.dram_gib >= 0) || !(cli.ssd_gib >= 0)) {
     return Fail(Status::InvalidArgument("capacities must be non-negative and --dram-share in (0, 1]"), 2);
   }
   if (cli.page_kib == 0 || cli.page_kib % 4 != 0) return Fail(Status::InvalidArgument("--page-kib must be a positive multiple of 4"), 2);

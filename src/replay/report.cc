@@ -49,6 +49,7 @@ nlohmann::json RunJson(const Trace& trace, const std::string& trace_path, const 
                  {"ssd_gib", Round(double(o.ssd_bytes) / kGiB, 3)},
                  {"speed", o.speed},
                  {"prefill_tflops", o.cost.prefill_tflops},
+                 {"attention_tflops", o.cost.attention_tflops > 0 ? o.cost.attention_tflops : o.cost.prefill_tflops},
                  {"pcie_gbps", o.cost.pcie_gbps},
                  {"ssd_read_gbps", o.cost.ssd_read_gbps},
                  {"ssd_write_gbps", o.cost.ssd_write_gbps},
@@ -65,10 +66,10 @@ nlohmann::json RunJson(const Trace& trace, const std::string& trace_path, const 
   for (double v : r.ttft_ms) mean += v;
   j["ttft_mean_ms"] = Round(mean / std::max<size_t>(1, r.ttft_ms.size()), 2);
   j["throughput_tokens_per_s"] = Round(double(r.prompt_tokens + r.output_tokens) / std::max(1e-9, r.makespan_s), 1);
-  j["prefill_throughput_tokens_per_s"] =
-      Round(double(r.prompt_tokens) / std::max(1e-9, r.last_prefill_end_s - trace.requests.front().arrival_ms / 1000.0 / o.speed), 1);
+  const double first_arrival_s = trace.requests.front().arrival_ms / 1000.0 / o.speed;
+  j["prefill_throughput_tokens_per_s"] = Round(double(r.prompt_tokens) / std::max(1e-9, r.last_prefill_end_s - first_arrival_s), 1);
   j["makespan_s"] = Round(r.makespan_s, 3);
-  j["engine_busy_fraction"] = Round(r.prefill_busy_s / std::max(1e-9, o.engines * r.last_prefill_end_s), 4);
+  j["engine_busy_fraction"] = Round(r.prefill_busy_s / std::max(1e-9, o.engines * (r.last_prefill_end_s - first_arrival_s)), 4);
   uint32_t qmax = 0;
   double qsum = 0;
   for (const auto& [t, len] : r.queue) {

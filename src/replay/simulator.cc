@@ -16,7 +16,9 @@ class TraceOracle final : public FutureOracle {
   explicit TraceOracle(const Trace& trace) {
     for (uint32_t i = 0; i < trace.requests.size(); ++i) {
       for (const TraceChunk& c : trace.requests[i].chunks) uses_[c.key].push_back(i);
+      for (const ChunkKey& k : trace.requests[i].partials_extended) uses_[k].push_back(i);
     }
+    for (auto& [k, v] : uses_) std::sort(v.begin(), v.end());
   }
   void Advance(uint64_t now) { now_ = now; }
   uint64_t Now() const override { return now_; }
@@ -38,13 +40,14 @@ double ReplayResult::token_hit_rate() const {
   return prompt_tokens == 0 ? 0.0 : double(hit_tokens_t1 + hit_tokens_t2) / double(prompt_tokens);
 }
 
-double ReplayResult::Percentile(double p) const {
-  if (ttft_ms.empty()) return 0;
-  std::vector<double> v = ttft_ms;
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
   const size_t k = std::min(v.size() - 1, static_cast<size_t>(p / 100.0 * double(v.size() - 1) + 0.5));
   std::nth_element(v.begin(), v.begin() + k, v.end());
   return v[k];
 }
+
+double ReplayResult::Percentile(double p) const { return replay::Percentile(ttft_ms, p); }
 
 Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
   KVAULT_RETURN_IF_ERROR(o.cost.Validate());
@@ -68,6 +71,7 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
   const uint64_t write_backlog_limit = tiers.t1_capacity() / 2;
 
   const auto& reqs = trace.requests;
+  const uint32_t trace_chunk_tokens = trace.chunk_tokens;
   const size_t n = reqs.size();
   auto arrival_s = [&](size_t i) { return reqs[i].arrival_ms / 1000.0 / o.speed; };
 
@@ -79,7 +83,9 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
   // that frees first.
   std::priority_queue<double, std::vector<double>, std::greater<double>> engine_free;
   for (uint32_t k = 0; k < o.engines; ++k) engine_free.push(0.0);
-  double disk_free = 0, last_completion = 0;
+  // The disk: reads (demand and prefetch) and write-behind each run in order at their own
+  // bandwidth (an NVMe device reads and writes concurrently).
+  double read_free = 0, write_free = 0, last_completion = 0;
   size_t arrived = 0;  // requests with arrival <= the current start
   // Prefetched T1 entries no request has used yet, with when their read completes. Their
   // bytes count against the prefetch budget until used or evicted.
@@ -88,6 +94,9 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
     uint64_t bytes;
   };
   std::unordered_map<ChunkKey, Prefetched, DigestHash> prefetched;
+  // Chunks put by requests still prefilling: committed (visible to lookups) when their
+  // request's prefill ends, as the engine's saver commits after the last layer.
+  std::unordered_map<ChunkKey, double, DigestHash> committed_at;
   uint64_t prefetched_bytes = 0;
   auto forget_prefetch = [&](const ChunkKey& k) {
     auto p = prefetched.find(k);
@@ -106,8 +115,15 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
     r.queue.emplace_back(start, static_cast<uint32_t>(arrived - i - 1));
     oracle.Advance(i);
 
-    // 1. Lookup; pin the hits.
+    // 1. Lookup; pin the hits. Chunks of requests still prefilling are not visible yet.
+    std::erase_if(committed_at, [&](const auto& kv) { return kv.second <= start; });
     std::vector<Entry*> hits = tiers.LookupPrefix(q.chunks);
+    for (size_t k = 0; k < hits.size(); ++k) {
+      if (committed_at.count(hits[k]->key)) {
+        hits.resize(k);
+        break;
+      }
+    }
     for (Entry* e : hits) tiers.Pin(e);
     uint64_t hit_tokens = 0, t1_tokens = 0, t1_bytes = 0, t2_bytes = 0;
     uint64_t lead_tokens = 0, lead_bytes = 0;  // the leading run of ready T1 chunks
@@ -141,7 +157,7 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
 
     // 2. Load everything cached (A) or recompute from the first chunk not in DRAM (B).
     const uint64_t input = q.input_tokens;
-    double disk = disk_free, disk_done = start;
+    double disk = read_free, disk_done = start;
     for (size_t k = 0; k < hits.size(); ++k) {
       if (pending_until[k] >= 0) {
         disk_done = std::max(disk_done, pending_until[k]);
@@ -150,9 +166,12 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
         disk_done = std::max(disk_done, disk);
       }
     }
-    const double load_a = std::max(disk_done - start + double(t2_bytes) / pcie_bps, double(t1_bytes + t2_bytes) / pcie_bps);
+    // The engine reads T2 chunks into DRAM before the prefill starts (lookup pins and promotes
+    // them); then every hit crosses PCIe layer by layer, overlapped with the compute.
+    const double disk_wait = disk_done - start;
+    const double load_a = double(t1_bytes + t2_bytes) / pcie_bps;
     const double compute_a = o.cost.PrefillSeconds(o.model, std::max<uint64_t>(1, input - hit_tokens), hit_tokens);
-    const double service_a = std::max(load_a, compute_a) + load_a / layers;
+    const double service_a = disk_wait + std::max(load_a, compute_a) + load_a / layers;
     double service = service_a;
     size_t reused_chunks = hits.size();
     uint64_t reused_tokens = hit_tokens;
@@ -171,7 +190,7 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
       }
     }
     if (reused_chunks == hits.size() && t2_bytes > 0) {  // plan A: the disk reads happen
-      disk_free = disk;
+      read_free = disk;
       for (size_t k = 0; k < hits.size(); ++k) {
         if (pending_until[k] >= 0 || hits[k]->in_t1) continue;
         r.bytes_t2_to_t1 += hits[k]->bytes;
@@ -186,16 +205,26 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
     r.reused_tokens += reused_tokens;
     const double end = start + service;
 
-    // 3. Hint the queued requests; prefetch their T2 chunks into T1.
-    std::vector<std::vector<ChunkKey>> queued;
-    for (size_t j = i + 1; j < arrived && queued.size() < o.window; ++j) {
-      std::vector<ChunkKey> keys;
-      keys.reserve(reqs[j].chunks.size());
-      for (const TraceChunk& c : reqs[j].chunks) keys.push_back(c.key);
-      queued.push_back(std::move(keys));
-    }
+    // 3. Hint this request and the queued ones (as the engine does); prefetch the queued
+    //    ones' T2 chunks into T1. A prompt's window keys, like the store's: its cached
+    //    prefix (a stored partial chunk included), then its uncached whole chunks.
     if (o.window > 0) {
-      tiers.WindowChanged(window.Set(queued));
+      std::vector<std::vector<ChunkKey>> chains;
+      std::vector<std::vector<Entry*>> cached;
+      for (size_t j = i; j < arrived && j <= i + o.window; ++j) {
+        cached.push_back(j == i ? hits : tiers.LookupPrefix(reqs[j].chunks));
+        std::vector<ChunkKey> keys;
+        size_t whole = 0;
+        for (const Entry* e : cached.back()) {
+          keys.push_back(e->key);
+          whole += e->tokens == trace_chunk_tokens;
+        }
+        for (size_t k = whole; k < reqs[j].chunks.size(); ++k) {
+          if (reqs[j].chunks[k].tokens == trace_chunk_tokens) keys.push_back(reqs[j].chunks[k].key);
+        }
+        chains.push_back(std::move(keys));
+      }
+      tiers.WindowChanged(window.Set(chains));
       // Prefetched entries evicted before use no longer count against the budget.
       std::erase_if(prefetched, [&](const auto& kv) {
         const Entry* e = tiers.Find(kv.first);
@@ -203,17 +232,19 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
         prefetched_bytes -= kv.second.bytes;
         return true;
       });
-      auto outside_window = [&](const Entry* v) { return !window.Contains(v->key); };
+      // Victims of a prefetch keep a copy on T2 (so no entry is destroyed while `cached`
+      // holds it) and are not in the window.
+      auto may_evict = [&](const Entry* v) { return v->on_t2 && !window.Contains(v->key); };
       bool room = true;
-      for (size_t j = 0; j < queued.size() && room; ++j) {
-        for (Entry* e : tiers.LookupPrefix(reqs[i + 1 + j].chunks)) {
+      for (size_t j = 1; j < cached.size() && room; ++j) {
+        for (Entry* e : cached[j]) {
           if (e->in_t1) continue;
-          if (prefetched_bytes + e->bytes > prefetch_budget || !tiers.Promote(e, outside_window)) {
+          if (prefetched_bytes + e->bytes > prefetch_budget || !tiers.Promote(e, may_evict)) {
             room = false;
             break;
           }
-          disk_free = std::max(disk_free, start) + double(e->bytes) / read_bps;
-          prefetched[e->key] = {disk_free, e->bytes};
+          read_free = std::max(read_free, start) + double(e->bytes) / read_bps;
+          prefetched[e->key] = {read_free, e->bytes};
           prefetched_bytes += e->bytes;
           r.bytes_prefetched += e->bytes;
           r.bytes_t2_to_t1 += e->bytes;
@@ -221,35 +252,41 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
       }
     }
 
-    // 4. Save the new chunks: T1 now, T2 behind on the disk's timeline.
+    // 4. Save the new chunks: T1 now (visible when the prefill ends), T2 behind on the disk's
+    //    timeline. The cached prefix is no longer pinned (the engine has loaded it). A reused
+    //    partial chunk's place gets the prompt's longer chunk, which supersedes it.
+    size_t put_from = reused_chunks;
+    if (put_from > 0 && hits[put_from - 1]->key != q.chunks[put_from - 1].key) --put_from;
+    for (Entry* e : hits) tiers.Unpin(e);  // may destroy entries: `hits` is not used below
+    hits.clear();
     std::vector<Entry*> saved;
-    for (size_t k = reused_chunks; k < q.chunks.size(); ++k) {
+    for (size_t k = put_from; k < q.chunks.size(); ++k) {
       const TraceChunk& c = q.chunks[k];
       const ChunkKey parent = k == 0 ? ChunkKey{} : q.chunks[k - 1].key;
       bool created = false;
-      Entry* e = tiers.Put(c.key, parent, c.tokens, &created);
+      Entry* e = tiers.Put(c, parent, trace_chunk_tokens, &created);
       if (e == nullptr) continue;
       tiers.Pin(e);
       saved.push_back(e);
       if (!created) continue;
+      if (end > start) committed_at[e->key] = end;
       r.bytes_gpu_to_t1 += e->bytes;
       if (tiers.t2_capacity() == 0) continue;
-      const double t = std::max(disk_free, end);
+      const double t = std::max(write_free, end);
       if ((t - end) * write_bps > double(write_backlog_limit)) {
         ++r.writes_dropped;
         continue;
       }
       if (tiers.WriteToT2(e)) {
-        disk_free = t + double(e->bytes) / write_bps;
+        write_free = t + double(e->bytes) / write_bps;
         r.bytes_t1_to_t2 += e->bytes;
       }
     }
     for (Entry* e : saved) tiers.Unpin(e);
-    for (Entry* e : hits) tiers.Unpin(e);
 
     engine_free.push(end);
     r.prefill_busy_s += service;
-    r.last_prefill_end_s = end;
+    r.last_prefill_end_s = std::max(r.last_prefill_end_s, end);
     r.ttft_ms.push_back((end - arrival) * 1000.0);
     r.service_ms.push_back(service * 1000.0);
     r.prompt_tokens += input;

@@ -5,18 +5,22 @@
 //
 // Per request, at the time it reaches the engine:
 //   1. lookup of the prompt's chunk chain (T1 / T2 hits; the hit chunks are pinned);
-//   2. the look-ahead window (the next `window` requests already queued) is hinted to the
-//      store: the policies see it, and the prefetcher reads their T2 chunks into T1 in the
-//      background on the disk's timeline, never evicting a window entry or a pinned one, while
-//      prefetched-but-unused bytes stay within `prefetch_budget_bytes`;
-//   3. service time: the cached prefix loads layer by layer (T2 chunks first cross the disk,
-//      then every hit crosses PCIe) while the new tokens compute; TTFT counts the larger of
-//      the two plus one layer's share of the load (the first layer cannot overlap). When
-//      reading the T2 part is slower than recomputing it, the planner recomputes it instead;
-//   4. the new chunks are put into T1 and written behind to T2 on the disk's timeline; a
-//      write that would leave more than half of T1 waiting for the disk is dropped (the store
-//      would evict those entries before they reached the disk).
-// The disk is one FIFO timeline shared by demand reads, prefetches and write-behind.
+//   2. this request and the next `window` requests already queued are hinted to the store:
+//      the policies see the window, and the prefetcher reads the queued ones' T2 chunks into
+//      T1 in the background on the disk's read timeline, never evicting a window entry or one
+//      without a disk copy, while prefetched-but-unused bytes stay within
+//      `prefetch_budget_bytes`;
+//   3. service time: the T2 chunks are read into DRAM first (as the engine's lookup does;
+//      a prefetch may have done it already), then the cached prefix crosses PCIe layer by
+//      layer while the new tokens compute: the larger of the two plus one layer's share of
+//      the load (the first layer cannot overlap). When reading the T2 part costs more than
+//      recomputing it, the planner recomputes from the first chunk not in DRAM instead;
+//   4. the new chunks are put into T1, visible to lookups when the prefill ends, and written
+//      behind to T2 on the disk's write timeline; a write that would leave more than half of
+//      T1 waiting for the disk is dropped (the store would evict those entries before they
+//      reached the disk).
+// The disk has two FIFO timelines at their own bandwidths: reads (demand and prefetch) and
+// writes.
 //
 // Thread-safety: RunReplay is reentrant (no globals).
 #pragma once
@@ -57,7 +61,7 @@ struct ReplayResult {
   std::vector<double> service_ms;                  // per request: TTFT minus queueing
   double makespan_s = 0;        // first arrival to last completion
   double prefill_busy_s = 0;    // engine time spent prefilling
-  double last_prefill_end_s = 0;
+  double last_prefill_end_s = 0;  // the latest prefill end
   // Queue length (requests waiting) sampled at each request's start: (time s, length).
   std::vector<std::pair<double, uint32_t>> queue;
   // Bytes moved per path.
@@ -72,5 +76,8 @@ struct ReplayResult {
 };
 
 Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& options);
+
+// The p-th percentile (0..100, nearest rank) of `values`; 0 when empty.
+double Percentile(std::vector<double> values, double p);
 
 }  // namespace kvault::replay

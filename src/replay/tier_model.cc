@@ -38,7 +38,24 @@ std::vector<Entry*> TierModel::LookupPrefix(const std::vector<TraceChunk>& chain
     Entry* e = Find(c.key);
     if (e == nullptr) break;
     hits.push_back(e);
+    if (e->tokens < c.tokens) break;  // defensive: a shorter chunk ends the prefix
   }
+  if (hits.size() == chain.size()) return hits;
+  // The longest stored partial chunk that the next chunk extends: same parent, same token
+  // stream from the same position, no more tokens.
+  const TraceChunk& next = chain[hits.size()];
+  if (next.stream_begin < 0) return hits;
+  const ChunkKey parent = hits.empty() ? ChunkKey{} : chain[hits.size() - 1].key;
+  auto it = partials_.find(parent);
+  if (it == partials_.end()) return hits;
+  Entry* best = nullptr;
+  for (Entry* p : it->second) {
+    const PartialInfo& info = partial_info_.at(p);
+    if (info.stream != next.stream || info.stream_begin != next.stream_begin || p->tokens > next.tokens) continue;
+    if (!(p->in_t1 || p->on_t2) || (best != nullptr && p->tokens <= best->tokens)) continue;
+    best = p;
+  }
+  if (best != nullptr) hits.push_back(best);
   return hits;
 }
 
@@ -49,8 +66,11 @@ void TierModel::Touch(Entry* e) {
 
 bool TierModel::MakeT1Room(uint64_t bytes, const std::function<bool(const Entry*)>& may_evict) {
   if (bytes > t1_cap_) return false;
+  auto allowed = [&](const Entry* v) { return v->pins == 0 && may_evict(v); };
   while (t1_used_ + bytes > t1_cap_) {
-    Entry* victim = t1_policy_->PickVictim([&](const Entry* v) { return v->pins == 0 && may_evict(v); });
+    // As the store: entries with a disk copy (or with no disk tier) first.
+    Entry* victim = t1_policy_->PickVictim([&](const Entry* v) { return allowed(v) && (v->on_t2 || t2_cap_ == 0); });
+    if (victim == nullptr) victim = t1_policy_->PickVictim(allowed);
     if (victim == nullptr) return false;
     ++counters_.t1_evictions;
     DropFromT1(victim);
@@ -77,22 +97,13 @@ Entry* TierModel::Find(const ChunkKey& key) {
   return it->second.get();
 }
 
-Entry* TierModel::Put(const ChunkKey& key, const ChunkKey& parent, uint32_t tokens, bool* created) {
+Entry* TierModel::Put(const TraceChunk& c, const ChunkKey& parent, uint32_t full_tokens, bool* created) {
+  const ChunkKey& key = c.key;
+  const uint32_t tokens = c.tokens;
   *created = false;
-  if (Entry* existing = Find(key)) return existing;
-  auto it = index_.find(key);
-  if (it != index_.end()) {  // pinned, in no tier any more: stored again
-    Entry* e = it->second.get();
-    if (!MakeT1Room(T1Cost(*e), [](const Entry*) { return true; })) {
-      ++counters_.t1_put_failures;
-      return nullptr;
-    }
-    e->in_t1 = true;
-    t1_used_ += T1Cost(*e);
-    t1_policy_->Insert(e);
-    *created = true;
-    return e;
-  }
+  // Invariant: every indexed entry is in a tier (one that leaves both is erased when unpinned,
+  // and pinned entries are never victims).
+  if (auto it = index_.find(key); it != index_.end()) return it->second.get();
   auto owned = std::make_unique<Entry>();
   Entry* e = owned.get();
   e->key = key;
@@ -109,6 +120,19 @@ Entry* TierModel::Put(const ChunkKey& key, const ChunkKey& parent, uint32_t toke
   index_[key] = std::move(owned);
   t1_policy_->Insert(e);
   *created = true;
+  auto pit = partials_.find(parent);
+  if (tokens < full_tokens && c.stream_begin >= 0) {
+    partial_info_[e] = {parent, c.stream, c.stream_begin};
+    partials_[parent].push_back(e);
+  } else if (tokens == full_tokens && pit != partials_.end() && c.stream_begin >= 0) {
+    // The partial chunks this one extends are superseded (its first tokens are theirs).
+    std::vector<Entry*> superseded;
+    for (Entry* p : pit->second) {
+      const PartialInfo& info = partial_info_.at(p);
+      if (info.stream == c.stream && info.stream_begin == c.stream_begin && p->pins == 0) superseded.push_back(p);
+    }
+    for (Entry* p : superseded) Erase(p);
+  }
   return e;
 }
 
@@ -165,7 +189,28 @@ void TierModel::Unpin(Entry* e) {
 }
 
 void TierModel::EraseIfGone(Entry* e) {
-  if (!e->in_t1 && !e->on_t2 && e->pins == 0) index_.erase(e->key);  // destroys *e
+  if (!e->in_t1 && !e->on_t2 && e->pins == 0) Erase(e);
+}
+
+void TierModel::Erase(Entry* e) {
+  if (e->in_t1) {
+    t1_policy_->Remove(e);
+    t1_used_ -= T1Cost(*e);
+  }
+  if (e->on_t2) {
+    t2_policy_->Remove(e);
+    t2_used_ -= T2Cost(*e);
+  }
+  auto info = partial_info_.find(e);
+  if (info != partial_info_.end()) {
+    auto it = partials_.find(info->second.parent);
+    if (it != partials_.end()) {
+      std::erase(it->second, e);
+      if (it->second.empty()) partials_.erase(it);
+    }
+    partial_info_.erase(info);
+  }
+  index_.erase(e->key);  // destroys *e
 }
 
 }  // namespace kvault::replay

@@ -5,8 +5,10 @@
 // the payload rounded to 4 KiB, exactly as the store sizes them; one policy per tier; a put
 // lands in T1 and is written behind to T2 (T2 holds a copy of most of T1, as in the store);
 // a T1 victim stays on T2; a T2 victim stays in T1 while it is there; reading a T2 entry
-// promotes it to T1. Pinned entries (pins > 0) are never victims. Time is not modelled here:
-// the simulator charges it.
+// promotes it to T1. Pinned entries (pins > 0) are never victims. Like the store, a prompt's
+// trailing partial chunk is stored and reused by a later prompt that continues the same token
+// stream from the same place (a chat's next turn), and a full chunk put in its place
+// supersedes it. Time is not modelled here: the simulator charges it.
 //
 // Thread-safety: none (single-threaded simulation).
 #pragma once
@@ -38,7 +40,8 @@ class TierModel {
                                                    uint64_t kv_bytes_per_token, const std::string& policy,
                                                    PolicyContext context);
 
-  // The entries of the longest cached prefix of `chain` (stops at the first chunk in no tier).
+  // The entries of the longest cached prefix of `chain`: its chunks until the first one in no
+  // tier, then the longest stored partial chunk that the next chunk of `chain` extends.
   std::vector<Entry*> LookupPrefix(const std::vector<TraceChunk>& chain);
   // Marks a read of e (both tiers' policies see the use).
   void Touch(Entry* e);
@@ -48,9 +51,10 @@ class TierModel {
   // Brings a T2-only entry into T1. `may_evict` limits the victims (and pinned entries never
   // are). False when no room could be made.
   bool Promote(Entry* e, const std::function<bool(const Entry*)>& may_evict);
-  // Puts a new chunk into T1 (evicting by policy) and sets *created. An entry already stored
-  // is returned as it is (*created = false); nullptr when T1 has no unpinned room.
-  Entry* Put(const ChunkKey& key, const ChunkKey& parent, uint32_t tokens, bool* created);
+  // Puts chunk `c` (following `parent`) into T1, evicting by policy, and sets *created. An
+  // entry already stored is returned as it is (*created = false); nullptr when T1 has no
+  // unpinned room. A full chunk (`full_tokens`) supersedes the stored partial chunks it extends.
+  Entry* Put(const TraceChunk& c, const ChunkKey& parent, uint32_t full_tokens, bool* created);
   // The entry of `key` in either tier, or nullptr.
   Entry* Find(const ChunkKey& key);
   // Writes e to T2 (evicting by policy). False when T2 is off or has no unpinned room.
@@ -74,12 +78,22 @@ class TierModel {
   void DropFromT1(Entry* e);
   void DropFromT2(Entry* e);
   void EraseIfGone(Entry* e);
+  void Erase(Entry* e);  // REQUIRES: e->pins == 0
+
+  // A stored partial chunk: where its tokens come from, to tell which later chunks extend it.
+  struct PartialInfo {
+    ChunkKey parent;
+    uint64_t stream = 0;
+    int64_t stream_begin = 0;
+  };
 
   uint64_t t1_cap_ = 0, t2_cap_ = 0, t1_used_ = 0, t2_used_ = 0;
   uint32_t page_bytes_ = 0;
   uint64_t kv_bytes_per_token_ = 0;
   std::unique_ptr<EvictionPolicy> t1_policy_, t2_policy_;
   std::unordered_map<ChunkKey, std::unique_ptr<Entry>, DigestHash> index_;
+  std::unordered_map<const Entry*, PartialInfo> partial_info_;
+  std::unordered_map<ChunkKey, std::vector<Entry*>, DigestHash> partials_;  // parent -> partial chunks
   TierCounters counters_;
 };
 

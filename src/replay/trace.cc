@@ -85,6 +85,7 @@ Result<Trace> ParseTrace(const std::string& text, const TraceOptions& options) {
   if (options.repeat == 0) return Status::InvalidArgument("repeat must be at least 1");
   const uint32_t c = options.chunk_tokens;
   Trace trace;
+  trace.chunk_tokens = c;
   std::vector<TraceRequest> base;
   std::unordered_map<std::string, SessionState> sessions;
   // For each request of one copy: chunk ends and the (kind, id) identifying each.
@@ -202,13 +203,18 @@ Result<Trace> ParseTrace(const std::string& text, const TraceOptions& options) {
   const double span_ms = base[order.back()].arrival_ms - base[order.front()].arrival_ms;
   const double gap_ms = base.size() > 1 ? span_ms / double(base.size() - 1) : 1.0;
 
+  // What an infinite cache would serve, with the store's rules: whole chunks until the first
+  // unseen one, then the longest earlier trailing partial chunk that this chunk extends (same
+  // parent, same token stream from the same place).
   std::unordered_set<ChunkKey, DigestHash> seen;
+  std::unordered_map<ChunkKey, std::vector<TraceChunk>, DigestHash> partials;  // by parent
   for (uint32_t copy = 0; copy < options.repeat; ++copy) {
     for (size_t i : order) {
       TraceRequest r = base[i];
       r.arrival_ms += copy * (span_ms + gap_ms);
       uint32_t prev_end = 0;
       bool reusable = true;
+      ChunkKey parent{};
       for (const Ident& x : idents[i]) {
         const uint32_t tokens = x.kind == KeyKind::kBlock ? static_cast<uint32_t>(std::min<uint64_t>(c, r.input_tokens - prev_end))
                                                           : x.end - prev_end;
@@ -218,10 +224,21 @@ Result<Trace> ParseTrace(const std::string& text, const TraceOptions& options) {
         if (fresh) {
           ++trace.unique_chunks;
           trace.unique_tokens += ch.tokens;
+          if (ch.stream_begin >= 0) {
+            uint32_t best = 0;
+            for (const TraceChunk& p : partials[parent]) {
+              if (p.stream != ch.stream || p.stream_begin != ch.stream_begin || p.tokens > ch.tokens) continue;
+              best = std::max(best, p.tokens);
+              r.partials_extended.push_back(p.key);
+            }
+            if (reusable) trace.reusable_tokens += best;
+          }
+          if (ch.tokens < c && ch.stream_begin >= 0) partials[parent].push_back(ch);
           reusable = false;
         } else if (reusable) {
           trace.reusable_tokens += ch.tokens;
         }
+        parent = ch.key;
         r.chunks.push_back(ch);
       }
       trace.prompt_tokens += r.input_tokens;

@@ -45,10 +45,14 @@ struct TraceRequest {
   uint32_t input_tokens = 0;
   uint32_t output_tokens = 0;
   std::vector<TraceChunk> chunks;  // the prompt's chain, head first; parent = previous key
+  // Keys of earlier requests' trailing partial chunks that this prompt extends (it would
+  // reuse the longest one cached): uses that `opt` must know about.
+  std::vector<ChunkKey> partials_extended;
 };
 
 struct Trace {
   std::string format;  // "mooncake" or "sessions"
+  uint32_t chunk_tokens = 0;  // TraceOptions::chunk_tokens: a shorter chunk is a partial one
   std::vector<TraceRequest> requests;  // sorted by arrival (stable)
   uint64_t unique_chunks = 0;
   uint64_t unique_tokens = 0;      // tokens of the unique chunks: the KV an infinite cache holds

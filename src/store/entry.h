@@ -45,6 +45,7 @@ struct Entry {
   // Write-behind.
   bool dirty = false;    // queued for T2, not yet there
   bool writing = false;  // the write-behind thread has it in flight
+  bool moving = false;   // compaction is copying its T2 record to a new place (T2 readers wait)
   bool hot = false;      // read since it was last written: rewritten when its segment goes
   bool prefetched = false;  // in T1 by a hint's prefetch, not read since: counts against the budget
   uint64_t seq = 0;      // put order
@@ -54,6 +55,7 @@ struct Entry {
   DiskLocation location;
 
   bool partial() const { return tokens < layout.chunk_tokens; }
+  // A `moving` entry may leave T1: its T2 copy (being moved) keeps it.
   bool evictable() const { return committed && in_t1 && pins == 0 && !promoting && !writing; }
 };
 

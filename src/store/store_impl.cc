@@ -83,6 +83,7 @@ void StoreImpl::OnRecordFound(const RecordHeader& h, DiskLocation loc) {
   std::lock_guard<std::mutex> lock(mu_);
   next_seq_ = std::max(next_seq_, h.seq + 1);
   segment_keys_[loc.segment].push_back(h.key);
+  segment_total_[loc.segment] += h.record_bytes();
   auto it = index_.find(h.key);
   if (it != index_.end()) {
     Entry& e = *it->second;
@@ -314,7 +315,7 @@ Status StoreImpl::Commit(Entry* e, const std::vector<ChunkKey>& superseded) {
       auto it = index_.find(k);
       if (it == index_.end()) continue;
       Entry* p = it->second.get();
-      if (!p->partial() || p->pins > 0 || p->promoting || p->writing) continue;
+      if (!p->partial() || p->pins > 0 || p->promoting || p->writing || p->moving) continue;
       if (p->dirty) p->dirty = false;  // superseded, not lost: the full chunk holds its tokens
       ++stats_.partials_superseded;
       EraseLocked(p);
@@ -345,9 +346,11 @@ Status StoreImpl::AllocatePagesLocked(uint64_t bytes, PageList* out, const std::
   if (n > arena_->total_pages()) return Status::NoSpace("chunk of " + std::to_string(bytes) + " bytes exceeds the DRAM tier");
   auto allowed = [&](const Entry* e) { return e->evictable() && (!may_evict || may_evict(e)); };
   while (arena_->free_pages() < n) {
-    // Clean entries first (their data is on T2 or needs no T2); dirty ones only as a last
-    // resort, so that a put never waits for the disk.
+    // Entries with a copy on T2 (or no T2) first: nothing is lost. Then entries without one
+    // that are not waiting for the write-behind (their write failed, or their T2 copy was
+    // evicted); dirty ones only as a last resort, so that a put never waits for the disk.
     Entry* victim = policy_->PickVictim([&](const Entry* e) { return allowed(e) && (e->on_t2 || !log_); });
+    if (victim == nullptr) victim = policy_->PickVictim([&](const Entry* e) { return allowed(e) && !e->dirty; });
     if (victim == nullptr) victim = policy_->PickVictim(allowed);
     if (victim == nullptr) return Status::ResourceExhausted("every DRAM page is pinned or in flight");
     EvictFromT1Locked(victim);
@@ -373,6 +376,7 @@ void StoreImpl::AddT2CopyLocked(Entry* e, DiskLocation loc) {
   e->on_t2 = true;
   e->location = loc;
   segment_live_[loc.segment] += RecordBytes(*e);
+  segment_total_[loc.segment] += RecordBytes(*e);
   segment_keys_[loc.segment].push_back(e->key);
   t2_policy_->Insert(e);
 }
@@ -443,7 +447,7 @@ Result<ChunkReader> StoreImpl::OpenChunk(const Namespace& ns, const ChunkKey& ke
       return Status::NotFound("chunk " + key.ShortHex() + " is not cached");
     }
     Entry* e = it->second.get();
-    if (e->promoting || (e->writing && !e->in_t1)) {  // being read from T2, or moved on T2
+    if (e->promoting || (e->moving && !e->in_t1)) {  // being read from T2, or moved on T2
       progress_cv_.wait(lock);
       continue;
     }
@@ -461,14 +465,14 @@ Result<ChunkReader> StoreImpl::OpenChunk(const Namespace& ns, const ChunkKey& ke
       ++stats_.err_load_miss;
       return Status::NotFound("chunk " + key.ShortHex() + " is not cached");
     }
-    Status st = PromoteLocked(lock, e);
+    Status st = PromoteLocked(lock, e, /*demand=*/true);
     if (st.ok()) return ChunkReader(this, e, Tier::kDisk);
     if (st.code() == Code::kResourceExhausted || st.code() == Code::kNoSpace) return st;
     return Status::NotFound("chunk " + key.ShortHex() + " could not be read from disk: " + st.ToString());
   }
 }
 
-Status StoreImpl::PromoteLocked(std::unique_lock<std::mutex>& lock, Entry* e,
+Status StoreImpl::PromoteLocked(std::unique_lock<std::mutex>& lock, Entry* e, bool demand,
                                 const std::function<bool(const Entry*)>& may_evict) {
   // Read T2 straight into freshly allocated T1 pages.
   PageList pages;
@@ -487,9 +491,11 @@ Status StoreImpl::PromoteLocked(std::unique_lock<std::mutex>& lock, Entry* e,
   progress_cv_.notify_all();
   if (st.ok()) {
     e->in_t1 = true;
-    e->hot = true;
     policy_->Insert(e);
-    t2_policy_->Touch(e);
+    if (demand) {  // a read: the entry is in use (a prefetch is only a guess)
+      e->hot = true;
+      t2_policy_->Touch(e);
+    }
     ++stats_.promotions;
     stats_.bytes_t2_to_t1 += e->bytes;
     return Status::OK();
@@ -585,7 +591,7 @@ void StoreImpl::PrefetchLoop() {
     prefetch_queue_.pop_front();
     auto it = index_.find(key);
     Entry* e = it == index_.end() ? nullptr : it->second.get();
-    if (e == nullptr || !e->committed || e->in_t1 || e->promoting || e->writing || !e->on_t2) {
+    if (e == nullptr || !e->committed || e->in_t1 || e->promoting || e->moving || !e->on_t2) {
       progress_cv_.notify_all();
       continue;
     }
@@ -596,7 +602,7 @@ void StoreImpl::PrefetchLoop() {
     }
     prefetching_ = true;
     const uint64_t bytes = e->bytes;
-    Status st = PromoteLocked(lock, e, may_evict);  // releases the lock while reading
+    Status st = PromoteLocked(lock, e, /*demand=*/false, may_evict);  // releases the lock while reading
     prefetching_ = false;
     if (st.ok()) {
       --e->pins;  // in T1 now, owned by the policy like any other entry
@@ -706,41 +712,54 @@ Status StoreImpl::EnsureT2Space(std::span<const uint64_t> record_bytes) {
   for (;;) {
     const uint64_t needed = log_->BytesNeeded(record_bytes);  // compaction moves the active segment's end
     if (needed > options_.ssd_bytes) return Status::NoSpace("records larger than the disk tier's cap");
-    if (log_->UsedBytes() + needed <= options_.ssd_bytes) return Status::OK();
-    // In order: delete a sealed segment with nothing live; compact one at least half dead
-    // (copying its live records costs at most what it frees); else the T2 policy's victim
-    // record dies, and the loop looks again.
+    const uint64_t used = log_->UsedBytes();
+    if (used + needed <= options_.ssd_bytes) return Status::OK();
+    const uint64_t shortfall = used + needed - options_.ssd_bytes;
+    // In order: delete a sealed segment with nothing live; compact the sparsest sealed segment
+    // when it is at least half dead or when the dead bytes of all sealed segments cover the
+    // shortfall (copying its live records costs what it keeps, and frees the rest); else let
+    // the T2 policy's victims die until they cover the shortfall, and look again.
     std::optional<uint32_t> empty, sparse;
+    bool evicted = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      uint64_t sparse_live = 0;
       std::optional<uint32_t> active;
+      uint64_t dead_total = 0, sparse_live = 0, sparse_total = 0;
       for (const SegmentInfo& seg : log_->Segments()) {
         if (seg.active) {
           active = seg.id;
           continue;
         }
-        auto it = segment_live_.find(seg.id);
-        const uint64_t live = it == segment_live_.end() ? 0 : it->second;
+        auto lit = segment_live_.find(seg.id);
+        auto tit = segment_total_.find(seg.id);
+        const uint64_t total = tit == segment_total_.end() ? 0 : tit->second;
+        const uint64_t live = lit == segment_live_.end() ? 0 : std::min(lit->second, total);
         if (live == 0) {
           empty = seg.id;
           break;
         }
-        if (2 * live <= seg.bytes && (!sparse || live < sparse_live)) {
+        dead_total += total - live;
+        // Sparsest = the lowest live fraction (cross-multiplied); only segments with dead records.
+        if (live < total && (!sparse || live * sparse_total < sparse_live * total)) {
           sparse = seg.id;
           sparse_live = live;
+          sparse_total = total;
         }
       }
+      if (!empty && sparse && !(2 * sparse_live <= sparse_total || dead_total >= shortfall)) sparse.reset();
       if (!empty && !sparse) {
-        // Only records in sealed segments: a dead record in the active one frees nothing yet.
-        Entry* victim = t2_policy_->PickVictim([&](const Entry* e) {
-          return e->on_t2 && e->pins == 0 && !e->promoting && !e->writing && e->location.segment != active;
-        });
-        if (victim != nullptr) {
+        // Records in sealed segments only: a dead record in the active one frees nothing yet.
+        auto eligible = [&](const Entry* e) {
+          return e->on_t2 && e->pins == 0 && !e->promoting && !e->writing && !e->moving && e->location.segment != active;
+        };
+        for (uint64_t dead = dead_total; dead < shortfall;) {
+          Entry* victim = t2_policy_->PickVictim(eligible);
+          if (victim == nullptr) break;
+          dead += RecordBytes(*victim);
           ++stats_.t2_evictions;
           DropT2CopyLocked(victim);
           if (!victim->in_t1 && victim->pins == 0) EraseLocked(victim);
-          continue;
+          evicted = true;
         }
       }
     }
@@ -748,7 +767,7 @@ Status StoreImpl::EnsureT2Space(std::span<const uint64_t> record_bytes) {
       ReclaimSegment(*empty);
     } else if (sparse) {
       CompactSegment(*sparse);
-    } else {
+    } else if (!evicted) {
       // Every sealed record is pinned or in flight: give back the oldest segment whole.
       auto oldest = log_->OldestInactive();
       if (!oldest) return Status::NoSpace("disk tier cap reached with nothing to reclaim");
@@ -758,11 +777,15 @@ Status StoreImpl::EnsureT2Space(std::span<const uint64_t> record_bytes) {
 }
 
 void StoreImpl::CompactSegment(uint32_t id) {
-  // 1. Claim the live, idle records of the segment: pinned and marked `writing`, readers wait.
+  // 1. Claim the live, idle records of the segment: marked `moving` (readers of the T2 copy
+  //    wait; no T2 eviction, reclaim or prefetch touches it; the entry is not erased, as its
+  //    T2 copy stays). Nothing is pinned: compaction never holds DRAM that puts need.
   struct Move {
     Entry* e;
-    AppendItem item;
-    AlignedBuffer copy;  // the payload read from disk (entries not in T1)
+    AppendItem item;      // the copy: header with a new seq, payload
+    DiskLocation from;    // the record now
+    RecordHeader header;  // as it is now (what the read checks)
+    AlignedBuffer copy;   // the payload, read from the segment
     bool ok = true;
   };
   std::vector<Move> moves;
@@ -774,26 +797,21 @@ void StoreImpl::CompactSegment(uint32_t id) {
         auto it = index_.find(k);
         if (it == index_.end()) continue;
         Entry* e = it->second.get();
-        if (!e->on_t2 || e->location.segment != id || e->pins > 0 || e->promoting || e->writing || e->dirty) continue;
-        ++e->pins;
-        e->writing = true;
-        Move m{e, {}, {}};
-        m.item.header = HeaderOf(*e);
+        if (!e->on_t2 || e->location.segment != id || e->pins > 0 || e->promoting || e->writing || e->moving) continue;
+        e->moving = true;
+        Move m{e, {}, e->location, HeaderOf(*e), {}};
+        m.item.header = m.header;
         m.item.header.seq = next_seq_++;  // the copy wins over the old one after a restart
         moves.push_back(std::move(m));
       }
     }
   }
-  // 2. Payloads: from T1 when there (pinned pages do not move), else read from the segment.
+  // 2. Payloads: read from the segment (also for chunks in T1, whose pages stay unpinned).
   for (Move& m : moves) {
-    const uint64_t padded = RoundUpToBlock(m.e->bytes);
-    if (m.e->in_t1) {
-      arena_->ForEachPiece(m.e->pages, 0, padded, [&](std::byte* p, size_t n) { m.item.payload.push_back({p, n}); });
-      continue;
-    }
+    const uint64_t padded = RoundUpToBlock(m.header.payload_bytes);
     m.copy.Resize(padded);
     const IoSlice slice{reinterpret_cast<std::byte*>(m.copy.data()), padded};
-    Status st = log_->ReadRecord(m.e->location, HeaderOf(*m.e), {&slice, 1});
+    Status st = log_->ReadRecord(m.from, m.header, {&slice, 1});
     if (!st.ok()) {
       m.ok = false;
       std::lock_guard<std::mutex> lock(mu_);
@@ -808,9 +826,7 @@ void StoreImpl::CompactSegment(uint32_t id) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (Move& m : moves) {
-      if (m.ok) continue;
-      m.e->writing = false;  // unreadable: dies with the segment
-      --m.e->pins;
+      if (!m.ok) m.e->moving = false;  // unreadable: ReclaimSegment drops (and maybe erases) it
     }
   }
   ReclaimSegment(id);
@@ -825,12 +841,12 @@ void StoreImpl::CompactSegment(uint32_t id) {
     if (!m.ok) continue;
     const AppendItem& item = items[j++];
     Entry* e = m.e;
-    e->writing = false;
-    --e->pins;
+    e->moving = false;
     if (item.status.ok()) {
       e->location = item.location;
       e->seq = item.header.seq;
       segment_live_[item.location.segment] += RecordBytes(*e);
+      segment_total_[item.location.segment] += RecordBytes(*e);
       segment_keys_[item.location.segment].push_back(e->key);
       stats_.bytes_compacted += e->bytes;
     } else {
@@ -850,12 +866,12 @@ void StoreImpl::ReclaimSegment(uint32_t id) {
     std::vector<ChunkKey> keys = std::move(segment_keys_[id]);
     segment_keys_.erase(id);
     segment_live_.erase(id);
+    segment_total_.erase(id);
     for (const ChunkKey& k : keys) {
       auto it = index_.find(k);
       if (it == index_.end()) continue;
       Entry* e = it->second.get();
-      // Entries compaction claimed (writing, not dirty) keep their T2 copy: it is rewritten.
-      if (!e->on_t2 || e->location.segment != id || (e->writing && !e->dirty)) continue;
+      if (!e->on_t2 || e->location.segment != id || e->moving) continue;  // moving: compaction rewrites it
       DropT2CopyLocked(e);
       ++stats_.t2_evictions;
       if (e->in_t1) {

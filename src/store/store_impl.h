@@ -1,8 +1,10 @@
-// StoreImpl: the index, T1 arena, T2 log and the write-behind mover behind kvault::Store.
+// StoreImpl: the index, T1 arena, T2 log and the movers (write-behind, prefetch) behind
+// kvault::Store.
 //
-// Locking: one mutex (mu_) guards the index, the policy, the arena's free list, the write
-// queue and the counters. Payload bytes are copied outside mu_, into or out of pages of
-// pinned entries only. Disk I/O never runs under mu_.
+// Locking: one mutex (mu_) guards the index, both tiers' policies, the access window, the
+// arena's free list, the per-segment maps, the write and prefetch queues and the counters.
+// Payload bytes are copied outside mu_, into or out of pages of pinned entries only. Disk
+// I/O never runs under mu_. Lock order: mu_, then the segment log's own mutex.
 #pragma once
 
 #include <atomic>
@@ -64,9 +66,10 @@ class StoreImpl {
   Status AllocatePagesLocked(uint64_t bytes, PageList* out,
                              const std::function<bool(const Entry*)>& may_evict = nullptr);  // REQUIRES: mu_ held
   // Reads T2-only entry e into fresh T1 pages; releases `lock` during the read. On success e is
-  // in T1 with one more pin (the caller's). On failure e is unpinned again, its unreadable T2
-  // copy dropped (and e erased when nothing else holds it); the Status says why.
-  Status PromoteLocked(std::unique_lock<std::mutex>& lock, Entry* e,
+  // in T1 with one more pin (the caller's); `demand` (a read, not a prefetch) marks it used.
+  // On failure e is unpinned again, its unreadable T2 copy dropped (and e erased when nothing
+  // else holds it); the Status says why.
+  Status PromoteLocked(std::unique_lock<std::mutex>& lock, Entry* e, bool demand,
                        const std::function<bool(const Entry*)>& may_evict = nullptr);
   void EvictFromT1Locked(Entry* e);                          // REQUIRES: mu_ held
   void EraseLocked(Entry* e);                                // REQUIRES: mu_ held, e->pins == 0
@@ -100,6 +103,9 @@ class StoreImpl {
   // Segment id -> bytes of its records that are still the live copy of an entry. A segment
   // with none is deleted; one at least half dead is compacted (see EnsureT2Space).
   std::unordered_map<uint32_t, uint64_t> segment_live_;
+  // Segment id -> bytes of every record appended there, live or dead (no index or trailer):
+  // dead bytes = total - live, what compacting the segment frees beyond its overhead.
+  std::unordered_map<uint32_t, uint64_t> segment_total_;
 
   // Prefetch: keys of T2-only window entries, in window order; the prefetch thread reads them.
   std::deque<ChunkKey> prefetch_queue_;

@@ -156,13 +156,44 @@ TEST_F(EngineTest, SsdHitAfterStoreRestart) {
   }
   store_.reset();
   OpenStore();
-  Engine e(model_, Options());
+  EngineOptions o = Options();
+  o.hint_window = 0;  // no prefetch racing the lookup: every chunk comes from the SSD
+  Engine e(model_, o);
   auto longer = Concat(prompt, RandomTokens(21, 9));
   auto r = e.Generate(longer, Params(1, true));
   EXPECT_EQ(r.hit_tokens, 70);
   EXPECT_EQ(r.tier, Tier::kDisk);
   EXPECT_EQ(r.hit_tokens_t2, 70);
   ExpectMatchesRecompute(longer, r);
+}
+
+// Scheduler-aware prefetch: while request B prefills, the engine hints the store with the
+// queued request A2; its history, on SSD only after a restart, is in DRAM when A2 runs.
+TEST_F(EngineTest, QueuedRequestsHistoryIsPrefetched) {
+  auto history = RandomTokens(40, 64);  // 4 chunks
+  {
+    Engine e(model_, Options());
+    ASSERT_TRUE(e.Generate(history, Params(1)).status.ok());
+    e.WaitForSaves();
+    ASSERT_TRUE(store_->Flush().ok());
+  }
+  store_.reset();
+  OpenStore();  // DRAM empty: the history is on SSD only
+  EngineOptions o = Options();
+  o.max_batch = 1;  // B decodes alone first, so A2 waits in the queue
+  Engine e(model_, o);
+  RequestResult rb, ra;
+  e.Submit(RandomTokens(41, 30), Params(3), [&](RequestResult r) { rb = std::move(r); });
+  auto a2 = Concat(history, RandomTokens(42, 10));
+  e.Submit(a2, Params(1, true), [&](RequestResult r) { ra = std::move(r); });
+  ASSERT_TRUE(e.Step());  // prefills B and hints [B, A2]
+  store_->WaitForPrefetch();
+  EXPECT_GE(store_->Stats().prefetches, 4u);
+  e.RunUntilIdle();
+  ASSERT_TRUE(rb.status.ok() && ra.status.ok());
+  EXPECT_EQ(ra.hit_tokens, 64);
+  EXPECT_EQ(ra.hit_tokens_t1, 64);  // prefetched: no SSD read on A2's critical path
+  ExpectMatchesRecompute(a2, ra);
 }
 
 // Generated tokens' KV is saved too: the next turn only prefills its new message.
