@@ -472,6 +472,27 @@ TEST_P(EveryPolicyTest, EligibleFilterIsRespected) {
   EXPECT_EQ(Drain(*p).size(), es.size());
 }
 
+// max_scan bounds the search: with k candidates looked at, a victim further down the order
+// is not found.
+TEST_P(EveryPolicyTest, MaxScanBoundsTheSearch) {
+  auto p = Make();
+  ASSERT_NE(p, nullptr);
+  std::vector<Entry*> es;
+  for (uint32_t i = 0; i < 8; ++i) es.push_back(entries_.Add(i + 1));
+  for (Entry* e : es) p->Insert(e);
+  const std::vector<Entry*> order = Drain(*p);  // the full victim order (empties the policy)
+  ASSERT_EQ(order.size(), es.size());
+  for (Entry* e : order) p->Insert(e);          // same order again for lru/fifo/aware/opt
+  const std::vector<Entry*> order2 = Drain(*p);
+  for (Entry* e : order2) p->Insert(e);
+  Entry* fifth = order2[4];
+  auto only_fifth = [&](const Entry* e) { return e == fifth; };
+  EXPECT_EQ(p->PickVictim(only_fifth, 8), fifth);
+  EXPECT_EQ(p->PickVictim(only_fifth, 5), fifth);
+  EXPECT_EQ(p->PickVictim(only_fifth, 4), nullptr);
+  EXPECT_EQ(p->PickVictim(only_fifth, 0), nullptr);
+}
+
 TEST_P(EveryPolicyTest, RemoveOfAnAbsentEntryIsANoOp) {
   auto p = Make();
   ASSERT_NE(p, nullptr);

@@ -68,8 +68,10 @@ bool TierModel::MakeT1Room(uint64_t bytes, const std::function<bool(const Entry*
   if (bytes > t1_cap_) return false;
   auto allowed = [&](const Entry* v) { return v->pins == 0 && may_evict(v); };
   while (t1_used_ + bytes > t1_cap_) {
-    // As the store: entries with a disk copy (or with no disk tier) first.
-    Entry* victim = t1_policy_->PickVictim([&](const Entry* v) { return allowed(v) && (v->on_t2 || t2_cap_ == 0); });
+    // As the store: an entry with a disk copy (or with no disk tier) first, if one is among
+    // the next kPreferenceScan victims.
+    Entry* victim =
+        t1_policy_->PickVictim([&](const Entry* v) { return allowed(v) && (v->on_t2 || t2_cap_ == 0); }, kPreferenceScan);
     if (victim == nullptr) victim = t1_policy_->PickVictim(allowed);
     if (victim == nullptr) return false;
     ++counters_.t1_evictions;

@@ -75,14 +75,14 @@ void AwarePolicy::WindowChanged(Entry* e) {
   File(e, it->second);
 }
 
-Entry* AwarePolicy::PickVictim(const std::function<bool(const Entry*)>& eligible) {
-  for (const auto& [tick, e] : leaves_) {
-    if (eligible(e)) return e;
+Entry* AwarePolicy::PickVictim(const std::function<bool(const Entry*)>& eligible, size_t max_scan) {
+  for (auto it = leaves_.begin(); it != leaves_.end() && max_scan > 0; ++it, --max_scan) {
+    if (eligible(it->second)) return it->second;
   }
-  for (const auto& [tick, e] : inner_) {
-    if (eligible(e)) return e;
+  for (auto it = inner_.begin(); it != inner_.end() && max_scan > 0; ++it, --max_scan) {
+    if (eligible(it->second)) return it->second;
   }
-  for (auto it = window_order_.rbegin(); it != window_order_.rend(); ++it) {
+  for (auto it = window_order_.rbegin(); it != window_order_.rend() && max_scan > 0; ++it, --max_scan) {
     if (eligible(std::get<2>(*it))) return std::get<2>(*it);
   }
   return nullptr;

@@ -30,7 +30,8 @@ class AwarePolicy final : public EvictionPolicy {
   void Insert(Entry* e) override;
   void Touch(Entry* e) override;
   void Remove(Entry* e) override;
-  Entry* PickVictim(const std::function<bool(const Entry*)>& eligible) override;
+  using EvictionPolicy::PickVictim;
+  Entry* PickVictim(const std::function<bool(const Entry*)>& eligible, size_t max_scan) override;
   void WindowChanged(Entry* e) override;
   const char* name() const override { return "aware"; }
 

@@ -59,8 +59,8 @@ void LruPolicy::Remove(Entry* e) {
   where_.erase(it);
 }
 
-Entry* LruPolicy::PickVictim(const std::function<bool(const Entry*)>& eligible) {
-  for (auto it = order_.rbegin(); it != order_.rend(); ++it) {
+Entry* LruPolicy::PickVictim(const std::function<bool(const Entry*)>& eligible, size_t max_scan) {
+  for (auto it = order_.rbegin(); it != order_.rend() && max_scan > 0; ++it, --max_scan) {
     if (eligible(*it)) return *it;
   }
   return nullptr;

@@ -19,6 +19,7 @@
 // AccessWindow and FutureOracle a policy reads must not change during a call.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <list>
@@ -78,7 +79,11 @@ class EvictionPolicy {
   virtual void Touch(Entry* e) = 0;    // e was read
   virtual void Remove(Entry* e) = 0;   // e left the tier (no-op when absent)
   // The best victim among entries accepted by `eligible`, or nullptr. Does not remove it.
-  virtual Entry* PickVictim(const std::function<bool(const Entry*)>& eligible) = 0;
+  // `max_scan` bounds how many candidates, in victim order, are looked at (a preference the
+  // caller can afford: "an entry with a disk copy, if one is among the next 64 victims").
+  // s3fifo counts every entry its search visits, including those it promotes or reinserts.
+  virtual Entry* PickVictim(const std::function<bool(const Entry*)>& eligible, size_t max_scan) = 0;
+  Entry* PickVictim(const std::function<bool(const Entry*)>& eligible) { return PickVictim(eligible, SIZE_MAX); }
   // e's WindowRank changed (the owner calls it for each present entry that Set() returned).
   virtual void WindowChanged(Entry* e) {}
   virtual const char* name() const = 0;
@@ -87,16 +92,21 @@ class EvictionPolicy {
 // "lru": least recently inserted or used first.
 class LruPolicy final : public EvictionPolicy {
  public:
+  using EvictionPolicy::PickVictim;
   void Insert(Entry* e) override;
   void Touch(Entry* e) override;
   void Remove(Entry* e) override;
-  Entry* PickVictim(const std::function<bool(const Entry*)>& eligible) override;
+  Entry* PickVictim(const std::function<bool(const Entry*)>& eligible, size_t max_scan) override;
   const char* name() const override { return "lru"; }
 
  private:
   std::list<Entry*> order_;  // front = most recently used
   std::unordered_map<Entry*, std::list<Entry*>::iterator> where_;
 };
+
+// How many of the next T1 victims the store's clean-first preferences look at (the store and
+// kvault replay's tier model alike).
+inline constexpr size_t kPreferenceScan = 64;
 
 // Names MakePolicy accepts, for --help and error messages.
 const std::vector<std::string>& PolicyNames();

@@ -14,7 +14,8 @@ class FifoPolicy final : public EvictionPolicy {
   void Insert(Entry* e) override;  // a present entry keeps its place
   void Touch(Entry* e) override {}
   void Remove(Entry* e) override;
-  Entry* PickVictim(const std::function<bool(const Entry*)>& eligible) override;
+  using EvictionPolicy::PickVictim;
+  Entry* PickVictim(const std::function<bool(const Entry*)>& eligible, size_t max_scan) override;
   const char* name() const override { return "fifo"; }
 
  private:

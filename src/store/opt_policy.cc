@@ -33,7 +33,7 @@ void OptPolicy::Remove(Entry* e) {
   slots_.erase(it);
 }
 
-Entry* OptPolicy::PickVictim(const std::function<bool(const Entry*)>& eligible) {
+Entry* OptPolicy::PickVictim(const std::function<bool(const Entry*)>& eligible, size_t max_scan) {
   // Refresh the stale values (see the invariant in the header). Collected first, so each is
   // asked once even if an oracle answered below Now(). Amortized: each stale value costs one
   // refresh per use it consumed.
@@ -42,7 +42,7 @@ Entry* OptPolicy::PickVictim(const std::function<bool(const Entry*)>& eligible) 
   for (auto it = order_.begin(); it != order_.end() && std::get<0>(*it) < now; ++it) stale.push_back(std::get<2>(*it));
   for (Entry* e : stale) Refresh(e, slots_.at(e));
 
-  for (auto it = order_.rbegin(); it != order_.rend(); ++it) {
+  for (auto it = order_.rbegin(); it != order_.rend() && max_scan > 0; ++it, --max_scan) {
     if (eligible(std::get<2>(*it))) return std::get<2>(*it);
   }
   return nullptr;

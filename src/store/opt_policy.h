@@ -21,7 +21,8 @@ class OptPolicy final : public EvictionPolicy {
   void Insert(Entry* e) override;
   void Touch(Entry* e) override;
   void Remove(Entry* e) override;
-  Entry* PickVictim(const std::function<bool(const Entry*)>& eligible) override;
+  using EvictionPolicy::PickVictim;
+  Entry* PickVictim(const std::function<bool(const Entry*)>& eligible, size_t max_scan) override;
   const char* name() const override { return "opt"; }
 
  private:

@@ -60,22 +60,24 @@ void S3FifoPolicy::RememberGhost(const ChunkKey& key) {
   }
 }
 
-Entry* S3FifoPolicy::PickVictim(const std::function<bool(const Entry*)>& eligible) {
+Entry* S3FifoPolicy::PickVictim(const std::function<bool(const Entry*)>& eligible, size_t max_scan) {
+  size_t budget = max_scan;  // every entry visited (passed over, promoted or reinserted) costs one
   if (!small_.empty() && (main_.empty() || SmallOverShare())) {
-    if (Entry* v = FromSmall(eligible)) return v;
-    return FromMain(eligible);  // S's eligible entries, if any, were all promoted to M
+    if (Entry* v = FromSmall(eligible, budget)) return v;
+    return FromMain(eligible, budget);  // S's eligible entries, if any, were all promoted to M
   }
-  if (Entry* v = FromMain(eligible)) return v;
+  if (Entry* v = FromMain(eligible, budget)) return v;
   // M holds nothing eligible; S's eligible entries are victims or get promoted to M.
-  if (Entry* v = FromSmall(eligible)) return v;
-  return FromMain(eligible);
+  if (Entry* v = FromSmall(eligible, budget)) return v;
+  return FromMain(eligible, budget);
 }
 
 // The cursor `it` walks from the tail towards the head. Everything at or behind it is
 // ineligible, so each ineligible entry is passed once per call.
-Entry* S3FifoPolicy::FromSmall(const std::function<bool(const Entry*)>& eligible) {
+Entry* S3FifoPolicy::FromSmall(const std::function<bool(const Entry*)>& eligible, size_t& budget) {
   auto it = small_.end();
-  while (it != small_.begin()) {
+  while (it != small_.begin() && budget > 0) {
+    --budget;
     auto cur = std::prev(it);
     Entry* e = *cur;
     if (!eligible(e)) {
@@ -96,9 +98,10 @@ Entry* S3FifoPolicy::FromSmall(const std::function<bool(const Entry*)>& eligible
 // Eligible entries with uses left go back to the head, ahead of the cursor, with one use
 // fewer: every such step spends a use some Touch added, so the loop ends, and it returns an
 // entry whenever M holds an eligible one.
-Entry* S3FifoPolicy::FromMain(const std::function<bool(const Entry*)>& eligible) {
+Entry* S3FifoPolicy::FromMain(const std::function<bool(const Entry*)>& eligible, size_t& budget) {
   auto it = main_.end();
-  while (it != main_.begin()) {
+  while (it != main_.begin() && budget > 0) {
+    --budget;
     auto cur = std::prev(it);
     Entry* e = *cur;
     if (!eligible(e)) {

@@ -27,7 +27,8 @@ class S3FifoPolicy final : public EvictionPolicy {
   void Insert(Entry* e) override;  // a key in G goes to M, any other to S
   void Touch(Entry* e) override;
   void Remove(Entry* e) override;  // an entry removed from S leaves its key in G
-  Entry* PickVictim(const std::function<bool(const Entry*)>& eligible) override;
+  using EvictionPolicy::PickVictim;
+  Entry* PickVictim(const std::function<bool(const Entry*)>& eligible, size_t max_scan) override;
   const char* name() const override { return "s3fifo"; }
 
  private:
@@ -43,8 +44,9 @@ class S3FifoPolicy final : public EvictionPolicy {
   bool SmallOverShare() const { return small_weight_ * 10 > total_weight_; }
   // Scan S (resp. M) from its tail as described above, skipping (and leaving in place) entries
   // `eligible` rejects. Each returns an eligible entry if its queue holds one afterwards.
-  Entry* FromSmall(const std::function<bool(const Entry*)>& eligible);
-  Entry* FromMain(const std::function<bool(const Entry*)>& eligible);
+  // Search S (or M) from its tail; each entry visited spends one unit of `budget`.
+  Entry* FromSmall(const std::function<bool(const Entry*)>& eligible, size_t& budget);
+  Entry* FromMain(const std::function<bool(const Entry*)>& eligible, size_t& budget);
   void RememberGhost(const ChunkKey& key);
 
   std::list<Entry*> small_, main_;  // front = newest

@@ -349,8 +349,10 @@ Status StoreImpl::AllocatePagesLocked(uint64_t bytes, PageList* out, const std::
     // Entries with a copy on T2 (or no T2) first: nothing is lost. Then entries without one
     // that are not waiting for the write-behind (their write failed, or their T2 copy was
     // evicted); dirty ones only as a last resort, so that a put never waits for the disk.
-    Entry* victim = policy_->PickVictim([&](const Entry* e) { return allowed(e) && (e->on_t2 || !log_); });
-    if (victim == nullptr) victim = policy_->PickVictim([&](const Entry* e) { return allowed(e) && !e->dirty; });
+    // The preferences look at the next kPreferenceScan victims only, so that a tier full of
+    // entries waiting for the disk costs no scan of all of them.
+    Entry* victim = policy_->PickVictim([&](const Entry* e) { return allowed(e) && (e->on_t2 || !log_); }, kPreferenceScan);
+    if (victim == nullptr) victim = policy_->PickVictim([&](const Entry* e) { return allowed(e) && !e->dirty; }, kPreferenceScan);
     if (victim == nullptr) victim = policy_->PickVictim(allowed);
     if (victim == nullptr) return Status::ResourceExhausted("every DRAM page is pinned or in flight");
     EvictFromT1Locked(victim);
