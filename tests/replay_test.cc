@@ -2,7 +2,6 @@
 #include <gtest/gtest.h>
 
 #include <string>
-#include <unordered_set>
 
 #include "replay/simulator.h"
 #include "replay/tier_model.h"
@@ -146,16 +145,15 @@ TEST(SimulatorTest, HandMadeTraceWithAKnownOptimum) {
   const int ids[] = {10, 11, 12};
   for (int i = 0; i < 9; ++i) text += MooncakeLine(i * 1000.0, 512, {ids[i % 3]});
   Trace t = MustParse(text);
-  auto hits = [&](const std::string& policy, uint32_t window) {
-    ReplayOptions o = SmallOptions(policy, 2);
-    o.window = window;
+  auto hits = [&](const std::string& policy) {
+    ReplayOptions o = SmallOptions(policy, 2);  // window 0: no look-ahead
     auto r = RunReplay(t, o);
     EXPECT_TRUE(r.ok()) << r.status().ToString();
     return r.ok() ? r->hit_tokens_t1 + r->hit_tokens_t2 : 0;
   };
-  EXPECT_EQ(hits("lru", 0), 0u);
-  EXPECT_EQ(hits("fifo", 0), 0u);
-  EXPECT_EQ(hits("opt", 0), 3u * 512u);
+  EXPECT_EQ(hits("lru"), 0u);
+  EXPECT_EQ(hits("fifo"), 0u);
+  EXPECT_EQ(hits("opt"), 3u * 512u);
 }
 
 // With every request queued at once, the window shows the future to "aware": on the cyclic
@@ -300,7 +298,6 @@ TEST(SimulatorTest, NextTurnReusesThePartialChunk) {
   // reuses 512 + the 88-token partial. Turn 3: 950 tokens reuses turn 2's 768 + its 132-token partial.
   EXPECT_EQ(t.reusable_tokens, 600u + 900u);
   ReplayOptions o = SmallOptions("lru", 64);
-  o.model.kv_bytes_per_token_override = 8;
   auto r = RunReplay(t, o);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->hit_tokens_t1 + r->hit_tokens_t2, 600u + 900u);

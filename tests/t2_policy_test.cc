@@ -65,8 +65,9 @@ TEST(T2Policy, TheDiskTierDropsTheOldestUnderFifo) {
   EXPECT_LT(CachedTokensOfAReadChain("fifo"), kChainChunks * kChunkTokens);
 }
 
-// Even chains are read, odd ones never: the odd ones' records die one by one, spread over
-// every segment, so segments end up half dead and are compacted. Every chunk still cached
+// After each even chain, the even chains among the last seven are read; odd ones never are:
+// the odd ones' records die one by one, spread over every segment, so segments end up half
+// dead and are compacted. Every chunk still cached
 // reads back byte for byte, before and after a restart.
 TEST(T2Policy, CompactionMovesLiveRecordsIntact) {
   TempDir dir;

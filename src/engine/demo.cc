@@ -121,14 +121,7 @@ Plan MakePlan(const DemoOptions& o, int64_t vocab) {
   return p;
 }
 
-const char* TierString(const RequestResult& r) {
-  if (r.hit_tokens_t2 > 0 || r.tier == Tier::kDisk) return "t2";
-  if (r.hit_tokens_t1 > 0 || r.tier == Tier::kHost) return "t1";
-  return "none";
-}
-
-// Removes the store's own files under `dir` (segments and the direct-I/O probe) and refuses
-// to touch anything else, so a mistyped --data-dir never deletes someone's files.
+// Every option's range, checked before anything slow runs.
 Status ValidateOptions(const DemoOptions& o) {
   auto bad = [](const std::string& m) { return Status::InvalidArgument(m); };
   if (o.sessions < 1 || o.sessions > 64) return bad("--sessions must be in [1, 64]");
@@ -393,7 +386,7 @@ Result<DemoReport> RunDemoImpl(const DemoOptions& o) {
           d.load_wait_ms = r->load_wait_ms;
           d.lookup_ms = r->lookup_ms;
           d.forward_ms = r->forward_ms;
-          d.tier = TierString(*r);
+          d.tier = TierName(r->tier);
           torch::Tensor l2 = LastLogits(*r);
           const torch::Tensor& l1 = logits1[index];
           if (l1.defined() && l2.defined() && l1.sizes() == l2.sizes()) {

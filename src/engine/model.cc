@@ -166,6 +166,14 @@ torch::Tensor LlamaModel::DecodeBatch(const torch::Tensor& tokens, const std::ve
   auto ids = tokens.to(device_, torch::kInt64);
   auto h = weights_.embed.index_select(0, ids);  // [B, hidden]
   auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(device_);
+  // Each sequence's rotary tables, once for all layers (as Forward does).
+  std::vector<RopeTables> q_rope, k_rope;
+  q_rope.reserve(b);
+  k_rope.reserve(b);
+  for (int64_t i = 0; i < b; ++i) {
+    q_rope.push_back(Rope(torch::arange(starts[i], starts[i] + 1, i64)));
+    k_rope.push_back(Rope(torch::arange(0, starts[i] + 1, i64)));
+  }
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     const LayerWeights& w = weights_.layers[l];
     auto [q, k, v] = Projections(w, h);
@@ -177,8 +185,7 @@ torch::Tensor LlamaModel::DecodeBatch(const torch::Tensor& tokens, const std::ve
       kv[i]->Append(l, pos, k.narrow(0, i, 1), v.narrow(0, i, 1));
       kv[i]->AfterLayer(l);
       auto [keys, values] = kv[i]->Gather(l, pos + 1);
-      auto qi = ApplyRope(q.narrow(0, i, 1), torch::arange(pos, pos + 1, i64));
-      outs.push_back(Attention(qi, ApplyRope(keys, torch::arange(0, pos + 1, i64)), values, pos));
+      outs.push_back(Attention(Rotate(q.narrow(0, i, 1), q_rope[i]), Rotate(keys, k_rope[i]), values, pos));
     }
     h = h + Linear(torch::cat(outs), w.o_proj);
     h = h + Mlp(w, RmsNorm(h, w.post_norm));

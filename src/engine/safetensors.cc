@@ -57,12 +57,6 @@ const DtypeInfo* FindDtype(torch::ScalarType type) {
   return nullptr;
 }
 
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
 // A non-negative integer that fits in int64 (sizes, dims and offsets in the header).
 bool ReadCount(const json& v, uint64_t& out) {
   if (!v.is_number_integer()) return false;
@@ -157,6 +151,12 @@ Status WriteAll(int fd, const void* data, size_t n, const std::string& path) {
 }
 
 }  // namespace
+
+std::string ShapeString(std::span<const int64_t> shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
 
 Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

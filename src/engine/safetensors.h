@@ -9,6 +9,7 @@
 
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,9 @@ class SafetensorsFile {
 };
 
 // Writes tensors (contiguous, F32/F16/BF16) to `path`.
+// "[2, 3, 4]": how error messages print a tensor shape.
+std::string ShapeString(std::span<const int64_t> shape);
+
 Status WriteSafetensors(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors);
 
 }  // namespace kvault::engine

@@ -55,12 +55,6 @@ void ForEachTensor(const ModelConfig& c, Weights& w, Fn&& fn) {
   if (!c.tie_word_embeddings) fn("lm_head.weight", std::vector<int64_t>{c.vocab_size, h}, w.lm_head);
 }
 
-std::string ShapeString(c10::IntArrayRef shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
 const char* DtypeName(torch::ScalarType t) {
   switch (t) {
     case torch::kFloat32: return "float32";

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdio>
 
+#include "engine/svg_chart.h"
+
 namespace kvault::replay {
 namespace {
 
@@ -127,15 +129,8 @@ std::string QueueChartSvg(const std::string& title, const std::vector<ReplayRun>
                 "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
                 w, h, w, h);
   s += buf;
-  std::string safe_title;
-  for (char c : title) {
-    if (c == '<') safe_title += "&lt;";
-    else if (c == '>') safe_title += "&gt;";
-    else if (c == '&') safe_title += "&amp;";
-    else safe_title += c;
-  }
   std::snprintf(buf, sizeof buf, "<text x=\"%.0f\" y=\"28\" font-family=\"sans-serif\" font-size=\"16\">%s</text>\n", left,
-                safe_title.c_str());
+                engine::XmlEscape(title).c_str());
   s += buf;
   // Axes and ticks.
   std::snprintf(buf, sizeof buf, "<path d=\"M%.1f %.1f V%.1f H%.1f\" stroke=\"black\" fill=\"none\"/>\n", left, top,

@@ -86,9 +86,7 @@ bool TierModel::Promote(Entry* e, const std::function<bool(const Entry*)>& may_e
   const bool room = MakeT1Room(T1Cost(*e), may_evict);
   --e->pins;
   if (!room) return false;
-  e->in_t1 = true;
-  t1_used_ += T1Cost(*e);
-  t1_policy_->Insert(e);
+  EnterT1(e);
   if (e->on_t2) t2_policy_->Touch(e);
   return true;
 }
@@ -117,10 +115,8 @@ Entry* TierModel::Put(const TraceChunk& c, const ChunkKey& parent, uint32_t full
     ++counters_.t1_put_failures;
     return nullptr;
   }
-  e->in_t1 = true;
-  t1_used_ += T1Cost(*e);
   index_[key] = std::move(owned);
-  t1_policy_->Insert(e);
+  EnterT1(e);
   *created = true;
   auto pit = partials_.find(parent);
   if (tokens < full_tokens && c.stream_begin >= 0) {
@@ -171,17 +167,31 @@ void TierModel::WindowChanged(const std::vector<ChunkKey>& keys) {
   }
 }
 
-void TierModel::DropFromT1(Entry* e) {
+void TierModel::EnterT1(Entry* e) {
+  e->in_t1 = true;
+  t1_used_ += T1Cost(*e);
+  t1_policy_->Insert(e);
+}
+
+void TierModel::LeaveT1(Entry* e) {
   t1_policy_->Remove(e);
   t1_used_ -= T1Cost(*e);
   e->in_t1 = false;
+}
+
+void TierModel::LeaveT2(Entry* e) {
+  t2_policy_->Remove(e);
+  t2_used_ -= T2Cost(*e);
+  e->on_t2 = false;
+}
+
+void TierModel::DropFromT1(Entry* e) {
+  LeaveT1(e);
   EraseIfGone(e);
 }
 
 void TierModel::DropFromT2(Entry* e) {
-  t2_policy_->Remove(e);
-  t2_used_ -= T2Cost(*e);
-  e->on_t2 = false;
+  LeaveT2(e);
   EraseIfGone(e);
 }
 
@@ -195,14 +205,8 @@ void TierModel::EraseIfGone(Entry* e) {
 }
 
 void TierModel::Erase(Entry* e) {
-  if (e->in_t1) {
-    t1_policy_->Remove(e);
-    t1_used_ -= T1Cost(*e);
-  }
-  if (e->on_t2) {
-    t2_policy_->Remove(e);
-    t2_used_ -= T2Cost(*e);
-  }
+  if (e->in_t1) LeaveT1(e);
+  if (e->on_t2) LeaveT2(e);
   auto info = partial_info_.find(e);
   if (info != partial_info_.end()) {
     auto it = partials_.find(info->second.parent);

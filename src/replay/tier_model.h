@@ -75,7 +75,10 @@ class TierModel {
   uint64_t T1Cost(const Entry& e) const;
   uint64_t T2Cost(const Entry& e) const;
   bool MakeT1Room(uint64_t bytes, const std::function<bool(const Entry*)>& may_evict);
-  void DropFromT1(Entry* e);
+  void EnterT1(Entry* e);  // into T1's policy and accounting (room already made)
+  void LeaveT1(Entry* e);  // out of T1's policy and accounting
+  void LeaveT2(Entry* e);
+  void DropFromT1(Entry* e);  // LeaveT1, then erased if in no tier and unpinned
   void DropFromT2(Entry* e);
   void EraseIfGone(Entry* e);
   void Erase(Entry* e);  // REQUIRES: e->pins == 0

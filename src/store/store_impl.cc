@@ -374,12 +374,16 @@ void StoreImpl::DropT2CopyLocked(Entry* e) {
   t2_policy_->Remove(e);
 }
 
-void StoreImpl::AddT2CopyLocked(Entry* e, DiskLocation loc) {
-  e->on_t2 = true;
+void StoreImpl::PlaceT2RecordLocked(Entry* e, DiskLocation loc) {
   e->location = loc;
   segment_live_[loc.segment] += RecordBytes(*e);
   segment_total_[loc.segment] += RecordBytes(*e);
   segment_keys_[loc.segment].push_back(e->key);
+}
+
+void StoreImpl::AddT2CopyLocked(Entry* e, DiskLocation loc) {
+  e->on_t2 = true;
+  PlaceT2RecordLocked(e, loc);
   t2_policy_->Insert(e);
 }
 
@@ -845,11 +849,8 @@ void StoreImpl::CompactSegment(uint32_t id) {
     Entry* e = m.e;
     e->moving = false;
     if (item.status.ok()) {
-      e->location = item.location;
+      PlaceT2RecordLocked(e, item.location);  // still on T2: the policy keeps its place
       e->seq = item.header.seq;
-      segment_live_[item.location.segment] += RecordBytes(*e);
-      segment_total_[item.location.segment] += RecordBytes(*e);
-      segment_keys_[item.location.segment].push_back(e->key);
       stats_.bytes_compacted += e->bytes;
     } else {
       if (item.status.code() != Code::kUnavailable) CountErrorLocked(item.status);

@@ -78,6 +78,8 @@ class StoreImpl {
   // e's record on T2 stops being live (the entry itself stays while in T1 or pinned).
   void DropT2CopyLocked(Entry* e);                           // REQUIRES: mu_ held, e->on_t2
   void AddT2CopyLocked(Entry* e, DiskLocation loc);          // REQUIRES: mu_ held
+  // Records where e's live T2 record is (location and per-segment accounting).
+  void PlaceT2RecordLocked(Entry* e, DiskLocation loc);      // REQUIRES: mu_ held
   void CountErrorLocked(const Status& st);                   // REQUIRES: mu_ held
   static RecordHeader HeaderOf(const Entry& e);
 
