@@ -35,6 +35,9 @@ struct StoreOptions {
   // faults (slow in virtual machines: ~0.4 GB/s measured here). Costs that time at Open and
   // commits dram_bytes of memory up front; recommended for long-running servers.
   bool prefault_dram = false;
+  // Put T1 in a memfd mapped shared, so that other processes can map it (kvaultd does this
+  // and hands the memfd to its local clients: loads copy straight out of it).
+  bool shared_dram = false;
   // File operations; nullptr means Env::Default(). Not owned; must outlive the store.
   Env* env = nullptr;
 };

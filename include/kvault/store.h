@@ -21,7 +21,7 @@
 
 namespace kvault {
 
-enum class Tier : uint8_t { kNone = 0, kHost = 1, kDisk = 2 };  // -, T1, T2
+enum class Tier : uint8_t { kNone = 0, kHost = 1, kDisk = 2, kCluster = 3 };  // -, T1, T2, T3
 const char* TierName(Tier tier);
 
 struct CachedChunk {
@@ -37,91 +37,125 @@ struct LookupResult {
   uint32_t total_tokens = 0;
 };
 
-class StoreImpl;
-struct Entry;
+// What a ChunkWriter writes through: a T1 slot of the embedded store, or of kvaultd's shared
+// memory. Implemented by the store and by kvault::Client; users of the store never need it.
+// The handle checks every range against the chunk's size before calling in.
+class ChunkWriterBackend {
+ public:
+  virtual ~ChunkWriterBackend() = default;  // drops the chunk unless Commit() succeeded
+  virtual void Write(size_t offset, std::span<const std::byte> data) = 0;
+  // The chunk's memory for [offset, offset + size), as few contiguous pieces as possible.
+  virtual void ForEachPiece(size_t offset, size_t size, const std::function<void(std::span<std::byte>)>& fn) = 0;
+  virtual void MarkWritten(size_t offset, size_t size) = 0;
+  virtual Status Commit() = 0;
+};
+
+// What a ChunkReader reads from: a pinned T1 chunk (the store's, or kvaultd's shared memory
+// mapped by a Client), or a private copy. Ranges are checked by the handle.
+class ChunkReaderBackend {
+ public:
+  virtual ~ChunkReaderBackend() = default;  // unpins
+  virtual void Read(size_t offset, std::span<std::byte> dst) const = 0;
+  virtual void ForEachPiece(size_t offset, size_t size,
+                            const std::function<void(std::span<const std::byte>)>& fn) const = 0;
+};
 
 // Writes one chunk into T1, layer by layer, straight into its slot. The chunk becomes visible
 // to lookups at Commit(); dropping the writer without Commit() discards it.
 class ChunkWriter {
  public:
   ChunkWriter() = default;
-  ChunkWriter(ChunkWriter&&) noexcept;
-  ChunkWriter& operator=(ChunkWriter&&) noexcept;
-  ~ChunkWriter();
+  // A writer of the chunk `key` of `tokens` tokens; `backend` is null when exists.
+  ChunkWriter(ChunkKey key, uint32_t tokens, const KvLayout& layout, bool exists,
+              std::unique_ptr<ChunkWriterBackend> backend);
+  ChunkWriter(ChunkWriter&&) noexcept = default;
+  ChunkWriter& operator=(ChunkWriter&&) noexcept = default;
+  ~ChunkWriter() = default;
 
-  const ChunkKey& key() const;
-  uint32_t tokens() const;
+  const ChunkKey& key() const { return key_; }
+  uint32_t tokens() const { return tokens_; }
+  size_t size() const { return bytes_; }  // payload bytes
   // True when the store already held this chunk: writes are skipped and Commit() is a no-op.
   bool exists() const { return exists_; }
   // `kv` holds K then V of `layer`: exactly layout.layer_range(layer, tokens).size bytes.
   Status WriteLayer(uint32_t layer, std::span<const std::byte> kv);
   // Copies `data` to byte `offset` of the payload.
   Status WriteRange(size_t offset, std::span<const std::byte> data);
+  // For DMA engines that fill host memory themselves (a GPU's device-to-host copy): calls fn
+  // with the slot's memory for payload bytes [offset, offset + size); the caller fills it and
+  // then calls MarkWritten for the bytes it wrote. Nothing is called when exists().
+  Status ForEachPiece(size_t offset, size_t size, const std::function<void(std::span<std::byte>)>& fn);
+  Status MarkWritten(size_t offset, size_t size);
   // Publishes the chunk. kInvalidArgument, and the chunk is dropped, unless every payload byte
   // was written.
   Status Commit();
 
  private:
-  friend class StoreImpl;
-  ChunkWriter(StoreImpl* impl, Entry* entry, ChunkKey key, uint32_t tokens, bool exists,
-              std::vector<ChunkKey> superseded);
-  StoreImpl* impl_ = nullptr;
-  Entry* entry_ = nullptr;  // the uncommitted entry; null when exists() or after Commit()
+  Status CheckRange(size_t offset, size_t size) const;
   ChunkKey key_;
   uint32_t tokens_ = 0;
+  KvLayout layout_;
+  size_t bytes_ = 0;
   bool exists_ = false;
-  std::vector<ChunkKey> superseded_;  // partial chunks this full chunk replaces at Commit()
+  std::unique_ptr<ChunkWriterBackend> backend_;  // null when exists() or after Commit()
 };
 
-// A chunk pinned in T1 for reading: it cannot be evicted while the reader lives.
+// A chunk pinned for reading: it cannot be evicted while the reader lives.
 class ChunkReader {
  public:
   ChunkReader() = default;
-  ChunkReader(ChunkReader&&) noexcept;
-  ChunkReader& operator=(ChunkReader&&) noexcept;
-  ~ChunkReader();
+  ChunkReader(ChunkKey key, uint32_t tokens, const KvLayout& layout, Tier served_from,
+              std::unique_ptr<ChunkReaderBackend> backend);
+  ChunkReader(ChunkReader&&) noexcept = default;
+  ChunkReader& operator=(ChunkReader&&) noexcept = default;
+  ~ChunkReader() = default;
 
-  const ChunkKey& key() const;
-  uint32_t tokens() const;
-  size_t size() const;  // payload bytes
+  const ChunkKey& key() const { return key_; }
+  uint32_t tokens() const { return tokens_; }
+  size_t size() const { return bytes_; }  // payload bytes
   Tier served_from() const { return served_from_; }
   // Copies layer `layer` (K then V) into `dst`, which must hold layer_range(...).size bytes.
   Status ReadLayer(uint32_t layer, std::span<std::byte> dst) const;
   // Copies payload bytes [offset, offset + dst.size()) into dst.
   Status ReadRange(size_t offset, std::span<std::byte> dst) const;
-  // Calls fn with the T1 memory holding payload bytes [offset, offset + size), as few
+  // Calls fn with the memory holding payload bytes [offset, offset + size), as few
   // contiguous pieces as possible (for DMA engines that copy from host memory themselves).
   Status ForEachPiece(size_t offset, size_t size,
                       const std::function<void(std::span<const std::byte>)>& fn) const;
 
  private:
-  friend class StoreImpl;
-  ChunkReader(StoreImpl* impl, Entry* entry, Tier from);
-  StoreImpl* impl_ = nullptr;
-  Entry* entry_ = nullptr;
+  ChunkKey key_;
+  uint32_t tokens_ = 0;
+  KvLayout layout_;
+  size_t bytes_ = 0;
   Tier served_from_ = Tier::kNone;
+  std::unique_ptr<ChunkReaderBackend> backend_;
 };
 
+// The store's API. Store::Open gives the embedded store (this process's own T1 and T2);
+// kvault::Client (client.h) gives the same API served by kvaultd, the node's shared store.
 class Store {
  public:
-  // Opens (or creates) a store; rebuilds the T2 index from the segments under options.dir.
+  // Opens (or creates) an embedded store; rebuilds the T2 index from the segments under
+  // options.dir.
   static Result<std::unique_ptr<Store>> Open(const StoreOptions& options);
-  ~Store();  // waits for the write-behind queue (like Flush) and closes
+  virtual ~Store() = default;  // the embedded store waits for the write-behind (like Flush)
 
   // Longest cached prefix of `tokens`: whole chunks until the first miss, then the longest
   // stored partial chunk that matches. Never touches the disk.
-  LookupResult Lookup(const Namespace& ns, std::span<const uint32_t> tokens);
+  virtual LookupResult Lookup(const Namespace& ns, std::span<const uint32_t> tokens) = 0;
   // The same for tokens that continue the chain after chunk `parent` (chunk begins are
   // relative to `tokens`). Lets an engine that dropped the middle of a long conversation
   // find the cached chunks after the gap by their original keys.
-  LookupResult LookupFrom(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens);
+  virtual LookupResult LookupFrom(const Namespace& ns, const ChunkKey& parent,
+                                  std::span<const uint32_t> tokens) = 0;
 
   // Starts a put of the chunk with `tokens` that follows `parent` (ns.id() for the first).
   // Allocates the T1 slot, evicting by policy; never waits for the disk. If the chunk is
   // already stored, the writer's exists() is true and its writes are skipped; if another
   // writer holds the same chunk uncommitted, kResourceExhausted (try again).
-  Result<ChunkWriter> BeginPut(const Namespace& ns, const ChunkKey& parent,
-                               std::span<const uint32_t> tokens);
+  virtual Result<ChunkWriter> BeginPut(const Namespace& ns, const ChunkKey& parent,
+                                       std::span<const uint32_t> tokens) = 0;
   // BeginPut + one WriteRange of the whole payload + Commit.
   Status Put(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens,
              std::span<const std::byte> payload);
@@ -130,25 +164,21 @@ class Store {
   // verifies its checksum). kNotFound on a miss, corrupt or unreadable data included;
   // kResourceExhausted or kNoSpace when T1 cannot make room to promote it (every page pinned,
   // or a chunk larger than T1). Readers must not outlive the store.
-  Result<ChunkReader> OpenChunk(const Namespace& ns, const ChunkKey& key);
+  virtual Result<ChunkReader> OpenChunk(const Namespace& ns, const ChunkKey& key) = 0;
 
   // Scheduler hint: the prompts of the next queued requests, in the order they will run (the
   // look-ahead window; it replaces the previous hint). The "aware" policy keeps their chunks
   // in DRAM ahead of everything else, and a background prefetcher reads the ones only on T2
   // into T1 (while prefetched-but-unread bytes stay under options.prefetch_bytes), never
   // evicting a window entry or one not yet on disk. Returns at once: never waits for I/O.
-  void Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts);
+  virtual void Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts) = 0;
 
   // Returns when everything put before the call is on T2 (or failed: the Status says so).
-  Status Flush();
+  virtual Status Flush() = 0;
   // Returns when the prefetches of the hints given so far are done (tests, benchmarks).
-  void WaitForPrefetch();
+  virtual void WaitForPrefetch() = 0;
 
-  StoreStats Stats() const;
-
- private:
-  explicit Store(std::unique_ptr<StoreImpl> impl);
-  std::unique_ptr<StoreImpl> impl_;
+  virtual StoreStats Stats() const = 0;
 };
 
 }  // namespace kvault

@@ -1,14 +1,54 @@
 #include "store/host_arena.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 
 namespace kvault {
 
+namespace {
+
+// A memfd of `bytes` mapped MAP_SHARED; huge pages first when asked and reserved.
+Result<std::pair<void*, int>> MapShared(uint64_t bytes, bool huge_pages, bool* huge) {
+  int fd = -1;
+  *huge = false;
+  if (huge_pages && bytes % (2u << 20) == 0) {
+    fd = memfd_create("kvault-t1", MFD_CLOEXEC | MFD_HUGETLB);
+    if (fd >= 0 && ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+      close(fd);
+      fd = -1;
+    }
+    *huge = fd >= 0;
+  }
+  if (fd < 0) {
+    fd = memfd_create("kvault-t1", MFD_CLOEXEC);
+    if (fd < 0) return Status::FromErrno(errno, "memfd_create for the shared dram arena");
+    if (ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+      Status st = Status::FromErrno(errno, "size the shared dram arena");
+      close(fd);
+      return st;
+    }
+  }
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED && *huge) {  // reserved huge pages ran out: plain pages
+    close(fd);
+    return MapShared(bytes, /*huge_pages=*/false, huge);
+  }
+  if (p == MAP_FAILED) {
+    Status st = Status::FromErrno(errno, "mmap the shared dram arena");
+    close(fd);
+    return st;
+  }
+  if (!*huge && huge_pages) *huge = madvise(p, bytes, MADV_HUGEPAGE) == 0;
+  return std::make_pair(p, fd);
+}
+
+}  // namespace
+
 Result<std::unique_ptr<HostArena>> HostArena::Create(uint64_t capacity_bytes, uint32_t page_bytes, bool huge_pages,
-                                                     bool prefault) {
+                                                     bool prefault, bool shared) {
   if (page_bytes == 0 || page_bytes % 4096 != 0) return Status::InvalidArgument("page_bytes must be a multiple of 4096");
   uint64_t pages = capacity_bytes / page_bytes;
   if (pages == 0) return Status::InvalidArgument("dram capacity is smaller than one page");
@@ -16,7 +56,13 @@ Result<std::unique_ptr<HostArena>> HostArena::Create(uint64_t capacity_bytes, ui
   uint64_t bytes = pages * page_bytes;
   void* p = MAP_FAILED;
   bool huge = false;
-  if (huge_pages && bytes % (2u << 20) == 0) {
+  int fd = -1;
+  if (shared) {
+    auto m = MapShared(bytes, huge_pages, &huge);
+    if (!m.ok()) return m.status();
+    p = m->first;
+    fd = m->second;
+  } else if (huge_pages && bytes % (2u << 20) == 0) {
     // Explicit huge pages exist only where the administrator reserved them. No
     // MAP_NORESERVE here: it would let the mapping succeed and fault with SIGBUS later.
     p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
@@ -33,16 +79,19 @@ Result<std::unique_ptr<HostArena>> HostArena::Create(uint64_t capacity_bytes, ui
     for (uint64_t off = 0; off < bytes; off += 4096) static_cast<volatile char*>(p)[off] = 0;
   }
   return std::unique_ptr<HostArena>(new HostArena(static_cast<std::byte*>(p), bytes, page_bytes,
-                                                  static_cast<uint32_t>(pages), huge));
+                                                  static_cast<uint32_t>(pages), huge, fd));
 }
 
-HostArena::HostArena(std::byte* base, uint64_t map_bytes, uint32_t page_bytes, uint32_t pages, bool huge)
-    : base_(base), map_bytes_(map_bytes), page_bytes_(page_bytes), total_pages_(pages), huge_(huge) {
+HostArena::HostArena(std::byte* base, uint64_t map_bytes, uint32_t page_bytes, uint32_t pages, bool huge, int fd)
+    : base_(base), fd_(fd), map_bytes_(map_bytes), page_bytes_(page_bytes), total_pages_(pages), huge_(huge) {
   free_.resize(pages);
   for (uint32_t i = 0; i < pages; ++i) free_[i] = pages - 1 - i;  // page 0 comes out first
 }
 
-HostArena::~HostArena() { munmap(base_, map_bytes_); }
+HostArena::~HostArena() {
+  munmap(base_, map_bytes_);
+  if (fd_ >= 0) close(fd_);
+}
 
 PageList HostArena::Allocate(uint32_t n) {
   PageList out(free_.end() - n, free_.end());

@@ -21,8 +21,10 @@ using PageList = std::vector<uint32_t>;
 
 class HostArena {
  public:
+  // `shared`: the memory is a memfd mapped MAP_SHARED, so other processes can map it too
+  // (kvaultd hands fd() to its clients); otherwise private anonymous memory.
   static Result<std::unique_ptr<HostArena>> Create(uint64_t capacity_bytes, uint32_t page_bytes, bool huge_pages,
-                                                   bool prefault = false);
+                                                   bool prefault = false, bool shared = false);
   ~HostArena();
   HostArena(const HostArena&) = delete;
   HostArena& operator=(const HostArena&) = delete;
@@ -34,6 +36,9 @@ class HostArena {
   uint64_t used_bytes() const { return uint64_t{total_pages_ - free_pages()} * page_bytes_; }
   uint32_t PagesFor(uint64_t bytes) const { return static_cast<uint32_t>((bytes + page_bytes_ - 1) / page_bytes_); }
   bool huge_pages() const { return huge_; }
+  int fd() const { return fd_; }  // the memfd when shared, else -1
+  std::byte* base() const { return base_; }
+  uint64_t map_bytes() const { return map_bytes_; }
 
   // Takes n pages; REQUIRES n <= free_pages().
   PageList Allocate(uint32_t n);
@@ -47,8 +52,9 @@ class HostArena {
                     const std::function<void(std::byte*, size_t)>& fn) const;
 
  private:
-  HostArena(std::byte* base, uint64_t map_bytes, uint32_t page_bytes, uint32_t pages, bool huge);
+  HostArena(std::byte* base, uint64_t map_bytes, uint32_t page_bytes, uint32_t pages, bool huge, int fd);
   std::byte* base_;
+  int fd_;
   uint64_t map_bytes_;
   uint32_t page_bytes_;
   uint32_t total_pages_;

@@ -1,9 +1,9 @@
-// kvault::Store and its handles: thin forwarding to StoreImpl.
+// kvault::Store and its handles: range checks, then the backend (the embedded store's or a client's).
 #include "kvault/store.h"
 
 #include <nlohmann/json.hpp>
 
-#include "store/store_impl.h"
+#include "store/embedded_store.h"
 
 namespace kvault {
 
@@ -12,127 +12,96 @@ const char* TierName(Tier tier) {
     case Tier::kNone: return "none";
     case Tier::kHost: return "t1";
     case Tier::kDisk: return "t2";
+    case Tier::kCluster: return "t3";
   }
   return "unknown";
 }
 
 // --- ChunkWriter -------------------------------------------------------------------------
 
-ChunkWriter::ChunkWriter(StoreImpl* impl, Entry* entry, ChunkKey key, uint32_t tokens, bool exists,
-                         std::vector<ChunkKey> superseded)
-    : impl_(impl), entry_(entry), key_(key), tokens_(tokens), exists_(exists), superseded_(std::move(superseded)) {}
+ChunkWriter::ChunkWriter(ChunkKey key, uint32_t tokens, const KvLayout& layout, bool exists,
+                         std::unique_ptr<ChunkWriterBackend> backend)
+    : key_(key), tokens_(tokens), layout_(layout), bytes_(layout.chunk_bytes(tokens)), exists_(exists),
+      backend_(std::move(backend)) {}
 
-ChunkWriter::ChunkWriter(ChunkWriter&& o) noexcept { *this = std::move(o); }
-
-ChunkWriter& ChunkWriter::operator=(ChunkWriter&& o) noexcept {
-  if (this != &o) {
-    if (impl_ && entry_) impl_->Abort(entry_);
-    impl_ = std::exchange(o.impl_, nullptr);
-    entry_ = std::exchange(o.entry_, nullptr);
-    key_ = o.key_;
-    tokens_ = o.tokens_;
-    exists_ = o.exists_;
-    superseded_ = std::move(o.superseded_);
-  }
-  return *this;
+Status ChunkWriter::CheckRange(size_t offset, size_t size) const {
+  if (backend_ == nullptr) return Status::InvalidArgument("writer already committed");
+  if (offset > bytes_ || size > bytes_ - offset) return Status::InvalidArgument("range outside the chunk");
+  return Status::OK();
 }
-
-ChunkWriter::~ChunkWriter() {
-  if (impl_ && entry_) impl_->Abort(entry_);
-}
-
-const ChunkKey& ChunkWriter::key() const { return key_; }
-uint32_t ChunkWriter::tokens() const { return tokens_; }
 
 Status ChunkWriter::WriteLayer(uint32_t layer, std::span<const std::byte> kv) {
   if (exists_) return Status::OK();
-  if (entry_ == nullptr) return Status::InvalidArgument("writer already committed");
-  if (layer >= entry_->layout.num_layers) return Status::InvalidArgument("layer out of range");
-  ByteRange r = entry_->layout.layer_range(layer, tokens_);
+  if (layer >= layout_.num_layers) return Status::InvalidArgument("layer out of range");
+  ByteRange r = layout_.layer_range(layer, tokens_);
   if (kv.size() != r.size) return Status::InvalidArgument("layer data has the wrong size");
-  impl_->CopyIn(entry_, r.offset, kv);
-  return Status::OK();
+  return WriteRange(r.offset, kv);
 }
 
 Status ChunkWriter::WriteRange(size_t offset, std::span<const std::byte> data) {
   if (exists_) return Status::OK();
-  if (entry_ == nullptr) return Status::InvalidArgument("writer already committed");
-  if (offset > entry_->bytes || data.size() > entry_->bytes - offset) return Status::InvalidArgument("range outside the chunk");
-  impl_->CopyIn(entry_, offset, data);
+  KVAULT_RETURN_IF_ERROR(CheckRange(offset, data.size()));
+  backend_->Write(offset, data);
+  return Status::OK();
+}
+
+Status ChunkWriter::ForEachPiece(size_t offset, size_t size, const std::function<void(std::span<std::byte>)>& fn) {
+  if (exists_) return Status::OK();
+  KVAULT_RETURN_IF_ERROR(CheckRange(offset, size));
+  backend_->ForEachPiece(offset, size, fn);
+  return Status::OK();
+}
+
+Status ChunkWriter::MarkWritten(size_t offset, size_t size) {
+  if (exists_) return Status::OK();
+  KVAULT_RETURN_IF_ERROR(CheckRange(offset, size));
+  backend_->MarkWritten(offset, size);
   return Status::OK();
 }
 
 Status ChunkWriter::Commit() {
   if (exists_) return Status::OK();
-  if (entry_ == nullptr) return Status::InvalidArgument("writer already committed");
-  return impl_->Commit(std::exchange(entry_, nullptr), superseded_);
+  if (backend_ == nullptr) return Status::InvalidArgument("writer already committed");
+  Status st = backend_->Commit();
+  backend_.reset();
+  return st;
 }
 
 // --- ChunkReader -------------------------------------------------------------------------
 
-ChunkReader::ChunkReader(StoreImpl* impl, Entry* entry, Tier from) : impl_(impl), entry_(entry), served_from_(from) {}
-
-ChunkReader::ChunkReader(ChunkReader&& o) noexcept { *this = std::move(o); }
-
-ChunkReader& ChunkReader::operator=(ChunkReader&& o) noexcept {
-  if (this != &o) {
-    if (impl_ && entry_) impl_->Unpin(entry_);
-    impl_ = std::exchange(o.impl_, nullptr);
-    entry_ = std::exchange(o.entry_, nullptr);
-    served_from_ = o.served_from_;
-  }
-  return *this;
-}
-
-ChunkReader::~ChunkReader() {
-  if (impl_ && entry_) impl_->Unpin(entry_);
-}
-
-const ChunkKey& ChunkReader::key() const { return entry_->key; }
-uint32_t ChunkReader::tokens() const { return entry_->tokens; }
-size_t ChunkReader::size() const { return entry_->bytes; }
+ChunkReader::ChunkReader(ChunkKey key, uint32_t tokens, const KvLayout& layout, Tier served_from,
+                         std::unique_ptr<ChunkReaderBackend> backend)
+    : key_(key), tokens_(tokens), layout_(layout), bytes_(layout.chunk_bytes(tokens)), served_from_(served_from),
+      backend_(std::move(backend)) {}
 
 Status ChunkReader::ReadLayer(uint32_t layer, std::span<std::byte> dst) const {
-  if (layer >= entry_->layout.num_layers) return Status::InvalidArgument("layer out of range");
-  ByteRange r = entry_->layout.layer_range(layer, entry_->tokens);
+  if (layer >= layout_.num_layers) return Status::InvalidArgument("layer out of range");
+  ByteRange r = layout_.layer_range(layer, tokens_);
   if (dst.size() != r.size) return Status::InvalidArgument("destination has the wrong size for a layer");
-  impl_->CopyOut(entry_, r.offset, dst);
-  return Status::OK();
+  return ReadRange(r.offset, dst);
 }
 
 Status ChunkReader::ReadRange(size_t offset, std::span<std::byte> dst) const {
-  if (offset > entry_->bytes || dst.size() > entry_->bytes - offset) return Status::InvalidArgument("range outside the chunk");
-  impl_->CopyOut(entry_, offset, dst);
+  if (backend_ == nullptr) return Status::InvalidArgument("empty reader");
+  if (offset > bytes_ || dst.size() > bytes_ - offset) return Status::InvalidArgument("range outside the chunk");
+  backend_->Read(offset, dst);
   return Status::OK();
 }
 
 Status ChunkReader::ForEachPiece(size_t offset, size_t size,
                                  const std::function<void(std::span<const std::byte>)>& fn) const {
-  if (offset > entry_->bytes || size > entry_->bytes - offset) return Status::InvalidArgument("range outside the chunk");
-  impl_->ForEachPiece(entry_, offset, size, fn);
+  if (backend_ == nullptr) return Status::InvalidArgument("empty reader");
+  if (offset > bytes_ || size > bytes_ - offset) return Status::InvalidArgument("range outside the chunk");
+  backend_->ForEachPiece(offset, size, fn);
   return Status::OK();
 }
 
 // --- Store -------------------------------------------------------------------------------
 
-Store::Store(std::unique_ptr<StoreImpl> impl) : impl_(std::move(impl)) {}
-Store::~Store() = default;
-
 Result<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) {
   auto impl = StoreImpl::Open(options);
   if (!impl.ok()) return impl.status();
-  return std::unique_ptr<Store>(new Store(std::move(impl.value())));
-}
-
-LookupResult Store::Lookup(const Namespace& ns, std::span<const uint32_t> tokens) {
-  return impl_->Lookup(ns, ns.id(), tokens);
-}
-LookupResult Store::LookupFrom(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens) {
-  return impl_->Lookup(ns, parent, tokens);
-}
-
-Result<ChunkWriter> Store::BeginPut(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens) {
-  return impl_->BeginPut(ns, parent, tokens);
+  return std::unique_ptr<Store>(new EmbeddedStore(std::move(impl.value())));
 }
 
 Status Store::Put(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens,
@@ -145,12 +114,6 @@ Status Store::Put(const Namespace& ns, const ChunkKey& parent, std::span<const u
   KVAULT_RETURN_IF_ERROR(w->WriteRange(0, payload));
   return w->Commit();
 }
-
-Result<ChunkReader> Store::OpenChunk(const Namespace& ns, const ChunkKey& key) { return impl_->OpenChunk(ns, key); }
-Status Store::Flush() { return impl_->Flush(); }
-void Store::Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts) { impl_->Hint(ns, prompts); }
-void Store::WaitForPrefetch() { impl_->WaitForPrefetch(); }
-StoreStats Store::Stats() const { return impl_->Stats(); }
 
 std::string StoreStats::ToJson() const {
   nlohmann::ordered_json j;

@@ -13,7 +13,48 @@ bool SameNamespace(const Entry& e, const Namespace& ns) { return e.ns_id == ns.i
 
 uint64_t RecordBytes(const Entry& e) { return kBlockBytes + RoundUpToBlock(e.bytes); }
 
+// A ChunkWriter's way into an uncommitted entry's T1 pages (pinned by the writer).
+class StoreWriterBackend final : public ChunkWriterBackend {
+ public:
+  StoreWriterBackend(StoreImpl* impl, Entry* e, std::vector<ChunkKey> superseded)
+      : impl_(impl), e_(e), superseded_(std::move(superseded)) {}
+  ~StoreWriterBackend() override {
+    if (e_ != nullptr) impl_->Abort(e_);
+  }
+  void Write(size_t offset, std::span<const std::byte> data) override { impl_->CopyIn(e_, offset, data); }
+  void ForEachPiece(size_t offset, size_t size, const std::function<void(std::span<std::byte>)>& fn) override {
+    impl_->ForEachWritablePiece(e_, offset, size, fn);
+  }
+  void MarkWritten(size_t offset, size_t size) override { impl_->MarkWritten(e_, offset, size); }
+  Status Commit() override { return impl_->Commit(std::exchange(e_, nullptr), superseded_); }
+
+ private:
+  StoreImpl* impl_;
+  Entry* e_;  // null after Commit (which consumes the pin either way)
+  std::vector<ChunkKey> superseded_;  // partial chunks this full chunk replaces at Commit()
+};
+
+// A ChunkReader's view of a committed entry pinned in T1.
+class StoreReaderBackend final : public ChunkReaderBackend {
+ public:
+  StoreReaderBackend(StoreImpl* impl, Entry* e) : impl_(impl), e_(e) {}
+  ~StoreReaderBackend() override { impl_->Unpin(e_); }
+  void Read(size_t offset, std::span<std::byte> dst) const override { impl_->CopyOut(e_, offset, dst); }
+  void ForEachPiece(size_t offset, size_t size,
+                    const std::function<void(std::span<const std::byte>)>& fn) const override {
+    impl_->ForEachPiece(e_, offset, size, fn);
+  }
+
+ private:
+  StoreImpl* impl_;
+  Entry* e_;
+};
+
 }  // namespace
+
+ChunkReader StoreImpl::MakeReader(Entry* e, Tier from) {
+  return ChunkReader(e->key, e->tokens, e->layout, from, std::make_unique<StoreReaderBackend>(this, e));
+}
 
 StoreImpl::StoreImpl(const StoreOptions& options) : options_(options) {}
 
@@ -33,7 +74,8 @@ Result<std::unique_ptr<StoreImpl>> StoreImpl::Open(const StoreOptions& options_i
   auto t2_policy = MakePolicy(options.policy, PolicyContext{&s->window_, nullptr});
   if (!t2_policy.ok()) return t2_policy.status();
   s->t2_policy_ = std::move(t2_policy.value());
-  auto arena = HostArena::Create(options.dram_bytes, options.page_bytes, options.huge_pages, options.prefault_dram);
+  auto arena = HostArena::Create(options.dram_bytes, options.page_bytes, options.huge_pages, options.prefault_dram,
+                                 options.shared_dram);
   if (!arena.ok()) return arena.status();
   s->arena_ = std::move(arena.value());
   s->stats_.t1_capacity_bytes = s->arena_->capacity_bytes();
@@ -224,7 +266,7 @@ Result<ChunkWriter> StoreImpl::BeginPut(const Namespace& ns, const ChunkKey& par
         lock.unlock();
         writer_cv_.notify_one();
       }
-      return ChunkWriter(this, nullptr, key, n, /*exists=*/true, {});
+      return ChunkWriter(key, n, layout, /*exists=*/true, nullptr);
     }
     if (n == layout.chunk_tokens) {
       // Partial chunks under the same parent whose tokens are a prefix of this chunk.
@@ -258,7 +300,8 @@ Result<ChunkWriter> StoreImpl::BeginPut(const Namespace& ns, const ChunkKey& par
   if (padded > bytes) {
     arena_->ForEachPiece(e->pages, bytes, padded - bytes, [](std::byte* p, size_t len) { std::memset(p, 0, len); });
   }
-  return ChunkWriter(this, e, key, n, /*exists=*/false, std::move(superseded));
+  return ChunkWriter(key, n, layout, /*exists=*/false,
+                     std::make_unique<StoreWriterBackend>(this, e, std::move(superseded)));
 }
 
 void StoreImpl::CopyIn(Entry* e, size_t offset, std::span<const std::byte> data) {
@@ -276,8 +319,27 @@ void StoreImpl::CopyIn(Entry* e, size_t offset, std::span<const std::byte> data)
     }
   });
   if (hash) e->hashed_upto += data.size();
+  RecordWrittenRange(e, offset, data.size());
+}
+
+void StoreImpl::MarkWritten(Entry* e, size_t offset, size_t size) {
+  if (offset == e->hashed_upto) {  // extends the hashed prefix: hash the bytes where they lie
+    arena_->ForEachPiece(e->pages, offset, size, [&](std::byte* p, size_t n) { e->hasher->Update({p, n}); });
+    e->hashed_upto += size;
+  } else if (offset < e->hashed_upto) {
+    e->hashed_upto = UINT64_MAX;  // rewrote hashed bytes: rehash at write-behind
+  }
+  RecordWrittenRange(e, offset, size);
+}
+
+void StoreImpl::ForEachWritablePiece(Entry* e, size_t offset, size_t size,
+                                     const std::function<void(std::span<std::byte>)>& fn) {
+  arena_->ForEachPiece(e->pages, offset, size, [&](std::byte* p, size_t n) { fn({p, n}); });
+}
+
+void StoreImpl::RecordWrittenRange(Entry* e, uint64_t offset, uint64_t size) {
   // Record [offset, end) and merge it with the ranges it touches.
-  uint64_t lo = offset, hi = offset + data.size();
+  uint64_t lo = offset, hi = offset + size;
   auto& w = e->written;
   auto it = std::lower_bound(w.begin(), w.end(), std::make_pair(lo, uint64_t{0}));
   if (it != w.begin() && std::prev(it)->second >= lo) --it;
@@ -465,14 +527,14 @@ Result<ChunkReader> StoreImpl::OpenChunk(const Namespace& ns, const ChunkKey& ke
         t2_policy_->Touch(e);
       }
       policy_->Touch(e);
-      return ChunkReader(this, e, Tier::kHost);
+      return MakeReader(e, Tier::kHost);
     }
     if (!e->on_t2 || !log_) {
       ++stats_.err_load_miss;
       return Status::NotFound("chunk " + key.ShortHex() + " is not cached");
     }
     Status st = PromoteLocked(lock, e, /*demand=*/true);
-    if (st.ok()) return ChunkReader(this, e, Tier::kDisk);
+    if (st.ok()) return MakeReader(e, Tier::kDisk);
     if (st.code() == Code::kResourceExhausted || st.code() == Code::kNoSpace) return st;
     return Status::NotFound("chunk " + key.ShortHex() + " could not be read from disk: " + st.ToString());
   }

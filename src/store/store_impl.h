@@ -43,6 +43,10 @@ class StoreImpl {
   // Copies into an uncommitted entry; hashes the bytes on the way when they extend the
   // hashed prefix.
   void CopyIn(Entry* e, size_t offset, std::span<const std::byte> data);
+  // The caller filled [offset, offset + size) of e's pages itself (ForEachWritablePiece).
+  void MarkWritten(Entry* e, size_t offset, size_t size);
+  void ForEachWritablePiece(Entry* e, size_t offset, size_t size,
+                            const std::function<void(std::span<std::byte>)>& fn);
   void CopyOut(const Entry* e, size_t offset, std::span<std::byte> dst) const;
   void ForEachPiece(const Entry* e, size_t offset, size_t size,
                     const std::function<void(std::span<const std::byte>)>& fn) const;
@@ -52,9 +56,14 @@ class StoreImpl {
   void Abort(Entry* e);
   void Unpin(Entry* e);
 
+  // T1's memory (kvaultd maps it into its clients when options.shared_dram).
+  const HostArena& arena() const { return *arena_; }
+
  private:
   explicit StoreImpl(const StoreOptions& options);
   void OnRecordFound(const RecordHeader& h, DiskLocation loc);  // while opening
+  ChunkReader MakeReader(Entry* e, Tier from);  // REQUIRES: e pinned for the reader
+  void RecordWrittenRange(Entry* e, uint64_t offset, uint64_t size);  // REQUIRES: e pinned by its writer
 
   // Makes room by evicting policy victims that `may_evict` accepts (default: any).
   Tier TierOfLocked(const Entry* e, const Namespace& ns) const;  // REQUIRES: mu_ held

@@ -1,0 +1,45 @@
+// EmbeddedStore: the Store that runs in the calling process (T1 in its memory, T2 on its disk).
+// Store::Open returns one; kvaultd holds one and serves it to its clients.
+#pragma once
+
+#include <memory>
+
+#include "kvault/store.h"
+#include "store/store_impl.h"
+
+namespace kvault {
+
+class EmbeddedStore final : public Store {
+ public:
+  explicit EmbeddedStore(std::unique_ptr<StoreImpl> impl) : impl_(std::move(impl)) {}
+  ~EmbeddedStore() override = default;
+
+  LookupResult Lookup(const Namespace& ns, std::span<const uint32_t> tokens) override {
+    return impl_->Lookup(ns, ns.id(), tokens);
+  }
+  LookupResult LookupFrom(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens) override {
+    return impl_->Lookup(ns, parent, tokens);
+  }
+  Result<ChunkWriter> BeginPut(const Namespace& ns, const ChunkKey& parent,
+                               std::span<const uint32_t> tokens) override {
+    return impl_->BeginPut(ns, parent, tokens);
+  }
+  Result<ChunkReader> OpenChunk(const Namespace& ns, const ChunkKey& key) override {
+    return impl_->OpenChunk(ns, key);
+  }
+  void Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts) override {
+    impl_->Hint(ns, prompts);
+  }
+  Status Flush() override { return impl_->Flush(); }
+  void WaitForPrefetch() override { impl_->WaitForPrefetch(); }
+  StoreStats Stats() const override { return impl_->Stats(); }
+
+  // T1's memory: with StoreOptions::shared_dram its memfd (fd() >= 0) can be mapped by other
+  // processes; pieces handed out by readers and writers lie inside [base(), base() + map_bytes()).
+  const HostArena& arena() const { return impl_->arena(); }
+
+ private:
+  std::unique_ptr<StoreImpl> impl_;
+};
+
+}  // namespace kvault

@@ -1,0 +1,29 @@
+// The value format of the cluster tier (T3): one chunk record, self-describing and checked.
+//
+//   [RecordHeader, encoded as in record_format.h: kHeaderBytes, header checksum included]
+//   [payload: exactly header.payload_bytes bytes, no padding]
+//
+// The header carries the chunk's full key, its namespace id, layout, token count and the
+// payload's XXH3-64, so a reader can prove a value is the chunk it asked for.
+#pragma once
+
+#include <cstddef>
+#include <span>
+#include <vector>
+
+#include "store/record_format.h"
+
+namespace kvault {
+
+// Header then the payload's pieces, concatenated. REQUIRES: the pieces add up to
+// h.payload_bytes and h.payload_checksum is their checksum.
+std::vector<std::byte> EncodeRemoteRecord(const RecordHeader& h,
+                                          std::span<const std::span<const std::byte>> payload);
+
+// Checks `value` as the record of `expected_key`: header magic/version/checksum, the key, the
+// payload's size and checksum. On success *h is the header and *payload the payload bytes
+// (a view into `value`). kCorruption otherwise.
+Status DecodeRemoteRecord(std::span<const std::byte> value, const ChunkKey& expected_key, RecordHeader* h,
+                          std::span<const std::byte>* payload);
+
+}  // namespace kvault
