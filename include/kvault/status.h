@@ -17,6 +17,7 @@ enum class Code : uint8_t {
   kNoSpace,            // ENOSPC or a configured cap that cannot be met
   kResourceExhausted,  // every slot is pinned or in flight; try again later
   kUnavailable,        // the tier is disabled or degraded
+  kPermissionDenied,   // the caller may not do this (wrong token, another tenant's namespace)
 };
 
 const char* CodeName(Code code);
@@ -34,6 +35,7 @@ class [[nodiscard]] Status {
   static Status NoSpace(std::string m) { return {Code::kNoSpace, std::move(m)}; }
   static Status ResourceExhausted(std::string m) { return {Code::kResourceExhausted, std::move(m)}; }
   static Status Unavailable(std::string m) { return {Code::kUnavailable, std::move(m)}; }
+  static Status PermissionDenied(std::string m) { return {Code::kPermissionDenied, std::move(m)}; }
   // Maps an errno value from a failed system call to a Status.
   static Status FromErrno(int err, const std::string& context);
 

@@ -15,6 +15,7 @@ const char* CodeName(Code code) {
     case Code::kNoSpace: return "NoSpace";
     case Code::kResourceExhausted: return "ResourceExhausted";
     case Code::kUnavailable: return "Unavailable";
+    case Code::kPermissionDenied: return "PermissionDenied";
   }
   return "Unknown";
 }

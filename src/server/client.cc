@@ -1,0 +1,502 @@
+#include "kvault/client.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <nlohmann/json.hpp>
+
+#include "server/protocol.h"
+#include "server/socket_io.h"
+
+namespace kvault {
+
+using wire::MsgType;
+using wire::Piece;
+using wire::UniqueFd;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The daemon's T1, mapped into this process; unmapped when the last reader lets go.
+struct Mapping {
+  std::byte* base = nullptr;
+  size_t size = 0;
+  ~Mapping() {
+    if (base != nullptr) munmap(base, size);
+  }
+};
+
+// Calls fn(pointer, length) for payload bytes [offset, offset + size) of a chunk stored in
+// `pieces` (in payload order) inside the mapping at `base`.
+template <typename Fn>
+void ForPieces(std::byte* base, const std::vector<Piece>& pieces, size_t offset, size_t size, Fn&& fn) {
+  size_t start = 0;
+  for (const Piece& p : pieces) {
+    if (size == 0) return;
+    const size_t end = start + p.size;
+    if (offset < end) {
+      const size_t in = offset - start;
+      const size_t n = std::min<size_t>(size, p.size - in);
+      fn(base + p.offset + in, n);
+      offset += n;
+      size -= n;
+    }
+    start = end;
+  }
+}
+
+// Sorted, merged byte ranges [first, second) a writer has filled.
+class WrittenRanges {
+ public:
+  void Add(uint64_t lo, uint64_t hi) {
+    auto it = std::lower_bound(r_.begin(), r_.end(), std::make_pair(lo, uint64_t{0}));
+    if (it != r_.begin() && std::prev(it)->second >= lo) --it;
+    auto last = it;
+    while (last != r_.end() && last->first <= hi) {
+      lo = std::min(lo, last->first);
+      hi = std::max(hi, last->second);
+      ++last;
+    }
+    it = r_.erase(it, last);
+    r_.insert(it, {lo, hi});
+  }
+  bool Covers(uint64_t bytes) const { return bytes == 0 || (r_.size() == 1 && r_[0] == std::make_pair(uint64_t{0}, bytes)); }
+  std::vector<Piece> AsPieces() const {
+    std::vector<Piece> out;
+    for (auto [lo, hi] : r_) out.push_back({lo, hi - lo});
+    return out;
+  }
+
+ private:
+  std::vector<std::pair<uint64_t, uint64_t>> r_;
+};
+
+}  // namespace
+
+class ClientImpl {
+ public:
+  explicit ClientImpl(const ClientOptions& o) : opt_(o) {}
+
+  // Connection state. All REQUIRE mu_ held.
+  Status ConnectLocked();
+  bool EnsureConnectedLocked();
+  void DropLocked();
+  Status CallLocked(MsgType type, const std::vector<std::byte>& payload, MsgType reply_type,
+                    std::vector<std::byte>* reply);
+  Status SendLocked(MsgType type, const std::vector<std::byte>& payload);
+
+  LookupResult Lookup(const Namespace& ns, const ChunkKey* parent, std::span<const uint32_t> tokens);
+  Result<ChunkWriter> BeginPut(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens);
+  Result<ChunkReader> OpenChunk(const Namespace& ns, const ChunkKey& key);
+  void Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts);
+  // A request whose reply may take long (Flush, WaitForPrefetch): no reply timeout.
+  Status SimpleCall(MsgType type, MsgType reply_type);
+  StoreStats Stats();
+
+  // For the handles: a message about `handle` of connection `generation` (dropped when that
+  // connection is gone: the daemon released everything it held for it).
+  void SendHandle(MsgType type, uint64_t handle, uint64_t generation);
+  Status Commit(uint64_t handle, uint64_t generation, const std::vector<Piece>& written,
+                std::span<const std::byte> payload);
+
+  const ClientOptions opt_;
+  mutable std::mutex mu_;
+  UniqueFd fd_;                        // GUARDED_BY(mu_); -1 while disconnected
+  uint64_t generation_ = 0;            // GUARDED_BY(mu_); one per successful connection
+  std::shared_ptr<Mapping> mapping_;   // GUARDED_BY(mu_); null without shared memory
+  bool bound_ = false;                 // GUARDED_BY(mu_)
+  uint32_t max_message_ = 1u << 20;    // GUARDED_BY(mu_)
+  Clock::time_point next_attempt_{};   // GUARDED_BY(mu_)
+  int backoff_ms_ = 0;                 // GUARDED_BY(mu_)
+  StoreStats local_;                   // GUARDED_BY(mu_): what this client saw
+};
+
+// --- handles ---------------------------------------------------------------------------------
+
+namespace {
+
+class SharedReader final : public ChunkReaderBackend {
+ public:
+  SharedReader(ClientImpl* c, std::shared_ptr<Mapping> m, std::vector<Piece> pieces, uint64_t handle, uint64_t gen)
+      : c_(c), m_(std::move(m)), pieces_(std::move(pieces)), handle_(handle), gen_(gen) {}
+  ~SharedReader() override { c_->SendHandle(MsgType::kRelease, handle_, gen_); }
+  void Read(size_t offset, std::span<std::byte> dst) const override {
+    std::byte* out = dst.data();
+    ForPieces(m_->base, pieces_, offset, dst.size(), [&](std::byte* p, size_t n) {
+      std::memcpy(out, p, n);
+      out += n;
+    });
+  }
+  void ForEachPiece(size_t offset, size_t size, const std::function<void(std::span<const std::byte>)>& fn) const override {
+    ForPieces(m_->base, pieces_, offset, size, [&](std::byte* p, size_t n) { fn({p, n}); });
+  }
+
+ private:
+  ClientImpl* c_;
+  std::shared_ptr<Mapping> m_;
+  std::vector<Piece> pieces_;
+  uint64_t handle_, gen_;
+};
+
+class InlineReader final : public ChunkReaderBackend {
+ public:
+  explicit InlineReader(std::vector<std::byte> data) : data_(std::move(data)) {}
+  void Read(size_t offset, std::span<std::byte> dst) const override {
+    std::memcpy(dst.data(), data_.data() + offset, dst.size());
+  }
+  void ForEachPiece(size_t offset, size_t size, const std::function<void(std::span<const std::byte>)>& fn) const override {
+    fn({data_.data() + offset, size});
+  }
+
+ private:
+  std::vector<std::byte> data_;
+};
+
+// Writes into the daemon's T1 slot directly; Commit tells the daemon which bytes were written.
+class SharedWriter final : public ChunkWriterBackend {
+ public:
+  SharedWriter(ClientImpl* c, std::shared_ptr<Mapping> m, std::vector<Piece> pieces, uint64_t handle, uint64_t gen)
+      : c_(c), m_(std::move(m)), pieces_(std::move(pieces)), handle_(handle), gen_(gen) {}
+  ~SharedWriter() override {
+    if (!committed_) c_->SendHandle(MsgType::kAbortPut, handle_, gen_);
+  }
+  void Write(size_t offset, std::span<const std::byte> data) override {
+    const std::byte* in = data.data();
+    ForPieces(m_->base, pieces_, offset, data.size(), [&](std::byte* p, size_t n) {
+      std::memcpy(p, in, n);
+      in += n;
+    });
+    written_.Add(offset, offset + data.size());
+  }
+  void ForEachPiece(size_t offset, size_t size, const std::function<void(std::span<std::byte>)>& fn) override {
+    ForPieces(m_->base, pieces_, offset, size, [&](std::byte* p, size_t n) { fn({p, n}); });
+  }
+  void MarkWritten(size_t offset, size_t size) override { written_.Add(offset, offset + size); }
+  Status Commit() override {
+    committed_ = true;  // the daemon drops the slot on any failure
+    return c_->Commit(handle_, gen_, written_.AsPieces(), {});
+  }
+
+ private:
+  ClientImpl* c_;
+  std::shared_ptr<Mapping> m_;
+  std::vector<Piece> pieces_;
+  uint64_t handle_, gen_;
+  WrittenRanges written_;
+  bool committed_ = false;
+};
+
+// Buffers the payload here and sends it whole at Commit.
+class InlineWriter final : public ChunkWriterBackend {
+ public:
+  InlineWriter(ClientImpl* c, size_t bytes, uint64_t handle, uint64_t gen)
+      : c_(c), data_(bytes), handle_(handle), gen_(gen) {}
+  ~InlineWriter() override {
+    if (!committed_) c_->SendHandle(MsgType::kAbortPut, handle_, gen_);
+  }
+  void Write(size_t offset, std::span<const std::byte> data) override {
+    std::memcpy(data_.data() + offset, data.data(), data.size());
+    written_.Add(offset, offset + data.size());
+  }
+  void ForEachPiece(size_t offset, size_t size, const std::function<void(std::span<std::byte>)>& fn) override {
+    fn({data_.data() + offset, size});
+  }
+  void MarkWritten(size_t offset, size_t size) override { written_.Add(offset, offset + size); }
+  Status Commit() override {
+    if (!written_.Covers(data_.size())) {
+      return Status::InvalidArgument("commit of a chunk whose payload was not completely written");
+    }
+    committed_ = true;
+    return c_->Commit(handle_, gen_, {}, data_);
+  }
+
+ private:
+  ClientImpl* c_;
+  std::vector<std::byte> data_;
+  uint64_t handle_, gen_;
+  WrittenRanges written_;
+  bool committed_ = false;
+};
+
+}  // namespace
+
+// --- connection ------------------------------------------------------------------------------
+
+Status ClientImpl::ConnectLocked() {
+  const std::string& a = opt_.address;
+  Result<UniqueFd> fd = a.rfind("tcp://", 0) == 0 ? wire::ConnectTcp(a.substr(6), opt_.timeout_ms)
+                                                  : wire::ConnectUnix(a.rfind("unix:", 0) == 0 ? a.substr(5) : a);
+  if (!fd.ok()) return fd.status();
+  wire::SetIoTimeouts(fd->get(), opt_.timeout_ms);
+  KVAULT_RETURN_IF_ERROR(wire::WriteFrame(fd->get(), MsgType::kHello,
+                                          wire::Encode(wire::HelloRequest{opt_.token, opt_.shared_memory})));
+  wire::FrameHeader h;
+  std::vector<std::byte> payload;
+  UniqueFd memfd;
+  KVAULT_RETURN_IF_ERROR(wire::ReadFrame(fd->get(), 1u << 20, &h, &payload, &memfd));
+  if (h.type == MsgType::kError) {
+    wire::StatusReply e;
+    KVAULT_RETURN_IF_ERROR(wire::Decode(payload, &e));
+    return e.status.ok() ? Status::Unavailable("the daemon refused the connection") : e.status;
+  }
+  if (h.type != MsgType::kHelloReply) return Status::InvalidArgument("unexpected reply to hello");
+  wire::HelloReply r;
+  KVAULT_RETURN_IF_ERROR(wire::Decode(payload, &r));
+  KVAULT_RETURN_IF_ERROR(r.status);
+  std::shared_ptr<Mapping> mapping;
+  if (r.shm) {
+    if (memfd.get() < 0 || r.arena_bytes == 0) return Status::InvalidArgument("hello reply without its memory");
+    void* p = mmap(nullptr, r.arena_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd.get(), 0);
+    if (p == MAP_FAILED) return Status::FromErrno(errno, "map the daemon's memory");
+    mapping = std::make_shared<Mapping>();
+    mapping->base = static_cast<std::byte*>(p);
+    mapping->size = r.arena_bytes;
+  }
+  fd_ = std::move(fd.value());
+  mapping_ = std::move(mapping);
+  bound_ = r.bound;
+  max_message_ = std::max<uint32_t>(r.max_message_bytes, 4096);
+  ++generation_;
+  backoff_ms_ = 0;
+  return Status::OK();
+}
+
+bool ClientImpl::EnsureConnectedLocked() {
+  if (fd_.get() >= 0) return true;
+  const auto now = Clock::now();
+  if (now < next_attempt_) return false;
+  if (ConnectLocked().ok()) return true;
+  backoff_ms_ = std::clamp(backoff_ms_ * 2, opt_.reconnect_min_ms, opt_.reconnect_max_ms);
+  next_attempt_ = now + std::chrono::milliseconds(backoff_ms_);
+  return false;
+}
+
+void ClientImpl::DropLocked() {
+  fd_.reset();
+  mapping_.reset();  // readers keep their own reference
+  next_attempt_ = Clock::now() + std::chrono::milliseconds(opt_.reconnect_min_ms);
+  backoff_ms_ = opt_.reconnect_min_ms;
+}
+
+Status ClientImpl::SendLocked(MsgType type, const std::vector<std::byte>& payload) {
+  if (!EnsureConnectedLocked()) return Status::Unavailable("kvaultd is not reachable at " + opt_.address);
+  Status st = wire::WriteFrame(fd_.get(), type, payload);
+  if (!st.ok()) DropLocked();
+  return st;
+}
+
+Status ClientImpl::CallLocked(MsgType type, const std::vector<std::byte>& payload, MsgType reply_type,
+                              std::vector<std::byte>* reply) {
+  KVAULT_RETURN_IF_ERROR(SendLocked(type, payload));
+  wire::FrameHeader h;
+  Status st = wire::ReadFrame(fd_.get(), max_message_, &h, reply);
+  if (st.ok() && h.type == MsgType::kError) {
+    wire::StatusReply e;
+    st = wire::Decode(*reply, &e);
+    if (st.ok()) st = e.status.ok() ? Status::Unavailable("the daemon closed the connection") : e.status;
+  } else if (st.ok() && h.type != reply_type) {
+    st = Status::InvalidArgument(std::string("expected ") + wire::MsgTypeName(reply_type) + ", got " +
+                                 wire::MsgTypeName(h.type));
+  }
+  if (!st.ok()) DropLocked();  // the stream is in an unknown state
+  return st;
+}
+
+// --- operations ------------------------------------------------------------------------------
+
+LookupResult ClientImpl::Lookup(const Namespace& ns, const ChunkKey* parent, std::span<const uint32_t> tokens) {
+  wire::LookupRequest m{wire::ToWire(ns), parent != nullptr, parent ? *parent : ChunkKey{},
+                        std::vector<uint32_t>(tokens.begin(), tokens.end())};
+  wire::LookupReply r;
+  std::vector<std::byte> reply;
+  std::lock_guard<std::mutex> lock(mu_);
+  Status st = CallLocked(MsgType::kLookup, wire::Encode(m), MsgType::kLookupReply, &reply);
+  if (st.ok()) st = wire::Decode(reply, &r);
+  if (st.ok()) st = r.status;
+  if (!st.ok()) r.result = LookupResult{};  // the daemon is away or refused: a miss
+  r.result.total_tokens = static_cast<uint32_t>(tokens.size());
+  ++local_.lookups;
+  local_.lookup_tokens += tokens.size();
+  for (const CachedChunk& c : r.result.chunks) {
+    if (c.tier == Tier::kHost) local_.hit_tokens_t1 += c.tokens, ++local_.hit_chunks_t1;
+    if (c.tier == Tier::kDisk) local_.hit_tokens_t2 += c.tokens, ++local_.hit_chunks_t2;
+    if (c.tier == Tier::kCluster) local_.hit_tokens_t3 += c.tokens, ++local_.hit_chunks_t3;
+  }
+  local_.miss_tokens += tokens.size() - r.result.cached_tokens;
+  return r.result;
+}
+
+Result<ChunkWriter> ClientImpl::BeginPut(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens) {
+  if (tokens.empty() || tokens.size() > ns.layout().chunk_tokens) {
+    return Status::InvalidArgument("a chunk holds 1..chunk_tokens tokens");
+  }
+  wire::BeginPutRequest m{wire::ToWire(ns), parent, std::vector<uint32_t>(tokens.begin(), tokens.end())};
+  std::vector<std::byte> reply;
+  std::unique_lock<std::mutex> lock(mu_);
+  KVAULT_RETURN_IF_ERROR(CallLocked(MsgType::kBeginPut, wire::Encode(m), MsgType::kBeginPutReply, &reply));
+  wire::BeginPutReply r;
+  const uint64_t arena = mapping_ ? mapping_->size : 0;
+  if (Status st = wire::Decode(reply, &r, arena); !st.ok()) {
+    DropLocked();
+    return st;
+  }
+  KVAULT_RETURN_IF_ERROR(r.status);
+  const ChunkKey key = ChainKey(ns, parent, tokens);
+  const auto n = static_cast<uint32_t>(tokens.size());
+  if (r.exists) return ChunkWriter(key, n, ns.layout(), /*exists=*/true, nullptr);
+  const size_t bytes = ns.layout().chunk_bytes(n);
+  std::unique_ptr<ChunkWriterBackend> backend;
+  if (mapping_) {
+    uint64_t total = 0;
+    for (const Piece& p : r.pieces) total += p.size;
+    if (total != bytes) {
+      DropLocked();
+      return Status::InvalidArgument("the daemon's slot has the wrong size");
+    }
+    backend = std::make_unique<SharedWriter>(this, mapping_, std::move(r.pieces), r.handle, generation_);
+  } else {
+    backend = std::make_unique<InlineWriter>(this, bytes, r.handle, generation_);
+  }
+  return ChunkWriter(key, n, ns.layout(), /*exists=*/false, std::move(backend));
+}
+
+Status ClientImpl::Commit(uint64_t handle, uint64_t generation, const std::vector<Piece>& written,
+                          std::span<const std::byte> payload) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (generation != generation_ || fd_.get() < 0) return Status::Unavailable("the daemon restarted: the put is lost");
+  std::vector<std::byte> reply;
+  KVAULT_RETURN_IF_ERROR(CallLocked(MsgType::kCommitPut, wire::Encode(wire::CommitPutRequest{handle, written, payload}),
+                                    MsgType::kCommitPutReply, &reply));
+  wire::StatusReply r;
+  KVAULT_RETURN_IF_ERROR(wire::Decode(reply, &r));
+  if (r.status.ok()) {
+    ++local_.puts;
+    uint64_t bytes = payload.size();
+    for (const Piece& p : written) bytes += p.size;
+    local_.bytes_put += bytes;
+  }
+  return r.status;
+}
+
+void ClientImpl::SendHandle(MsgType type, uint64_t handle, uint64_t generation) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (generation != generation_ || fd_.get() < 0) return;  // that connection's pins died with it
+  (void)SendLocked(type, wire::Encode(wire::HandleRequest{handle}));
+}
+
+Result<ChunkReader> ClientImpl::OpenChunk(const Namespace& ns, const ChunkKey& key) {
+  std::vector<std::byte> reply;
+  std::unique_lock<std::mutex> lock(mu_);
+  Status st = CallLocked(MsgType::kOpen, wire::Encode(wire::OpenRequest{wire::ToWire(ns), key}), MsgType::kOpenReply, &reply);
+  if (!st.ok()) return Status::NotFound("chunk " + key.ShortHex() + ": " + st.ToString());
+  wire::OpenReply r;
+  const uint64_t arena = mapping_ ? mapping_->size : 0;
+  if (st = wire::Decode(reply, &r, arena); !st.ok()) {
+    DropLocked();
+    return Status::NotFound("chunk " + key.ShortHex() + ": " + st.ToString());
+  }
+  KVAULT_RETURN_IF_ERROR(r.status);
+  if (r.tokens == 0 || r.tokens > ns.layout().chunk_tokens || r.tier == Tier::kNone) {
+    DropLocked();
+    return Status::NotFound("chunk " + key.ShortHex() + ": malformed open reply");
+  }
+  const size_t bytes = ns.layout().chunk_bytes(r.tokens);
+  std::unique_ptr<ChunkReaderBackend> backend;
+  if (mapping_) {
+    uint64_t total = 0;
+    for (const Piece& p : r.pieces) total += p.size;
+    if (total != bytes || !r.payload.empty()) {
+      DropLocked();
+      return Status::NotFound("chunk " + key.ShortHex() + ": the daemon's pieces have the wrong size");
+    }
+    backend = std::make_unique<SharedReader>(this, mapping_, std::move(r.pieces), r.handle, generation_);
+  } else {
+    if (r.payload.size() != bytes) {
+      DropLocked();
+      return Status::NotFound("chunk " + key.ShortHex() + ": inline payload has the wrong size");
+    }
+    backend = std::make_unique<InlineReader>(std::vector<std::byte>(r.payload.begin(), r.payload.end()));
+  }
+  local_.bytes_loaded += bytes;
+  return ChunkReader(key, r.tokens, ns.layout(), r.tier, std::move(backend));
+}
+
+void ClientImpl::Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts) {
+  wire::HintRequest m{wire::ToWire(ns), {}};
+  for (const auto& p : prompts) m.prompts.emplace_back(p.begin(), p.end());
+  std::lock_guard<std::mutex> lock(mu_);
+  ++local_.hints;
+  (void)SendLocked(MsgType::kHint, wire::Encode(m));
+}
+
+Status ClientImpl::SimpleCall(MsgType type, MsgType reply_type) {
+  std::vector<std::byte> reply;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!EnsureConnectedLocked()) return Status::Unavailable("kvaultd is not reachable at " + opt_.address);
+  wire::SetIoTimeouts(fd_.get(), 0);
+  Status st = CallLocked(type, {}, reply_type, &reply);
+  if (fd_.get() >= 0) wire::SetIoTimeouts(fd_.get(), opt_.timeout_ms);
+  KVAULT_RETURN_IF_ERROR(st);
+  wire::StatusReply r;
+  KVAULT_RETURN_IF_ERROR(wire::Decode(reply, &r));
+  return r.status;
+}
+
+StoreStats ClientImpl::Stats() {
+  std::vector<std::byte> reply;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!bound_ && CallLocked(MsgType::kStats, {}, MsgType::kStatsReply, &reply).ok()) {
+    wire::StatsReply r;
+    StoreStats s;
+    if (wire::Decode(reply, &r).ok() && StoreStats::FromJson(r.json, &s).ok()) return s;
+  }
+  return local_;
+}
+
+// --- Client ----------------------------------------------------------------------------------
+
+Client::Client(std::unique_ptr<ClientImpl> impl) : impl_(std::move(impl)) {}
+Client::~Client() = default;
+
+Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
+  auto impl = std::make_unique<ClientImpl>(options);
+  {
+    std::lock_guard<std::mutex> lock(impl->mu_);
+    KVAULT_RETURN_IF_ERROR(impl->ConnectLocked());
+  }
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+LookupResult Client::Lookup(const Namespace& ns, std::span<const uint32_t> tokens) {
+  return impl_->Lookup(ns, nullptr, tokens);
+}
+LookupResult Client::LookupFrom(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens) {
+  return impl_->Lookup(ns, &parent, tokens);
+}
+Result<ChunkWriter> Client::BeginPut(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens) {
+  return impl_->BeginPut(ns, parent, tokens);
+}
+Result<ChunkReader> Client::OpenChunk(const Namespace& ns, const ChunkKey& key) { return impl_->OpenChunk(ns, key); }
+void Client::Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts) { impl_->Hint(ns, prompts); }
+Status Client::Flush() { return impl_->SimpleCall(MsgType::kFlush, MsgType::kFlushReply); }
+void Client::WaitForPrefetch() { (void)impl_->SimpleCall(MsgType::kWaitPrefetch, MsgType::kWaitPrefetchReply); }
+StoreStats Client::Stats() const { return impl_->Stats(); }
+
+bool Client::connected() const {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  return impl_->fd_.get() >= 0;
+}
+bool Client::shared_memory() const {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  return impl_->mapping_ != nullptr;
+}
+uint64_t Client::reconnects() const {
+  std::lock_guard<std::mutex> lock(impl_->mu_);
+  return impl_->generation_ > 0 ? impl_->generation_ - 1 : 0;
+}
+
+}  // namespace kvault

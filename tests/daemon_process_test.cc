@@ -1,0 +1,221 @@
+// The kvaultd executable as users run it: config file, SIGTERM, SIGKILL and restart with
+// clients attached, /metrics and /healthz over real HTTP, the TCP listener with tokens.
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "kvault/client.h"
+#include "test_util.h"
+
+extern char** environ;
+
+namespace kvault {
+namespace {
+
+using kvtest::Check;
+using kvtest::CheckChunk;
+using kvtest::TempDir;
+
+// A kvaultd child process; killed (SIGKILL) if still running when destroyed.
+class DaemonProcess {
+ public:
+  explicit DaemonProcess(std::vector<std::string> args) {
+    args.insert(args.begin(), KVAULT_DAEMON_BIN);
+    int fds[2];
+    EXPECT_EQ(pipe(fds), 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
+    posix_spawn_file_actions_addclose(&fa, fds[0]);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    EXPECT_EQ(posix_spawn(&pid_, argv[0], &fa, nullptr, argv.data(), environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    close(fds[1]);
+    out_ = fds[0];
+    ready_ = NextJson(20000);
+  }
+  ~DaemonProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      Wait();
+    }
+    if (out_ >= 0) close(out_);
+  }
+  const nlohmann::json& ready() const { return ready_; }
+  bool started() const { return ready_.is_object() && ready_.value("event", "") == "ready"; }
+  // Sends `sig` and returns the exit status (128 + signal when killed by one).
+  int Signal(int sig) {
+    kill(pid_, sig);
+    return Wait();
+  }
+  nlohmann::json NextJson(int timeout_ms) {
+    std::string line;
+    char ch;
+    for (;;) {
+      pollfd p{out_, POLLIN, 0};
+      if (poll(&p, 1, timeout_ms) != 1 || read(out_, &ch, 1) != 1) return nullptr;
+      if (ch == '\n') break;
+      line.push_back(ch);
+    }
+    return nlohmann::json::parse(line, nullptr, false);
+  }
+
+ private:
+  int Wait() {
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  pid_t pid_ = -1;
+  int out_ = -1;
+  nlohmann::json ready_;
+};
+
+std::vector<std::string> BaseArgs(const TempDir& dir) {
+  return {"--dir", dir.Sub("data"), "--socket", dir.Sub("kvaultd.sock"), "--dram-gib", "0.03", "--ssd-gib", "0.1"};
+}
+
+std::unique_ptr<Client> Connect(const std::string& address, const std::string& token = "") {
+  ClientOptions o;
+  o.address = address;
+  o.token = token;
+  o.reconnect_min_ms = 5;
+  o.reconnect_max_ms = 50;
+  auto c = Client::Connect(o);
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  return c.ok() ? std::move(c.value()) : nullptr;
+}
+
+// Waits until the client is back (it reconnects on its own when asked something).
+LookupResult LookupUntilCached(Client& c, const Namespace& ns, std::span<const uint32_t> tokens, uint32_t want) {
+  LookupResult r;
+  for (int i = 0; i < 300; ++i) {
+    r = c.Lookup(ns, tokens);
+    if (r.cached_tokens >= want) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return r;
+}
+
+TEST(DaemonProcessTest, SigtermFlushesAndARestartRecoversWithClientsAttached) {
+  TempDir dir;
+  // The config file sets what the flags would.
+  {
+    std::ofstream cfg(dir.Sub("kvaultd.toml"));
+    cfg << "dram-gib = 0.03\nssd-gib = 0.1\npolicy = \"lru\"\n";
+  }
+  std::vector<std::string> args = {"--dir", dir.Sub("data"), "--socket", dir.Sub("kvaultd.sock"), "--config",
+                                   dir.Sub("kvaultd.toml")};
+  auto d = std::make_unique<DaemonProcess>(args);
+  ASSERT_TRUE(d->started()) << d->ready().dump();
+  auto c = Connect(dir.Sub("kvaultd.sock"));
+  ASSERT_TRUE(c);
+  const Namespace ns = kvtest::MakeNamespace(kvtest::MakeLayout());
+  const auto tokens = kvtest::MakeTokens(1, 16 * 6 + 3);
+  std::vector<ChunkSpan> spans;
+  ASSERT_TRUE(kvtest::PutChain(*c, ns, tokens, &spans).ok());
+  EXPECT_EQ(c->Stats().t1_capacity_bytes, (uint64_t)(0.03 * (1ull << 30)) / (256 << 10) * (256 << 10));
+
+  EXPECT_EQ(d->Signal(SIGTERM), 0);  // flushes before exiting
+  EXPECT_EQ(c->Lookup(ns, tokens).cached_tokens, 0u);  // away: a miss, not an error
+  d = std::make_unique<DaemonProcess>(args);
+  ASSERT_TRUE(d->started());
+  const LookupResult r = LookupUntilCached(*c, ns, tokens, tokens.size());
+  EXPECT_EQ(r.cached_tokens, tokens.size());
+  for (const ChunkSpan& s : spans) EXPECT_EQ(CheckChunk(*c, ns, s.key, s.tokens), Check::kMatch);
+}
+
+TEST(DaemonProcessTest, SigkillKeepsEverythingFlushedAndNeverServesATornChunk) {
+  TempDir dir;
+  auto d = std::make_unique<DaemonProcess>(BaseArgs(dir));
+  ASSERT_TRUE(d->started());
+  auto c = Connect(dir.Sub("kvaultd.sock"));
+  ASSERT_TRUE(c);
+  const Namespace ns = kvtest::MakeNamespace(kvtest::MakeLayout());
+  const auto flushed = kvtest::MakeTokens(2, 16 * 8);
+  std::vector<ChunkSpan> flushed_spans, later_spans;
+  ASSERT_TRUE(kvtest::PutChain(*c, ns, flushed, &flushed_spans).ok());
+  ASSERT_TRUE(c->Flush().ok());
+  const auto later = kvtest::MakeTokens(3, 16 * 40);
+  ASSERT_TRUE(kvtest::PutChain(*c, ns, later, &later_spans).ok());
+  EXPECT_EQ(d->Signal(SIGKILL), 128 + SIGKILL);
+
+  d = std::make_unique<DaemonProcess>(BaseArgs(dir));
+  ASSERT_TRUE(d->started());
+  EXPECT_EQ(LookupUntilCached(*c, ns, flushed, flushed.size()).cached_tokens, flushed.size());
+  for (const ChunkSpan& s : flushed_spans) EXPECT_EQ(CheckChunk(*c, ns, s.key, s.tokens), Check::kMatch);
+  for (const ChunkSpan& s : later_spans) EXPECT_NE(CheckChunk(*c, ns, s.key, s.tokens), Check::kMismatch);
+}
+
+TEST(DaemonProcessTest, MetricsAndHealthOverHttp) {
+  TempDir dir;
+  auto args = BaseArgs(dir);
+  args.insert(args.end(), {"--metrics-port", "0"});
+  DaemonProcess d(args);
+  ASSERT_TRUE(d.started());
+  const int port = d.ready()["metrics_port"].get<int>();
+  ASSERT_GT(port, 0);
+  auto c = Connect(dir.Sub("kvaultd.sock"));
+  ASSERT_TRUE(c);
+  const Namespace ns = kvtest::MakeNamespace(kvtest::MakeLayout());
+  const auto tokens = kvtest::MakeTokens(4, 16 * 3);
+  ASSERT_TRUE(kvtest::PutChain(*c, ns, tokens).ok());
+  (void)c->Lookup(ns, tokens);
+
+  httplib::Client http("127.0.0.1", port);
+  auto health = http.Get("/healthz");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  auto m = http.Get("/metrics");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->status, 200);
+  EXPECT_NE(m->body.find("kvault_daemon_connected_clients 1"), std::string::npos) << m->body.substr(0, 2000);
+  EXPECT_NE(m->body.find("kvault_daemon_op_seconds_bucket{op=\"lookup\""), std::string::npos);
+  EXPECT_NE(m->body.find("kvault_daemon_op_seconds_count{op=\"save\"} 3"), std::string::npos);
+}
+
+TEST(DaemonProcessTest, TcpListenerRequiresAToken) {
+  TempDir dir;
+  {
+    std::ofstream t(dir.Sub("tokens"));
+    t << "# tenant token\nalice secret-a\n";
+  }
+  auto args = BaseArgs(dir);
+  // Without tokens the TCP listener refuses to start.
+  {
+    auto open_args = args;
+    open_args.insert(open_args.end(), {"--tcp-listen", "127.0.0.1:0"});
+    DaemonProcess d(open_args);
+    EXPECT_FALSE(d.started());
+  }
+  args.insert(args.end(), {"--tcp-listen", "127.0.0.1:0", "--tokens-file", dir.Sub("tokens")});
+  DaemonProcess d(args);
+  ASSERT_TRUE(d.started()) << d.ready().dump();
+  const std::string addr = "tcp://127.0.0.1:" + std::to_string(d.ready()["tcp_port"].get<int>());
+  ClientOptions bad;
+  bad.address = addr;
+  EXPECT_EQ(Client::Connect(bad).status().code(), Code::kPermissionDenied);
+  auto c = Connect(addr, "secret-a");
+  ASSERT_TRUE(c);
+  EXPECT_FALSE(c->shared_memory());  // another node: bytes travel on the socket
+  const Namespace ns = kvtest::MakeNamespace(kvtest::MakeLayout(), "alice");
+  const auto tokens = kvtest::MakeTokens(5, 16 * 2 + 1);
+  std::vector<ChunkSpan> spans;
+  ASSERT_TRUE(kvtest::PutChain(*c, ns, tokens, &spans).ok());
+  for (const ChunkSpan& s : spans) EXPECT_EQ(CheckChunk(*c, ns, s.key, s.tokens), Check::kMatch);
+}
+
+}  // namespace
+}  // namespace kvault
