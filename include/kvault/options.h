@@ -3,10 +3,37 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace kvault {
 
 class Env;
+class RemoteTier;
+
+// The cluster tier (T3), shared by every node: a Redis Cluster / Valkey, or a directory on a
+// distributed file system. Best effort: its failures are misses and counters, never errors
+// (docs/STORE.md, "T3").
+struct ClusterTierOptions {
+  // "" (off, the default), "redis" or "shared-dir".
+  std::string kind;
+  // kind "redis": seed nodes as host:port; an element may also be a comma-separated list
+  // ("10.0.0.1:7000,10.0.0.2:7000").
+  std::vector<std::string> redis_seeds;
+  std::string redis_password;    // AUTH, when set
+  std::string redis_key_prefix;  // prepended to every key; "": the backend's ("kvault:")
+  uint64_t redis_part_bytes = 0; // values larger than this are split; 0: the backend's default
+  // kind "shared-dir": the directory every node mounts.
+  std::string shared_dir;
+  bool shared_dir_sync = true;  // fsync each value before publishing it
+  // Most time one call to the tier may take (Redis; a file system takes what it takes).
+  int timeout_ms = 200;
+  uint64_t ttl_seconds = 0;   // values expire after this long; 0: never
+  uint64_t budget_bytes = 0;  // what this client may hold in the tier; 0: unlimited
+  // Cap of the T3 write-behind queue, in record bytes (chunks waiting to be published). A
+  // chunk committed while the queue is full is not published (t3_put_drops): T3 never
+  // slows a put.
+  uint64_t queue_bytes = 64ull << 20;
+};
 
 struct StoreOptions {
   // Directory of the disk tier (T2). Created if missing.
@@ -40,6 +67,12 @@ struct StoreOptions {
   bool shared_dram = false;
   // File operations; nullptr means Env::Default(). Not owned; must outlive the store.
   Env* env = nullptr;
+  // The cluster tier (T3), opened by the store from `cluster.kind`.
+  ClusterTierOptions cluster;
+  // A cluster tier to use instead of opening one (tests inject a fake; several stores in one
+  // process may share one). Overrides cluster.kind (the other cluster fields still apply).
+  // Not owned; must outlive the store.
+  RemoteTier* cluster_tier = nullptr;
 };
 
 }  // namespace kvault

@@ -1,9 +1,12 @@
 // Counters of a store. Lookup counters add up: for every lookup,
-//   hit_tokens_t1 + hit_tokens_t2 + miss_tokens == tokens looked up, and likewise for chunks.
+//   hit_tokens_t1 + hit_tokens_t2 + hit_tokens_t3 + miss_tokens == tokens looked up,
+// and likewise for chunks.
 #pragma once
 
 #include <cstdint>
 #include <string>
+
+#include "kvault/status.h"
 
 namespace kvault {
 
@@ -13,6 +16,7 @@ struct StoreStats {
   uint64_t lookup_tokens = 0, lookup_chunks = 0;
   uint64_t hit_tokens_t1 = 0, hit_chunks_t1 = 0;
   uint64_t hit_tokens_t2 = 0, hit_chunks_t2 = 0;
+  uint64_t hit_tokens_t3 = 0, hit_chunks_t3 = 0;  // whole chunks only in the cluster tier
   uint64_t miss_tokens = 0, miss_chunks = 0;
 
   // Bytes moved per path.
@@ -20,6 +24,8 @@ struct StoreStats {
   uint64_t bytes_loaded = 0;     // T1 -> caller
   uint64_t bytes_t1_to_t2 = 0;   // write-behind
   uint64_t bytes_t2_to_t1 = 0;   // promotion on read
+  uint64_t bytes_t1_to_t3 = 0;   // T3 write-behind (payload bytes published)
+  uint64_t bytes_t3_to_t1 = 0;   // fetched from T3 on read
 
   // Entries.
   uint64_t puts = 0, puts_deduplicated = 0;
@@ -34,11 +40,15 @@ struct StoreStats {
   uint64_t prefetches = 0;             // chunks a hint read from T2 into T1
   uint64_t bytes_prefetched = 0;
   uint64_t partials_superseded = 0;
+  uint64_t t3_puts = 0;        // chunks published to T3
+  uint64_t t3_put_drops = 0;   // chunks not published: queue full, or left T1 before their turn
+  uint64_t t3_fetches = 0;     // chunks read from T3 into T1
 
   // Occupancy.
   uint64_t t1_used_bytes = 0, t1_capacity_bytes = 0, t1_entries = 0;
   uint64_t t2_used_bytes = 0, t2_capacity_bytes = 0, t2_entries = 0, t2_segments = 0;
   uint64_t write_queue_entries = 0;
+  uint64_t t3_queue_entries = 0, t3_queue_bytes = 0;  // waiting to be published (or in flight)
 
   // Errors by kind.
   uint64_t err_io = 0;          // EIO and other I/O failures
@@ -46,10 +56,15 @@ struct StoreStats {
   uint64_t err_corruption = 0;  // checksum / magic / layout mismatches found on read
   uint64_t err_torn = 0;        // invalid records skipped when rebuilding the index
   uint64_t err_load_miss = 0;   // open_chunk of an entry that was gone or unreadable
+  // T3 operations of this store that failed: a put or get error, or a value that failed its
+  // checks (also in err_corruption). Failed Contains calls are in the tier's own stats.
+  uint64_t err_t3 = 0;
 
   bool t2_direct_io = false;    // whether T2 runs with O_DIRECT
 
   std::string ToJson() const;
+  // Reads what ToJson wrote (unknown keys are ignored, missing ones stay zero).
+  static Status FromJson(const std::string& text, StoreStats* out);
 };
 
 }  // namespace kvault

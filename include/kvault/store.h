@@ -142,7 +142,10 @@ class Store {
   virtual ~Store() = default;  // the embedded store waits for the write-behind (like Flush)
 
   // Longest cached prefix of `tokens`: whole chunks until the first miss, then the longest
-  // stored partial chunk that matches. Never touches the disk.
+  // stored partial chunk that matches. Never touches the disk. With a cluster tier (T3), the
+  // whole chunks after the first local miss are asked about in one batched call (bounded by
+  // the tier's timeout) and the ones it holds reported as Tier::kCluster; partial chunks are
+  // only ever local. A failing T3 only shortens the prefix.
   virtual LookupResult Lookup(const Namespace& ns, std::span<const uint32_t> tokens) = 0;
   // The same for tokens that continue the chain after chunk `parent` (chunk begins are
   // relative to `tokens`). Lets an engine that dropped the middle of a long conversation
@@ -161,7 +164,9 @@ class Store {
              std::span<const std::byte> payload);
 
   // Pins chunk `key` in T1 for reading; promotes it from T2 if needed (reads the disk and
-  // verifies its checksum). kNotFound on a miss, corrupt or unreadable data included;
+  // verifies its checksum), or fetches it from T3 when it is not held locally (verifies key,
+  // namespace, layout and checksum; served_from() is then kCluster). kNotFound on a miss,
+  // corrupt or unreadable data and T3 failures included;
   // kResourceExhausted or kNoSpace when T1 cannot make room to promote it (every page pinned,
   // or a chunk larger than T1). Readers must not outlive the store.
   virtual Result<ChunkReader> OpenChunk(const Namespace& ns, const ChunkKey& key) = 0;

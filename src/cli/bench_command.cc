@@ -1,4 +1,5 @@
 #include "cli/commands.h"
+#include "share_bench.h"
 #include "store_bench.h"
 
 namespace kvault::cli {
@@ -13,6 +14,18 @@ void AddBenchCommand(CLI::App& app) {
   store->add_flag("--json", opt->json, "Print one JSON object instead of a table");
   store->add_option("--rebuild-entries", opt->rebuild_entries, "Entries for the index-rebuild measurement (default 20k quick, 100k full)");
   store->callback([opt] { SetExitCode(RunStoreBench(*opt)); });
+
+  auto so = std::make_shared<ShareBenchOptions>();
+  CLI::App* share = bench->add_subcommand(
+      "share", "Two processes share KV through kvaultd: hits, byte identity, shared-memory GB/s vs memcpy, lookup RTT");
+  share->add_flag("--json", so->json, "Print one JSON object instead of a table");
+  share->add_option("--tokens", so->tokens, "Conversation length (Llama-3-8B-shaped KV: 128 KiB per token)")->capture_default_str();
+  share->add_option("--engine-tokens", so->engine_tokens, "Prompt of the tiny engine's request")->capture_default_str();
+  share->add_option("--lookups", so->lookups, "Lookup round trips timed")->capture_default_str();
+  share->add_option("--dir", so->dir, "Daemon directory (default: a fresh temporary one, removed after)");
+  share->add_option("--role", so->role, "Internal: the role of a child process")->group("");
+  share->add_option("--socket", so->socket, "Internal: the daemon's socket")->group("");
+  share->callback([so] { SetExitCode(RunShareBench(*so)); });
 }
 
 }  // namespace kvault::cli

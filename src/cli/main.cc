@@ -4,6 +4,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "server/daemon_cli.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"kvault: KV-cache storage for LLM inference (store instead of recompute)"};
@@ -13,10 +14,14 @@ int main(int argc, char** argv) {
   kvault::cli::AddInspectCommand(app);
   kvault::cli::AddDemoCommand(app);
   kvault::cli::AddReplayCommand(app);
+  int daemon_exit = 0;
+  CLI::App* daemon = app.add_subcommand("daemon", "kvaultd: the node's shared store, in the foreground until SIGTERM");
+  kvault::AddDaemonFlags(*daemon, &daemon_exit);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  if (app.got_subcommand(daemon)) return daemon_exit;
   return kvault::cli::ExitCode();
 }

@@ -381,6 +381,7 @@ Result<DemoReport> RunDemoImpl(const DemoOptions& o) {
           d.hit_tokens = r->hit_tokens;
           d.hit_tokens_t1 = r->hit_tokens_t1;
           d.hit_tokens_t2 = r->hit_tokens_t2;
+          d.hit_tokens_t3 = r->hit_tokens_t3;
           d.computed_tokens = r->computed_tokens;
           d.dropped_tokens = r->dropped_tokens;
           d.load_wait_ms = r->load_wait_ms;
@@ -579,6 +580,7 @@ std::string DemoJson(const DemoReport& rep) {
     t["hit_tokens"] = d.hit_tokens;
     t["hit_tokens_t1"] = d.hit_tokens_t1;
     t["hit_tokens_t2"] = d.hit_tokens_t2;
+    t["hit_tokens_t3"] = d.hit_tokens_t3;
     t["tier"] = d.tier;
     t["computed_tokens"] = d.computed_tokens;
     t["dropped_tokens"] = d.dropped_tokens;

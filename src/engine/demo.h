@@ -59,7 +59,7 @@ struct DemoTurn {
   int64_t new_tokens = 0;      // this turn's user message
   int64_t prompt_tokens = 0;   // what the engine prefilled or reused (after truncation)
   double ttft_recompute_ms = 0, ttft_cached_ms = 0;
-  int64_t hit_tokens = 0, hit_tokens_t1 = 0, hit_tokens_t2 = 0;
+  int64_t hit_tokens = 0, hit_tokens_t1 = 0, hit_tokens_t2 = 0, hit_tokens_t3 = 0;
   int64_t computed_tokens = 0;       // prefilled in the cached run
   int64_t dropped_tokens = 0;        // context overflow (cached run)
   double load_wait_ms = 0;           // cached run: compute waiting for KV to land

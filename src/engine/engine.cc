@@ -212,8 +212,11 @@ Status Engine::Impl::Prefill(Sequence& s) {
   const int64_t start = std::min(cached, m - 1);
   if (start < cached) served.back().second -= cached - start;
   for (const auto& [tier, t] : served) {
-    (tier == Tier::kDisk ? s.result.hit_tokens_t2 : s.result.hit_tokens_t1) += t;
-    if (tier == Tier::kDisk || s.result.tier == Tier::kNone) s.result.tier = tier;
+    (tier == Tier::kCluster ? s.result.hit_tokens_t3
+     : tier == Tier::kDisk  ? s.result.hit_tokens_t2
+                            : s.result.hit_tokens_t1) += t;
+    // The slowest tier: t3, then t2, then t1 (the enum's order).
+    if (static_cast<uint8_t>(tier) > static_cast<uint8_t>(s.result.tier)) s.result.tier = tier;
   }
   s.result.hit_tokens = start;
 

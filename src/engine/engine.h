@@ -56,7 +56,7 @@ struct RequestResult {
   double load_wait_ms = 0;       // time the compute waited for cached KV to land
   int64_t prompt_tokens = 0;     // after truncation
   int64_t hit_tokens = 0;        // cached prefix reused (loaded, not recomputed)
-  int64_t hit_tokens_t1 = 0, hit_tokens_t2 = 0;
+  int64_t hit_tokens_t1 = 0, hit_tokens_t2 = 0, hit_tokens_t3 = 0;  // by the tier that served them
   int64_t computed_tokens = 0;   // prefilled
   int64_t dropped_tokens = 0;    // removed by context overflow
   Tier tier = Tier::kNone;       // the slowest tier that served the prefix

@@ -504,7 +504,10 @@ DaemonCounters Daemon::Impl::Counters() const {
 
 std::string Daemon::Impl::MetricsText() const {
   PrometheusWriter w;
-  if (store_ != nullptr) AppendStoreMetrics(w, store_->Stats(), nullptr);
+  if (store_ != nullptr) {
+    const std::optional<RemoteTierStats> t3 = store_->ClusterStats();
+    AppendStoreMetrics(w, store_->Stats(), t3 ? &*t3 : nullptr);
+  }
   const NamedHistogram ops[] = {{"lookup", &lookup_seconds_},
                                 {"load", &open_seconds_},
                                 {"begin_save", &begin_put_seconds_},

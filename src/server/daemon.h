@@ -45,7 +45,7 @@ struct DaemonOptions {
   uint32_t max_message_bytes = 256u << 20;
   uint32_t max_handles_per_connection = 1u << 16;  // open readers + writers
   uint32_t max_connections = 1024;
-  int io_timeout_ms = 30000;      // a client that stalls mid-frame this long is dropped
+  int io_timeout_ms = 30000;      // a client that stops reading its replies this long is dropped
 };
 
 // Parses a tokens file: one `tenant token [shm]` per line; '#' starts a comment.

@@ -23,6 +23,7 @@ struct DaemonFlags {
   std::string cluster_kind;
   std::vector<std::string> redis_seeds;
   double t3_budget_gib = 0;
+  uint64_t t3_queue_mib = 64;
 };
 
 int RunDaemon(DaemonFlags& f) {
@@ -33,6 +34,7 @@ int RunDaemon(DaemonFlags& f) {
   o.store.cluster.kind = f.cluster_kind;
   o.store.cluster.redis_seeds = f.redis_seeds;
   o.store.cluster.budget_bytes = static_cast<uint64_t>(f.t3_budget_gib * (1ull << 30));
+  o.store.cluster.queue_bytes = f.t3_queue_mib << 20;
   if (!f.tokens_file.empty()) {
     std::ifstream in(f.tokens_file);
     if (!in) {
@@ -107,11 +109,15 @@ void AddDaemonFlags(CLI::App& app, int* exit_code) {
   app.add_option("--cluster", f->cluster_kind, "Cluster tier (T3): redis or shared-dir (default: off)")
       ->check(CLI::IsMember({"", "redis", "shared-dir"}));
   app.add_option("--redis-seeds", f->redis_seeds, "Redis Cluster seed nodes host:port (with --cluster redis)")->delimiter(',');
+  app.add_option("--redis-password", f->d.store.cluster.redis_password, "Redis AUTH password (with --cluster redis)");
+  app.add_option("--redis-key-prefix", f->d.store.cluster.redis_key_prefix, "Prefix of every key this daemon writes to Redis");
   app.add_option("--shared-dir", f->d.store.cluster.shared_dir, "Shared directory (with --cluster shared-dir)");
   app.add_option("--t3-timeout-ms", f->d.store.cluster.timeout_ms, "Longest a T3 call may take")->capture_default_str();
   app.add_option("--t3-ttl-s", f->d.store.cluster.ttl_seconds, "T3 values expire after this long (0: never)")
       ->capture_default_str();
   app.add_option("--t3-budget-gib", f->t3_budget_gib, "Bytes this daemon may hold in T3 (0: unlimited)")->capture_default_str();
+  app.add_option("--t3-queue-mib", f->t3_queue_mib, "T3 write-behind queue; chunks beyond it are not published")
+      ->capture_default_str();
   app.callback([f, exit_code] { *exit_code = RunDaemon(*f); });
 }
 

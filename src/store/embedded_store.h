@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 
 #include "kvault/store.h"
 #include "store/store_impl.h"
@@ -33,6 +34,11 @@ class EmbeddedStore final : public Store {
   Status Flush() override { return impl_->Flush(); }
   void WaitForPrefetch() override { impl_->WaitForPrefetch(); }
   StoreStats Stats() const override { return impl_->Stats(); }
+
+  // The cluster tier's (T3) own counters (kvaultd reports them); nullopt when T3 is off.
+  std::optional<RemoteTierStats> ClusterStats() const { return impl_->ClusterStats(); }
+  // Returns when every chunk queued for T3 so far has been published or dropped.
+  void WaitForClusterWrites() { impl_->WaitForClusterWrites(); }
 
   // T1's memory: with StoreOptions::shared_dram its memfd (fd() >= 0) can be mapped by other
   // processes; pieces handed out by readers and writers lie inside [base(), base() + map_bytes()).

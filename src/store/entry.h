@@ -49,6 +49,7 @@ struct Entry {
   bool hot = false;      // read since it was last written: rewritten when its segment goes
   bool prefetched = false;  // in T1 by a hint's prefetch, not read since: counts against the budget
   uint64_t seq = 0;      // put order
+  bool from_t3 = false;  // fetched from the cluster tier: never published back to it
 
   // T2 (local SSD).
   bool on_t2 = false;

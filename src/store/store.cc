@@ -115,18 +115,38 @@ Status Store::Put(const Namespace& ns, const ChunkKey& parent, std::span<const u
   return w->Commit();
 }
 
+// Every counter of StoreStats, for the JSON encoders (t2_direct_io, a bool, is handled apart).
+#define KVAULT_STORE_STATS_COUNTERS(X) \
+  X(lookups) X(lookup_tokens) X(lookup_chunks) X(hit_tokens_t1) X(hit_chunks_t1) X(hit_tokens_t2) \
+  X(hit_chunks_t2) X(hit_tokens_t3) X(hit_chunks_t3) X(miss_tokens) X(miss_chunks) X(bytes_put) \
+  X(bytes_loaded) X(bytes_t1_to_t2) X(bytes_t2_to_t1) X(bytes_t1_to_t3) X(bytes_t3_to_t1) X(puts) \
+  X(puts_deduplicated) X(t1_evictions) X(t1_dropped_unpersisted) X(t2_evictions) X(t2_compactions) \
+  X(bytes_compacted) X(t2_rewrites) X(promotions) X(hints) X(prefetches) X(bytes_prefetched) \
+  X(partials_superseded) X(t3_puts) X(t3_put_drops) X(t3_fetches) X(t1_used_bytes) X(t1_capacity_bytes) \
+  X(t1_entries) X(t2_used_bytes) X(t2_capacity_bytes) X(t2_entries) X(t2_segments) X(write_queue_entries) \
+  X(t3_queue_entries) X(t3_queue_bytes) X(err_io) X(err_no_space) X(err_corruption) X(err_torn) \
+  X(err_load_miss) X(err_t3)
+
 std::string StoreStats::ToJson() const {
   nlohmann::ordered_json j;
 #define KV(name) j[#name] = name;
-  KV(lookups) KV(lookup_tokens) KV(lookup_chunks) KV(hit_tokens_t1) KV(hit_chunks_t1) KV(hit_tokens_t2)
-  KV(hit_chunks_t2) KV(miss_tokens) KV(miss_chunks) KV(bytes_put) KV(bytes_loaded) KV(bytes_t1_to_t2)
-  KV(bytes_t2_to_t1) KV(puts) KV(puts_deduplicated) KV(t1_evictions) KV(t1_dropped_unpersisted)
-  KV(t2_evictions) KV(t2_compactions) KV(bytes_compacted) KV(t2_rewrites) KV(promotions) KV(hints) KV(prefetches) KV(bytes_prefetched) KV(partials_superseded) KV(t1_used_bytes)
-  KV(t1_capacity_bytes) KV(t1_entries) KV(t2_used_bytes) KV(t2_capacity_bytes) KV(t2_entries)
-  KV(t2_segments) KV(write_queue_entries) KV(err_io) KV(err_no_space) KV(err_corruption) KV(err_torn)
-  KV(err_load_miss) KV(t2_direct_io)
+  KVAULT_STORE_STATS_COUNTERS(KV)
 #undef KV
+  j["t2_direct_io"] = t2_direct_io;
   return j.dump();
+}
+
+Status StoreStats::FromJson(const std::string& text, StoreStats* out) {
+  auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return Status::InvalidArgument("store stats: not a JSON object");
+  StoreStats s;
+#define KV(name) \
+  if (auto it = j.find(#name); it != j.end() && it->is_number_unsigned()) s.name = it->get<uint64_t>();
+  KVAULT_STORE_STATS_COUNTERS(KV)
+#undef KV
+  if (auto it = j.find("t2_direct_io"); it != j.end() && it->is_boolean()) s.t2_direct_io = it->get<bool>();
+  *out = s;
+  return Status::OK();
 }
 
 }  // namespace kvault

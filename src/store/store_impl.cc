@@ -5,6 +5,8 @@
 #include <optional>
 
 #include "store/aligned_buffer.h"
+#include "store/remote_record.h"
+#include "store/remote_tier_factory.h"
 
 namespace kvault {
 namespace {
@@ -104,7 +106,21 @@ Result<std::unique_ptr<StoreImpl>> StoreImpl::Open(const StoreOptions& options_i
     for (Entry* e : on_disk) s->t2_policy_->Insert(e);
   }
   s->prefetch_budget_ = options.prefetch_bytes > 0 ? options.prefetch_bytes : s->arena_->capacity_bytes() / 4;
+  if (options.cluster_tier != nullptr) {
+    s->remote_ = options.cluster_tier;
+  } else if (!options.cluster.kind.empty()) {
+    auto tier = OpenRemoteTier(options.cluster);
+    if (tier.ok()) {
+      s->owned_remote_ = std::move(tier.value());
+      s->remote_ = s->owned_remote_.get();
+    } else if (tier.status().code() == Code::kInvalidArgument) {
+      return tier.status();  // a configuration error
+    } else {
+      ++s->stats_.err_t3;  // unreachable now: this store runs without T3 (degrade, don't fail)
+    }
+  }
   s->writer_ = std::thread([p = s.get()] { p->WriterLoop(); });
+  if (s->remote_ != nullptr) s->t3_writer_ = std::thread([p = s.get()] { p->ClusterWriterLoop(); });
   if (s->log_) s->prefetcher_ = std::thread([p = s.get()] { p->PrefetchLoop(); });
   return s;
 }
@@ -116,8 +132,10 @@ StoreImpl::~StoreImpl() {
   }
   writer_cv_.notify_all();
   prefetch_cv_.notify_all();
+  t3_cv_.notify_all();
   if (prefetcher_.joinable()) prefetcher_.join();
   if (writer_.joinable()) writer_.join();
+  if (t3_writer_.joinable()) t3_writer_.join();
   log_.reset();  // seals the active segment
 }
 
@@ -161,6 +179,11 @@ void StoreImpl::OnRecordFound(const RecordHeader& h, DiskLocation loc) {
 // ---------------------------------------------------------------------------------------
 // Lookup
 
+Entry* StoreImpl::FindLocked(const ChunkKey& key) const {
+  auto it = index_.find(key);
+  return it == index_.end() ? nullptr : it->second.get();
+}
+
 Tier StoreImpl::TierOfLocked(const Entry* e, const Namespace& ns) const {
   if (e == nullptr || !e->committed || !SameNamespace(*e, ns)) return Tier::kNone;
   if (e->in_t1) return Tier::kHost;
@@ -168,68 +191,100 @@ Tier StoreImpl::TierOfLocked(const Entry* e, const Namespace& ns) const {
   return Tier::kNone;
 }
 
+void StoreImpl::ExtendWholePrefixLocked(const Namespace& ns, const std::vector<ChunkSpan>& full,
+                                        const std::vector<bool>* in_t3, size_t t3_from,
+                                        std::vector<CachedChunk>* chunks) const {
+  const uint32_t c = ns.layout().chunk_tokens;
+  for (size_t j = chunks->size(); j < full.size(); ++j) {
+    Tier t = TierOfLocked(FindLocked(full[j].key), ns);
+    if (t == Tier::kNone && in_t3 != nullptr && j >= t3_from && (*in_t3)[j - t3_from]) t = Tier::kCluster;
+    if (t == Tier::kNone) break;
+    chunks->push_back({full[j].key, full[j].begin, c, t});
+  }
+}
+
+void StoreImpl::AppendPartialLocked(const Namespace& ns, const ChunkKey& first_parent,
+                                    std::span<const uint32_t> tokens, const std::vector<ChunkSpan>& full,
+                                    std::vector<CachedChunk>* chunks) const {
+  const uint32_t c = ns.layout().chunk_tokens;
+  const size_t j = chunks->size();  // whole chunks so far
+  const ChunkKey& parent = j == 0 ? first_parent : full[j - 1].key;
+  const size_t remaining = tokens.size() - j * c;
+  auto pit = partials_.find(parent);
+  if (pit == partials_.end() || remaining == 0) return;
+  const Entry* best = nullptr;
+  for (const ChunkKey& k : pit->second) {
+    const Entry* e = FindLocked(k);
+    if (e == nullptr || e->tokens > remaining || (best && e->tokens <= best->tokens)) continue;
+    if (TierOfLocked(e, ns) == Tier::kNone) continue;
+    if (ChainKey(ns, parent, tokens.subspan(j * c, e->tokens)) == k) best = e;
+  }
+  if (best != nullptr) chunks->push_back({best->key, static_cast<uint32_t>(j * c), best->tokens, TierOfLocked(best, ns)});
+}
+
 std::vector<CachedChunk> StoreImpl::CachedPrefixLocked(const Namespace& ns, const ChunkKey& first_parent,
                                                        std::span<const uint32_t> tokens,
                                                        const std::vector<ChunkSpan>& full) const {
-  const uint32_t c = ns.layout().chunk_tokens;
-  auto find = [&](const ChunkKey& k) -> const Entry* {
-    auto it = index_.find(k);
-    return it == index_.end() ? nullptr : it->second.get();
-  };
   std::vector<CachedChunk> chunks;
-  size_t j = 0;
-  for (; j < full.size(); ++j) {
-    Tier t = TierOfLocked(find(full[j].key), ns);
-    if (t == Tier::kNone) break;
-    chunks.push_back({full[j].key, full[j].begin, c, t});
-  }
-  // The longest stored partial chunk that continues the cached prefix.
-  const ChunkKey& parent = j == 0 ? first_parent : full[j - 1].key;
-  const size_t remaining = tokens.size() - size_t{j} * c;
-  auto pit = partials_.find(parent);
-  if (pit != partials_.end() && remaining > 0) {
-    const Entry* best = nullptr;
-    for (const ChunkKey& k : pit->second) {
-      const Entry* e = find(k);
-      if (e == nullptr || e->tokens > remaining || (best && e->tokens <= best->tokens)) continue;
-      if (TierOfLocked(e, ns) == Tier::kNone) continue;
-      if (ChainKey(ns, parent, tokens.subspan(size_t{j} * c, e->tokens)) == k) best = e;
-    }
-    if (best != nullptr) chunks.push_back({best->key, static_cast<uint32_t>(j * c), best->tokens, TierOfLocked(best, ns)});
-  }
+  ExtendWholePrefixLocked(ns, full, nullptr, 0, &chunks);
+  AppendPartialLocked(ns, first_parent, tokens, full, &chunks);
   return chunks;
 }
 
 LookupResult StoreImpl::Lookup(const Namespace& ns, const ChunkKey& first_parent, std::span<const uint32_t> tokens) {
-  const uint32_t c = ns.layout().chunk_tokens;
   LookupResult r;
   r.total_tokens = static_cast<uint32_t>(tokens.size());
   // Hash outside the lock. Only whole chunks; partial candidates are hashed under it.
   std::vector<ChunkSpan> full = ChunkKeysFrom(ns, first_parent, tokens, /*include_partial=*/false);
 
-  std::lock_guard<std::mutex> lock(mu_);
-  r.chunks = CachedPrefixLocked(ns, first_parent, tokens, full);
+  std::unique_lock<std::mutex> lock(mu_);
+  std::vector<CachedChunk> chunks;
+  ExtendWholePrefixLocked(ns, full, nullptr, 0, &chunks);
+  if (remote_ != nullptr && chunks.size() < full.size()) {
+    // The first local miss: ask T3 about the remaining whole chunks, in one batch, without
+    // mu_ (the tier bounds the call by its timeout). Then walk again: chunks that became
+    // local meanwhile (a put, a fetch by another thread) count as local.
+    const size_t from = chunks.size();
+    std::vector<ChunkKey> keys;
+    keys.reserve(full.size() - from);
+    for (size_t j = from; j < full.size(); ++j) keys.push_back(full[j].key);
+    lock.unlock();
+    std::vector<bool> in_t3 = remote_->Contains(keys);
+    in_t3.resize(keys.size(), false);  // a short answer: the rest are not held
+    lock.lock();
+    ExtendWholePrefixLocked(ns, full, &in_t3, from, &chunks);
+  }
+  AppendPartialLocked(ns, first_parent, tokens, full, &chunks);  // partial chunks are local only
+  r.chunks = std::move(chunks);
   for (const CachedChunk& ch : r.chunks) r.cached_tokens += ch.tokens;
+  CountLookupLocked(r, ns.layout().chunk_tokens);
+  return r;
+}
 
+void StoreImpl::CountLookupLocked(const LookupResult& r, uint32_t chunk_tokens) {
   StoreStats& st = stats_;
   ++st.lookups;
-  st.lookup_tokens += tokens.size();
-  const uint64_t chunks = (tokens.size() + c - 1) / c;
+  st.lookup_tokens += r.total_tokens;
+  const uint64_t chunks = (uint64_t{r.total_tokens} + chunk_tokens - 1) / chunk_tokens;
   st.lookup_chunks += chunks;
-  uint64_t hit_chunks = 0;
   for (const CachedChunk& ch : r.chunks) {
-    ++hit_chunks;
-    if (ch.tier == Tier::kHost) {
-      ++st.hit_chunks_t1;
-      st.hit_tokens_t1 += ch.tokens;
-    } else {
-      ++st.hit_chunks_t2;
-      st.hit_tokens_t2 += ch.tokens;
+    switch (ch.tier) {
+      case Tier::kHost:
+        ++st.hit_chunks_t1;
+        st.hit_tokens_t1 += ch.tokens;
+        break;
+      case Tier::kCluster:
+        ++st.hit_chunks_t3;
+        st.hit_tokens_t3 += ch.tokens;
+        break;
+      default:
+        ++st.hit_chunks_t2;
+        st.hit_tokens_t2 += ch.tokens;
+        break;
     }
   }
-  st.miss_chunks += chunks - hit_chunks;
-  st.miss_tokens += tokens.size() - r.cached_tokens;
-  return r;
+  st.miss_chunks += chunks - r.chunks.size();
+  st.miss_tokens += r.total_tokens - r.cached_tokens;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -373,6 +428,7 @@ Status StoreImpl::Commit(Entry* e, const std::vector<ChunkKey>& superseded) {
     ++stats_.puts;
     stats_.bytes_put += e->bytes;
     if (log_) EnqueueWriteLocked(e);
+    if (remote_ != nullptr) EnqueueClusterWriteLocked(e);
     for (const ChunkKey& k : superseded) {
       auto it = index_.find(k);
       if (it == index_.end()) continue;
@@ -384,6 +440,7 @@ Status StoreImpl::Commit(Entry* e, const std::vector<ChunkKey>& superseded) {
     }
   }
   writer_cv_.notify_one();
+  t3_cv_.notify_one();
   return Status::OK();
 }
 
@@ -457,7 +514,7 @@ void StoreImpl::EvictFromT1Locked(Entry* e) {
   e->in_t1 = false;
   if (e->dirty) {
     e->dirty = false;  // the writer skips it
-    ++unpersisted_;
+    if (!e->from_t3) ++unpersisted_;  // a fetched copy is no put: Flush does not report it
     ++stats_.t1_dropped_unpersisted;
   } else {
     ++stats_.t1_evictions;
@@ -509,12 +566,20 @@ RecordHeader StoreImpl::HeaderOf(const Entry& e) {
 Result<ChunkReader> StoreImpl::OpenChunk(const Namespace& ns, const ChunkKey& key) {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
-    auto it = index_.find(key);
-    if (it == index_.end() || !it->second->committed || !SameNamespace(*it->second, ns)) {
+    if (t3_fetching_.contains(key)) {  // another OpenChunk is fetching it from T3
+      progress_cv_.wait(lock);
+      continue;
+    }
+    Entry* e = FindLocked(key);
+    if (e == nullptr && remote_ != nullptr) {
+      std::optional<Result<ChunkReader>> r = FetchFromClusterLocked(lock, ns, key);
+      if (r) return std::move(*r);
+      continue;  // it turned up locally during the fetch
+    }
+    if (e == nullptr || !e->committed || !SameNamespace(*e, ns)) {
       ++stats_.err_load_miss;
       return Status::NotFound("chunk " + key.ShortHex() + " is not cached");
     }
-    Entry* e = it->second.get();
     if (e->promoting || (e->moving && !e->in_t1)) {  // being read from T2, or moved on T2
       progress_cv_.wait(lock);
       continue;
@@ -536,6 +601,8 @@ Result<ChunkReader> StoreImpl::OpenChunk(const Namespace& ns, const ChunkKey& ke
     Status st = PromoteLocked(lock, e, /*demand=*/true);
     if (st.ok()) return MakeReader(e, Tier::kDisk);
     if (st.code() == Code::kResourceExhausted || st.code() == Code::kNoSpace) return st;
+    // The T2 copy was unreadable and is forgotten: T3 may still hold the chunk.
+    if (remote_ != nullptr && FindLocked(key) == nullptr) continue;
     return Status::NotFound("chunk " + key.ShortHex() + " could not be read from disk: " + st.ToString());
   }
 }
@@ -597,8 +664,182 @@ void StoreImpl::ForEachPiece(const Entry* e, size_t offset, size_t size,
 
 void StoreImpl::Unpin(Entry* e) {
   std::lock_guard<std::mutex> lock(mu_);
+  UnpinLocked(e);
+}
+
+void StoreImpl::UnpinLocked(Entry* e) {
   --e->pins;
   if (e->pins == 0 && !e->in_t1 && !e->on_t2 && !e->promoting) EraseLocked(e);
+}
+
+// ---------------------------------------------------------------------------------------
+// The cluster tier (T3)
+
+Status StoreImpl::CheckClusterValue(std::span<const std::byte> value, const Namespace& ns, const ChunkKey& key,
+                                    RecordHeader* h, std::span<const std::byte>* payload) {
+  KVAULT_RETURN_IF_ERROR(DecodeRemoteRecord(value, key, h, payload));
+  const KvLayout& layout = ns.layout();
+  if (h->ns_id != ns.id()) return Status::Corruption("T3 value of " + key.ShortHex() + " is of another namespace");
+  if (h->layout != layout) return Status::Corruption("T3 value of " + key.ShortHex() + " has another layout");
+  if (h->tokens == 0 || h->tokens > layout.chunk_tokens || h->payload_bytes != layout.chunk_bytes(h->tokens)) {
+    return Status::Corruption("T3 value of " + key.ShortHex() + " has a wrong token count or size");
+  }
+  return Status::OK();
+}
+
+std::optional<Result<ChunkReader>> StoreImpl::FetchFromClusterLocked(std::unique_lock<std::mutex>& lock,
+                                                                     const Namespace& ns, const ChunkKey& key) {
+  // Claim the key: concurrent opens of it wait for this fetch instead of fetching again.
+  t3_fetching_.insert(key);
+  auto release = [&] {  // REQUIRES: mu_ held
+    t3_fetching_.erase(key);
+    progress_cv_.notify_all();
+  };
+  lock.unlock();
+  Result<std::vector<std::byte>> value = remote_->Get(key);
+  RecordHeader h;
+  std::span<const std::byte> payload;
+  Status st = value.ok() ? CheckClusterValue(value.value(), ns, key, &h, &payload) : value.status();
+  lock.lock();
+  if (!st.ok()) {
+    release();
+    if (st.code() != Code::kNotFound) ++stats_.err_t3;  // down, timed out, or a bad value
+    if (st.code() == Code::kCorruption) ++stats_.err_corruption;
+    ++stats_.err_load_miss;
+    return Status::NotFound("chunk " + key.ShortHex() + " is not cached (T3: " + st.ToString() + ")");
+  }
+  if (FindLocked(key) != nullptr) {  // put or promoted here meanwhile: that copy wins
+    release();
+    return std::nullopt;
+  }
+  PageList pages;
+  Status room = AllocatePagesLocked(RoundUpToBlock(h.payload_bytes), &pages);
+  if (!room.ok()) {
+    release();
+    return room;
+  }
+  // Invisible (uncommitted) and pinned while its pages are filled without mu_.
+  auto owned = std::make_unique<Entry>();
+  Entry* e = owned.get();
+  e->key = key;
+  e->parent = h.parent;
+  e->ns_id = h.ns_id;
+  e->layout = h.layout;
+  e->tokens = h.tokens;
+  e->bytes = h.payload_bytes;
+  e->payload_checksum = h.payload_checksum;
+  e->checksum_valid = true;
+  e->pages = std::move(pages);
+  e->in_t1 = true;
+  e->pins = 1;  // the reader's
+  e->from_t3 = true;
+  index_[key] = std::move(owned);
+  lock.unlock();
+  const std::byte* src = payload.data();
+  arena_->ForEachPiece(e->pages, 0, e->bytes, [&](std::byte* p, size_t n) {
+    std::memcpy(p, src, n);
+    src += n;
+  });
+  const uint64_t padded = RoundUpToBlock(e->bytes);  // zeros, so that no stale bytes reach the disk
+  if (padded > e->bytes) {
+    arena_->ForEachPiece(e->pages, e->bytes, padded - e->bytes, [](std::byte* p, size_t n) { std::memset(p, 0, n); });
+  }
+  lock.lock();
+  e->committed = true;
+  policy_->Insert(e);
+  if (e->partial()) partials_[e->parent].push_back(e->key);
+  ++stats_.t3_fetches;
+  stats_.bytes_t3_to_t1 += e->bytes;
+  if (log_) {
+    EnqueueWriteLocked(e);  // keep a copy on this node's disk too
+    writer_cv_.notify_one();
+  }
+  release();
+  return MakeReader(e, Tier::kCluster);
+}
+
+void StoreImpl::EnqueueClusterWriteLocked(Entry* e) {
+  if (e->from_t3 || e->partial()) return;  // T3 has it already; partial chunks stay local
+  const uint64_t bytes = kHeaderBytes + e->bytes;
+  if (t3_queued_bytes_ + bytes > options_.cluster.queue_bytes) {
+    ++stats_.t3_put_drops;  // best effort: never wait for the network
+    return;
+  }
+  t3_queue_.push_back({e->key, bytes});
+  t3_queued_bytes_ += bytes;
+}
+
+std::vector<std::byte> StoreImpl::CopyRecordOut(const Entry* e, RecordHeader* h, bool hash) const {
+  std::vector<std::span<const std::byte>> pieces;
+  arena_->ForEachPiece(e->pages, 0, e->bytes, [&](std::byte* p, size_t n) { pieces.push_back({p, n}); });
+  if (hash) {  // written out of order and not yet hashed by the T2 write-behind
+    PayloadChecksum sum;
+    for (std::span<const std::byte> piece : pieces) sum.Update(piece);
+    h->payload_checksum = sum.Digest();
+  }
+  return EncodeRemoteRecord(*h, pieces);
+}
+
+void StoreImpl::ClusterWriterLoop() {
+  bool drop_rest = false;  // shutting down and the tier failed: do not drain into it
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    t3_cv_.wait(lock, [&] { return shutdown_ || !t3_queue_.empty(); });
+    if (t3_queue_.empty()) break;  // shutdown with nothing left to publish
+    const ClusterWrite w = t3_queue_.front();
+    t3_queue_.pop_front();
+    Entry* e = FindLocked(w.key);
+    if (e != nullptr && e->from_t3) {
+      // Gone and fetched back from T3 since: T3 has it.
+    } else if (drop_rest || e == nullptr || !e->committed || !e->in_t1) {
+      ++stats_.t3_put_drops;  // left T1 before its turn
+    } else {
+      t3_busy_ = true;
+      const Status st = PublishLocked(lock, e);  // releases mu_ while copying and putting
+      t3_busy_ = false;
+      if (!st.ok() && shutdown_) drop_rest = true;
+    }
+    t3_queued_bytes_ -= w.bytes;
+    progress_cv_.notify_all();
+  }
+}
+
+Status StoreImpl::PublishLocked(std::unique_lock<std::mutex>& lock, Entry* e) {
+  // Pinned only while its record is copied out: never across the network call.
+  ++e->pins;
+  const ChunkKey key = e->key;
+  RecordHeader h = HeaderOf(*e);
+  const bool hash = !e->checksum_valid;
+  const uint64_t payload_bytes = e->bytes;
+  lock.unlock();
+  std::vector<std::byte> record = CopyRecordOut(e, &h, hash);
+  lock.lock();
+  if (hash && !e->checksum_valid) {
+    e->payload_checksum = h.payload_checksum;
+    e->checksum_valid = true;
+  }
+  UnpinLocked(e);  // e may be gone from here on
+  lock.unlock();
+  Status st = remote_->Put(key, record);
+  record = {};
+  lock.lock();
+  if (st.ok()) {
+    ++stats_.t3_puts;
+    stats_.bytes_t1_to_t3 += payload_bytes;
+  } else {
+    ++stats_.err_t3;
+  }
+  return st;
+}
+
+void StoreImpl::WaitForClusterWrites() {
+  std::unique_lock<std::mutex> lock(mu_);
+  progress_cv_.wait(lock, [&] { return t3_queue_.empty() && !t3_busy_; });
+}
+
+std::optional<RemoteTierStats> StoreImpl::ClusterStats() const {
+  if (remote_ == nullptr) return std::nullopt;
+  return remote_->Stats();  // the tier's own locking; never under mu_
 }
 
 // ---------------------------------------------------------------------------------------
@@ -764,7 +1005,7 @@ void StoreImpl::WriterLoop() {
         stats_.bytes_t1_to_t2 += e->bytes;
       } else {
         failed = true;
-        ++unpersisted_;
+        if (!e->from_t3) ++unpersisted_;
         if (item.status.code() != Code::kUnavailable) CountErrorLocked(item.status);
       }
       if (e->dirty && e->seq == item.header.seq) e->dirty = false;
@@ -994,6 +1235,8 @@ StoreStats StoreImpl::Stats() const {
     s.t2_segments = log_->Segments().size();
   }
   s.write_queue_entries = write_queue_.size();
+  s.t3_queue_entries = t3_queue_.size() + (t3_busy_ ? 1 : 0);
+  s.t3_queue_bytes = t3_queued_bytes_;
   return s;
 }
 

@@ -1,10 +1,11 @@
-// StoreImpl: the index, T1 arena, T2 log and the movers (write-behind, prefetch) behind
-// kvault::Store.
+// StoreImpl: the index, T1 arena, T2 log, the cluster tier (T3) and the movers
+// (write-behind to T2 and T3, prefetch) behind kvault::Store.
 //
 // Locking: one mutex (mu_) guards the index, both tiers' policies, the access window, the
-// arena's free list, the per-segment maps, the write and prefetch queues and the counters.
-// Payload bytes are copied outside mu_, into or out of pages of pinned entries only. Disk
-// I/O never runs under mu_. Lock order: mu_, then the segment log's own mutex.
+// arena's free list, the per-segment maps, the write, T3 and prefetch queues and the
+// counters. Payload bytes are copied outside mu_, into or out of pages of pinned entries
+// only. Disk I/O and every call into the cluster tier run without mu_. Lock order: mu_, then
+// the segment log's own mutex; the cluster tier is never called with mu_ held.
 #pragma once
 
 #include <atomic>
@@ -13,14 +14,17 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "kvault/store.h"
 #include "store/entry.h"
 #include "store/eviction_policy.h"
 #include "store/host_arena.h"
+#include "store/remote_tier.h"
 #include "store/segment_log.h"
 
 namespace kvault {
@@ -38,6 +42,10 @@ class StoreImpl {
   void Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts);
   void WaitForPrefetch();
   StoreStats Stats() const;
+  // The cluster tier's own counters; nullopt when T3 is off.
+  std::optional<RemoteTierStats> ClusterStats() const;
+  // Returns when the T3 write-behind has nothing queued or in flight (tests, benchmarks).
+  void WaitForClusterWrites();
 
   // For the handles. REQUIRES: the entry is pinned by the calling handle.
   // Copies into an uncommitted entry; hashes the bytes on the way when they extend the
@@ -65,13 +73,26 @@ class StoreImpl {
   ChunkReader MakeReader(Entry* e, Tier from);  // REQUIRES: e pinned for the reader
   void RecordWrittenRange(Entry* e, uint64_t offset, uint64_t size);  // REQUIRES: e pinned by its writer
 
-  // Makes room by evicting policy victims that `may_evict` accepts (default: any).
+  Entry* FindLocked(const ChunkKey& key) const;                  // REQUIRES: mu_ held
   Tier TierOfLocked(const Entry* e, const Namespace& ns) const;  // REQUIRES: mu_ held
-  // The cached prefix of `tokens` after `first_parent`: the chunks of `full` (its whole
-  // chunks' spans) until the first miss, then the longest stored partial chunk that follows.
+  // The cached prefix of `tokens` after `first_parent`, from the local tiers only: the chunks
+  // of `full` (its whole chunks' spans) until the first miss, then the longest stored partial
+  // chunk that follows.
   std::vector<CachedChunk> CachedPrefixLocked(const Namespace& ns, const ChunkKey& first_parent,
                                               std::span<const uint32_t> tokens,
                                               const std::vector<ChunkSpan>& full) const;  // REQUIRES: mu_ held
+  // Appends to `chunks` (the cached whole chunks of `full` so far) the next whole chunks that
+  // are cached locally, or in T3 where `in_t3` says so (`in_t3[i]` answers for
+  // full[t3_from + i]; null: no T3), until the first miss.
+  void ExtendWholePrefixLocked(const Namespace& ns, const std::vector<ChunkSpan>& full,
+                               const std::vector<bool>* in_t3, size_t t3_from,
+                               std::vector<CachedChunk>* chunks) const;  // REQUIRES: mu_ held
+  // Appends the longest local partial chunk that continues `chunks` (whole chunks of `full`).
+  void AppendPartialLocked(const Namespace& ns, const ChunkKey& first_parent, std::span<const uint32_t> tokens,
+                           const std::vector<ChunkSpan>& full,
+                           std::vector<CachedChunk>* chunks) const;  // REQUIRES: mu_ held
+  void CountLookupLocked(const LookupResult& r, uint32_t chunk_tokens);  // REQUIRES: mu_ held
+  // Makes room by evicting policy victims that `may_evict` accepts (default: any).
   Status AllocatePagesLocked(uint64_t bytes, PageList* out,
                              const std::function<bool(const Entry*)>& may_evict = nullptr);  // REQUIRES: mu_ held
   // Reads T2-only entry e into fresh T1 pages; releases `lock` during the read. On success e is
@@ -81,6 +102,7 @@ class StoreImpl {
   Status PromoteLocked(std::unique_lock<std::mutex>& lock, Entry* e, bool demand,
                        const std::function<bool(const Entry*)>& may_evict = nullptr);
   void EvictFromT1Locked(Entry* e);                          // REQUIRES: mu_ held
+  void UnpinLocked(Entry* e);                                // REQUIRES: mu_ held, e pinned
   void EraseLocked(Entry* e);                                // REQUIRES: mu_ held, e->pins == 0
   void EnqueueWriteLocked(Entry* e);                         // REQUIRES: mu_ held
   void ClearPrefetchedLocked(Entry* e);                      // REQUIRES: mu_ held
@@ -92,7 +114,29 @@ class StoreImpl {
   void CountErrorLocked(const Status& st);                   // REQUIRES: mu_ held
   static RecordHeader HeaderOf(const Entry& e);
 
+  // T3 read path. Fetches chunk `key` of `ns` from the cluster tier into T1 as a committed
+  // entry pinned for the returned reader; releases `lock` during the fetch and the copy.
+  // nullopt when the chunk turned up in the local index meanwhile (look again). Every T3
+  // failure or bad value is kNotFound (counted); kResourceExhausted / kNoSpace when T1 has
+  // no room. REQUIRES: mu_ held via `lock`, key absent from index_ and t3_fetching_.
+  std::optional<Result<ChunkReader>> FetchFromClusterLocked(std::unique_lock<std::mutex>& lock, const Namespace& ns,
+                                                            const ChunkKey& key);
+  // Checks a fetched value: the record of `key` (DecodeRemoteRecord) in namespace `ns`.
+  static Status CheckClusterValue(std::span<const std::byte> value, const Namespace& ns, const ChunkKey& key,
+                                  RecordHeader* h, std::span<const std::byte>* payload);
+  // T3 write path: queues committed whole chunk e for publishing, or drops it (counted)
+  // when the queue is at its cap.
+  void EnqueueClusterWriteLocked(Entry* e);                  // REQUIRES: mu_ held
+  // e's record (remote_record.h) copied out of its pages; fills in h->payload_checksum when
+  // `hash`. REQUIRES: e pinned by the caller; mu_ not held.
+  std::vector<std::byte> CopyRecordOut(const Entry* e, RecordHeader* h, bool hash) const;
+  // Publishes committed entry e (in T1) to T3: pins it, copies its record out and unpins it
+  // with mu_ released, then puts the record with mu_ released; counts the outcome. The T3
+  // writer thread only. REQUIRES: mu_ held via `lock`.
+  Status PublishLocked(std::unique_lock<std::mutex>& lock, Entry* e);
+
   void WriterLoop();
+  void ClusterWriterLoop();
   void PrefetchLoop();
   Status EnsureT2Space(std::span<const uint64_t> record_bytes);  // writer thread only
   void ReclaimSegment(uint32_t id);                              // writer thread only
@@ -101,6 +145,8 @@ class StoreImpl {
   const StoreOptions options_;
   std::unique_ptr<HostArena> arena_;
   std::unique_ptr<SegmentLog> log_;  // null when T2 is off
+  std::unique_ptr<RemoteTier> owned_remote_;  // the tier opened from options_.cluster
+  RemoteTier* remote_ = nullptr;               // T3: owned_remote_ or options_.cluster_tier; null when off
 
   mutable std::mutex mu_;
   std::unordered_map<ChunkKey, std::unique_ptr<Entry>, DigestHash> index_;
@@ -138,9 +184,25 @@ class StoreImpl {
   uint64_t unpersisted_ = 0;             // puts that never reached T2
   uint64_t unpersisted_at_flush_ = 0;
 
+  // T3 write-behind: keys of committed whole chunks to publish, with their record bytes.
+  // t3_queued_bytes_ counts the queue and the record in flight, and stays under
+  // options_.cluster.queue_bytes. The T3 writer pins an entry only while copying its record.
+  struct ClusterWrite {
+    ChunkKey key;
+    uint64_t bytes = 0;
+  };
+  std::deque<ClusterWrite> t3_queue_;
+  uint64_t t3_queued_bytes_ = 0;
+  bool t3_busy_ = false;                // the T3 writer holds a record (copying or putting)
+  std::condition_variable t3_cv_;       // T3 work, or shutdown
+  // Keys being fetched from T3 by OpenChunk (at most one fetch per key; others wait on
+  // progress_cv_). A key leaves the set when its entry is committed or the fetch failed.
+  std::unordered_set<ChunkKey, DigestHash> t3_fetching_;
+
   mutable StoreStats stats_;
   mutable std::atomic<uint64_t> bytes_loaded_{0};
   std::thread writer_;
+  std::thread t3_writer_;  // runs when remote_
   std::thread prefetcher_;
 };
 
