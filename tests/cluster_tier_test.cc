@@ -213,9 +213,9 @@ TEST(ClusterTier, TwoStoresShareChunksByteIdentically) {
   }
   ASSERT_EQ(spans.size(), 4u);
   EXPECT_EQ(tier.size(), 3u);  // the partial chunk stayed local
-  EXPECT_FALSE(tier.Value(spans[3].key).has_value());
+  EXPECT_FALSE(tier.Value(kvault::ClusterKey(ns.id(), spans[3].key)).has_value());
   for (size_t i = 0; i < 3; ++i) {
-    auto v = tier.Value(spans[i].key);
+    auto v = tier.Value(kvault::ClusterKey(ns.id(), spans[i].key));  // named by namespace and key
     ASSERT_TRUE(v.has_value());
     RecordHeader h;
     std::span<const std::byte> payload;
@@ -287,8 +287,9 @@ TEST(ClusterTier, MismatchedOrCorruptValuesAreCountedMisses) {
     WaitForT3(*a);
   }
   const ChunkKey target = spans[0].key;
-  const std::vector<std::byte> good = *tier.Value(target);
-  const std::vector<std::byte> other = *tier.Value(spans[1].key);
+  const ChunkKey target_name = kvault::ClusterKey(ns.id(), target);  // its name in T3
+  const std::vector<std::byte> good = *tier.Value(target_name);
+  const std::vector<std::byte> other = *tier.Value(kvault::ClusterKey(ns.id(), spans[1].key));
 
   struct Case {
     const char* what;
@@ -312,7 +313,7 @@ TEST(ClusterTier, MismatchedOrCorruptValuesAreCountedMisses) {
   uint64_t corruption = 0;
   for (const Case& c : cases) {
     SCOPED_TRACE(c.what);
-    tier.Set(target, c.value);
+    tier.Set(target_name, c.value);
     Status st;
     EXPECT_EQ(CheckChunk(*b, ns, target, 16, nullptr, nullptr, &st), Check::kMissing);
     EXPECT_EQ(st.code(), Code::kNotFound) << st.ToString();
@@ -323,7 +324,7 @@ TEST(ClusterTier, MismatchedOrCorruptValuesAreCountedMisses) {
     EXPECT_EQ(s.t1_entries, 0u);
   }
   // The corrupt switch (a byte flipped on the way) too.
-  tier.Set(target, good);
+  tier.Set(target_name, good);
   tier.corrupt = true;
   EXPECT_EQ(CheckChunk(*b, ns, target, 16), Check::kMissing);
   EXPECT_EQ(b->Stats().err_corruption, corruption + 1);

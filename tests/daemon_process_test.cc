@@ -83,6 +83,19 @@ class DaemonProcess {
   nlohmann::json ready_;
 };
 
+// Waits until process `pid` is stopped (SIGSTOP takes effect asynchronously).
+bool WaitStopped(pid_t pid) {
+  for (int i = 0; i < 500; ++i) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    const size_t paren = line.rfind(')');
+    if (paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'T') return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return false;
+}
+
 std::vector<std::string> BaseArgs(const TempDir& dir) {
   return {"--dir", dir.Sub("data"), "--socket", dir.Sub("kvaultd.sock"), "--dram-gib", "0.03", "--ssd-gib", "0.1"};
 }
@@ -157,6 +170,49 @@ TEST(DaemonProcessTest, SigkillKeepsEverythingFlushedAndNeverServesATornChunk) {
   EXPECT_EQ(LookupUntilCached(*c, ns, flushed, flushed.size()).cached_tokens, flushed.size());
   for (const ChunkSpan& s : flushed_spans) EXPECT_EQ(CheckChunk(*c, ns, s.key, s.tokens), Check::kMatch);
   for (const ChunkSpan& s : later_spans) EXPECT_NE(CheckChunk(*c, ns, s.key, s.tokens), Check::kMismatch);
+}
+
+// A reply that times out makes the client leave its connection, but a chunk it still reads
+// stays pinned: the old connection stays open until its last handle goes, so the daemon never
+// hands those pages to another chunk under the reader.
+TEST(DaemonProcessTest, ReadersKeepTheirPinsWhenTheClientMovesToANewConnection) {
+  TempDir dir;
+  DaemonProcess d({"--dir", dir.Sub("data"), "--socket", dir.Sub("kvaultd.sock"), "--dram-gib", "0.01", "--ssd-gib", "0"});
+  ASSERT_TRUE(d.started());
+  ClientOptions o;
+  o.address = dir.Sub("kvaultd.sock");
+  o.timeout_ms = 300;
+  o.reconnect_min_ms = 5;
+  auto a = Client::Connect(o);
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE((*a)->shared_memory());
+  const Namespace ns = kvtest::MakeNamespace(kvtest::MakeLayout());
+  const auto tokens = kvtest::MakeTokens(7, 16);
+  std::vector<ChunkSpan> spans;
+  ASSERT_TRUE(kvtest::PutChain(**a, ns, tokens, &spans).ok());
+  auto reader = (*a)->OpenChunk(ns, spans[0].key);
+  ASSERT_TRUE(reader.ok());
+
+  const pid_t pid = d.ready()["pid"].get<pid_t>();
+  kill(pid, SIGSTOP);  // the next reply times out
+  ASSERT_TRUE(WaitStopped(pid));
+  EXPECT_EQ((*a)->Lookup(ns, tokens).cached_tokens, 0u);
+  EXPECT_FALSE((*a)->connected());
+  kill(pid, SIGCONT);
+
+  // Another client cycles T1 several times over: every unpinned page gets reused.
+  auto b = Connect(dir.Sub("kvaultd.sock"));
+  ASSERT_TRUE(b);
+  const size_t chunk = ns.layout().chunk_bytes(16);
+  for (size_t i = 0; i < 4 * (10u << 20) / chunk; ++i) {
+    const auto t = kvtest::MakeTokens(1000 + i, 16);
+    (void)b->Put(ns, ns.id(), t, kvtest::PayloadFor(ChainKey(ns, ns.id(), t), chunk));
+  }
+  std::vector<std::byte> got(reader->size());
+  ASSERT_TRUE(reader->ReadRange(0, got).ok());
+  EXPECT_TRUE(got == kvtest::PayloadFor(spans[0].key, got.size()));
+  // And the client is back on a new connection.
+  EXPECT_EQ(LookupUntilCached(**a, ns, tokens, tokens.size()).cached_tokens, tokens.size());
 }
 
 TEST(DaemonProcessTest, MetricsAndHealthOverHttp) {

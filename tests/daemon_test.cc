@@ -259,6 +259,14 @@ TEST(DaemonTest, MalformedAndOversizedMessagesGetAnErrorAndAClosedConnection) {
     EXPECT_EQ(c.NextType(), wire::MsgType::kError);
     EXPECT_TRUE(c.ClosedByPeer());
   }
+  {  // before hello, a frame larger than a hello is refused from its header
+    RawConn c(d->socket_path());
+    std::vector<std::byte> header(wire::kFrameHeaderBytes);
+    wire::EncodeFrameHeader({wire::MsgType::kHello, 1u << 20}, header.data());
+    ASSERT_TRUE(c.Send(header).ok());
+    EXPECT_EQ(c.NextType(), wire::MsgType::kError);
+    EXPECT_TRUE(c.ClosedByPeer());
+  }
   {  // a lookup whose token count claims more than the frame holds
     RawConn c(d->socket_path());
     ASSERT_TRUE(c.Send(hello).ok());
@@ -280,7 +288,30 @@ TEST(DaemonTest, MalformedAndOversizedMessagesGetAnErrorAndAClosedConnection) {
     EXPECT_EQ(c.NextType(), wire::MsgType::kError);
     EXPECT_TRUE(c.ClosedByPeer());
   }
-  EXPECT_GE(d->Counters().protocol_errors, 5u);
+  {  // a shared-memory commit whose written ranges are out of order: refused, connection kept
+    RawConn c(d->socket_path());
+    ASSERT_TRUE(c.Send(Frame(wire::MsgType::kHello, wire::Encode(wire::HelloRequest{"", true}))).ok());
+    ASSERT_EQ(c.NextType(), wire::MsgType::kHelloReply);
+    const Namespace ns = MakeNamespace(MakeLayout(), "unsorted");
+    wire::BeginPutRequest bp{wire::ToWire(ns), ns.id(), MakeTokens(77, 16)};
+    ASSERT_TRUE(c.Send(Frame(wire::MsgType::kBeginPut, wire::Encode(bp))).ok());
+    wire::FrameHeader h;
+    std::vector<std::byte> payload;
+    ASSERT_TRUE(wire::ReadFrame(c.fd.get(), 1u << 20, &h, &payload).ok());
+    wire::BeginPutReply reply;
+    ASSERT_TRUE(wire::Decode(payload, &reply, 0).ok());
+    const uint64_t half = ns.layout().chunk_bytes(16) / 2;
+    wire::CommitPutRequest commit{reply.handle, {{half, half}, {0, half}}, {}};
+    ASSERT_TRUE(c.Send(Frame(wire::MsgType::kCommitPut, wire::Encode(commit))).ok());
+    ASSERT_TRUE(wire::ReadFrame(c.fd.get(), 1u << 20, &h, &payload).ok());
+    ASSERT_EQ(h.type, wire::MsgType::kCommitPutReply);
+    wire::StatusReply st;
+    ASSERT_TRUE(wire::Decode(payload, &st).ok());
+    EXPECT_EQ(st.status.code(), Code::kInvalidArgument);
+    ASSERT_TRUE(c.Send(Frame(wire::MsgType::kFlush, {})).ok());
+    EXPECT_EQ(c.NextType(), wire::MsgType::kFlushReply);
+  }
+  EXPECT_GE(d->Counters().protocol_errors, 6u);
   EXPECT_GE(d->Counters().handle_errors, 1u);
 
   // Random frames: valid headers around random payloads, and random bytes. The daemon keeps
@@ -402,6 +433,46 @@ TEST(DaemonTest, ADisconnectingClientReleasesItsPinsAndPuts) {
     const auto t = MakeTokens(20000 + i, 16);
     ASSERT_TRUE(c->Put(ns, ns.id(), t, kvtest::PayloadFor(ChainKey(ns, ns.id(), t), chunk)).ok()) << i;
   }
+}
+
+// Each engine hints its own queue; the daemon keeps every client's window, so the "aware"
+// policy protects all of them (one client's hint does not erase another's).
+TEST(DaemonTest, EveryClientsWindowIsProtected) {
+  TempDir dir;
+  DaemonOptions o = SmallDaemon(dir.path());
+  o.store.policy = "aware";
+  o.store.ssd_bytes = 0;  // what T1 evicts is gone
+  auto d = StartDaemon(o);
+  ASSERT_TRUE(d);
+  auto a = Connect(d->socket_path());
+  auto b = Connect(d->socket_path());
+  auto filler = Connect(d->socket_path());
+  ASSERT_TRUE(a && b && filler);
+  const Namespace ns = MakeNamespace(MakeLayout());
+  const auto x = MakeTokens(31, 16 * 10), y = MakeTokens(32, 16 * 10);
+  ASSERT_TRUE(PutChain(*a, ns, x).ok());
+  ASSERT_TRUE(PutChain(*b, ns, y).ok());
+  a->Hint(ns, {std::span<const uint32_t>(x)});
+  b->Hint(ns, {std::span<const uint32_t>(y)});
+  (void)a->Lookup(ns, x);  // a round trip after each hint: the daemon has taken both
+  (void)b->Lookup(ns, y);
+  // Three times T1's worth of other chunks.
+  const size_t chunk = ns.layout().chunk_bytes(16);
+  for (size_t i = 0; i < 3 * o.store.dram_bytes / chunk; ++i) {
+    const auto t = MakeTokens(50000 + i, 16);
+    ASSERT_TRUE(filler->Put(ns, ns.id(), t, kvtest::PayloadFor(ChainKey(ns, ns.id(), t), chunk)).ok());
+  }
+  EXPECT_EQ(a->Lookup(ns, x).cached_tokens, x.size());
+  EXPECT_EQ(b->Lookup(ns, y).cached_tokens, y.size());
+  // A client that goes away takes its window with it.
+  a.reset();
+  for (int i = 0; i < 100 && d->Counters().connections_open > 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  for (size_t i = 0; i < 3 * o.store.dram_bytes / chunk; ++i) {
+    const auto t = MakeTokens(90000 + i, 16);
+    ASSERT_TRUE(filler->Put(ns, ns.id(), t, kvtest::PayloadFor(ChainKey(ns, ns.id(), t), chunk)).ok());
+  }
+  EXPECT_EQ(b->Lookup(ns, x).cached_tokens, 0u);
+  EXPECT_EQ(b->Lookup(ns, y).cached_tokens, y.size());
 }
 
 TEST(DaemonTest, ConcurrentClientsFromManyThreads) {

@@ -10,6 +10,7 @@
 #include "store/embedded_store.h"
 #include "store/redis_cluster.h"
 #include "store/redis_tier.h"
+#include "store/remote_record.h"
 #include "test_util.h"
 
 namespace kvtest {
@@ -31,7 +32,10 @@ int64_t MillisSince(Clock::time_point start) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
 }
 
-uint16_t SlotOf(const ChunkKey& key) { return kvault::RedisCluster::KeySlot(kvault::RedisHeadKey(kPrefix, key)); }
+// The slot of chunk `key` of `ns`: T3 names it by namespace and key (remote_record.h).
+uint16_t SlotOf(const Namespace& ns, const ChunkKey& key) {
+  return kvault::RedisCluster::KeySlot(kvault::RedisHeadKey(kPrefix, kvault::ClusterKey(ns.id(), key)));
+}
 
 void ExpectLookupCountersAddUpWithT3(const StoreStats& s) {
   EXPECT_EQ(s.hit_tokens_t1 + s.hit_tokens_t2 + s.hit_tokens_t3 + s.miss_tokens, s.lookup_tokens) << s.ToJson();
@@ -75,7 +79,7 @@ class RedisStoreTest : public ::testing::Test {
     Chain c;
     c.tokens = MakeTokens(seed, kChunksPerChain * kChunk);
     c.spans = kvault::ChunkKeys(ns, c.tokens);
-    for (const ChunkSpan& s : c.spans) c.node.push_back(cluster_->NodeOfSlot(SlotOf(s.key)));
+    for (const ChunkSpan& s : c.spans) c.node.push_back(cluster_->NodeOfSlot(SlotOf(ns, s.key)));
     return c;
   }
 

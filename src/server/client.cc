@@ -21,11 +21,18 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// The daemon's T1, mapped into this process; unmapped when the last reader lets go.
-struct Mapping {
-  std::byte* base = nullptr;
+// One connection to the daemon and, with shared memory, its T1 mapped into this process.
+// The handles (readers, writers) opened on a connection share it: its socket stays open, so
+// the daemon keeps their pins and slots, and the mapping stays valid, until the last handle
+// is gone, even after the client stopped sending requests on it (a reply timed out, the
+// stream is out of step) and moved to a new connection. A pinned chunk's pages are therefore
+// never handed to another chunk while a handle of this process still reads or writes them.
+struct Connection {
+  UniqueFd fd;
+  std::byte* base = nullptr;  // the mapping; null without shared memory
   size_t size = 0;
-  ~Mapping() {
+  uint64_t generation = 0;
+  ~Connection() {
     if (base != nullptr) munmap(base, size);
   }
 };
@@ -81,6 +88,8 @@ class ClientImpl {
  public:
   explicit ClientImpl(const ClientOptions& o) : opt_(o) {}
 
+  // Connects and says hello (no lock needed: touches nothing shared).
+  Result<std::shared_ptr<Connection>> Open(bool shared_memory, wire::HelloReply* hello) const;
   // Connection state. All REQUIRE mu_ held.
   Status ConnectLocked();
   bool EnsureConnectedLocked();
@@ -93,21 +102,23 @@ class ClientImpl {
   Result<ChunkWriter> BeginPut(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens);
   Result<ChunkReader> OpenChunk(const Namespace& ns, const ChunkKey& key);
   void Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts);
-  // A request whose reply may take long (Flush, WaitForPrefetch): no reply timeout.
-  Status SimpleCall(MsgType type, MsgType reply_type);
+  // A request whose reply may take long (Flush, WaitForPrefetch): sent on a connection of its
+  // own, without a reply timeout, so other threads' requests do not wait behind it.
+  Status LongCall(MsgType type, MsgType reply_type);
   StoreStats Stats();
 
-  // For the handles: a message about `handle` of connection `generation` (dropped when that
-  // connection is gone: the daemon released everything it held for it).
-  void SendHandle(MsgType type, uint64_t handle, uint64_t generation);
-  Status Commit(uint64_t handle, uint64_t generation, const std::vector<Piece>& written,
+  // For the handles: a message about `handle` of connection `conn` (not sent when the client
+  // has moved on from that connection: closing it releases the handle in the daemon).
+  void SendHandle(MsgType type, uint64_t handle, const Connection* conn);
+  Status Commit(uint64_t handle, const Connection* conn, const std::vector<Piece>& written,
                 std::span<const std::byte> payload);
+  // What a request may carry: the daemon's message limit and its per-request caps.
+  size_t MaxTokensPerRequest(const Namespace& ns) const;  // REQUIRES: mu_ held
 
   const ClientOptions opt_;
   mutable std::mutex mu_;
-  UniqueFd fd_;                        // GUARDED_BY(mu_); -1 while disconnected
-  uint64_t generation_ = 0;            // GUARDED_BY(mu_); one per successful connection
-  std::shared_ptr<Mapping> mapping_;   // GUARDED_BY(mu_); null without shared memory
+  std::shared_ptr<Connection> conn_;  // GUARDED_BY(mu_); null while disconnected
+  uint64_t generation_ = 0;            // GUARDED_BY(mu_); connections made so far
   bool bound_ = false;                 // GUARDED_BY(mu_)
   uint32_t max_message_ = 1u << 20;    // GUARDED_BY(mu_)
   Clock::time_point next_attempt_{};   // GUARDED_BY(mu_)
@@ -121,25 +132,25 @@ namespace {
 
 class SharedReader final : public ChunkReaderBackend {
  public:
-  SharedReader(ClientImpl* c, std::shared_ptr<Mapping> m, std::vector<Piece> pieces, uint64_t handle, uint64_t gen)
-      : c_(c), m_(std::move(m)), pieces_(std::move(pieces)), handle_(handle), gen_(gen) {}
-  ~SharedReader() override { c_->SendHandle(MsgType::kRelease, handle_, gen_); }
+  SharedReader(ClientImpl* c, std::shared_ptr<Connection> conn, std::vector<Piece> pieces, uint64_t handle)
+      : c_(c), conn_(std::move(conn)), pieces_(std::move(pieces)), handle_(handle) {}
+  ~SharedReader() override { c_->SendHandle(MsgType::kRelease, handle_, conn_.get()); }
   void Read(size_t offset, std::span<std::byte> dst) const override {
     std::byte* out = dst.data();
-    ForPieces(m_->base, pieces_, offset, dst.size(), [&](std::byte* p, size_t n) {
+    ForPieces(conn_->base, pieces_, offset, dst.size(), [&](std::byte* p, size_t n) {
       std::memcpy(out, p, n);
       out += n;
     });
   }
   void ForEachPiece(size_t offset, size_t size, const std::function<void(std::span<const std::byte>)>& fn) const override {
-    ForPieces(m_->base, pieces_, offset, size, [&](std::byte* p, size_t n) { fn({p, n}); });
+    ForPieces(conn_->base, pieces_, offset, size, [&](std::byte* p, size_t n) { fn({p, n}); });
   }
 
  private:
   ClientImpl* c_;
-  std::shared_ptr<Mapping> m_;
+  std::shared_ptr<Connection> conn_;  // keeps the pin (the socket) and the mapping
   std::vector<Piece> pieces_;
-  uint64_t handle_, gen_;
+  uint64_t handle_;
 };
 
 class InlineReader final : public ChunkReaderBackend {
@@ -159,33 +170,33 @@ class InlineReader final : public ChunkReaderBackend {
 // Writes into the daemon's T1 slot directly; Commit tells the daemon which bytes were written.
 class SharedWriter final : public ChunkWriterBackend {
  public:
-  SharedWriter(ClientImpl* c, std::shared_ptr<Mapping> m, std::vector<Piece> pieces, uint64_t handle, uint64_t gen)
-      : c_(c), m_(std::move(m)), pieces_(std::move(pieces)), handle_(handle), gen_(gen) {}
+  SharedWriter(ClientImpl* c, std::shared_ptr<Connection> conn, std::vector<Piece> pieces, uint64_t handle)
+      : c_(c), conn_(std::move(conn)), pieces_(std::move(pieces)), handle_(handle) {}
   ~SharedWriter() override {
-    if (!committed_) c_->SendHandle(MsgType::kAbortPut, handle_, gen_);
+    if (!committed_) c_->SendHandle(MsgType::kAbortPut, handle_, conn_.get());
   }
   void Write(size_t offset, std::span<const std::byte> data) override {
     const std::byte* in = data.data();
-    ForPieces(m_->base, pieces_, offset, data.size(), [&](std::byte* p, size_t n) {
+    ForPieces(conn_->base, pieces_, offset, data.size(), [&](std::byte* p, size_t n) {
       std::memcpy(p, in, n);
       in += n;
     });
     written_.Add(offset, offset + data.size());
   }
   void ForEachPiece(size_t offset, size_t size, const std::function<void(std::span<std::byte>)>& fn) override {
-    ForPieces(m_->base, pieces_, offset, size, [&](std::byte* p, size_t n) { fn({p, n}); });
+    ForPieces(conn_->base, pieces_, offset, size, [&](std::byte* p, size_t n) { fn({p, n}); });
   }
   void MarkWritten(size_t offset, size_t size) override { written_.Add(offset, offset + size); }
   Status Commit() override {
     committed_ = true;  // the daemon drops the slot on any failure
-    return c_->Commit(handle_, gen_, written_.AsPieces(), {});
+    return c_->Commit(handle_, conn_.get(), written_.AsPieces(), {});
   }
 
  private:
   ClientImpl* c_;
-  std::shared_ptr<Mapping> m_;
+  std::shared_ptr<Connection> conn_;  // keeps the slot (the socket) and the mapping
   std::vector<Piece> pieces_;
-  uint64_t handle_, gen_;
+  uint64_t handle_;
   WrittenRanges written_;
   bool committed_ = false;
 };
@@ -193,10 +204,10 @@ class SharedWriter final : public ChunkWriterBackend {
 // Buffers the payload here and sends it whole at Commit.
 class InlineWriter final : public ChunkWriterBackend {
  public:
-  InlineWriter(ClientImpl* c, size_t bytes, uint64_t handle, uint64_t gen)
-      : c_(c), data_(bytes), handle_(handle), gen_(gen) {}
+  InlineWriter(ClientImpl* c, std::shared_ptr<Connection> conn, size_t bytes, uint64_t handle)
+      : c_(c), conn_(std::move(conn)), data_(bytes), handle_(handle) {}
   ~InlineWriter() override {
-    if (!committed_) c_->SendHandle(MsgType::kAbortPut, handle_, gen_);
+    if (!committed_) c_->SendHandle(MsgType::kAbortPut, handle_, conn_.get());
   }
   void Write(size_t offset, std::span<const std::byte> data) override {
     std::memcpy(data_.data() + offset, data.data(), data.size());
@@ -211,13 +222,14 @@ class InlineWriter final : public ChunkWriterBackend {
       return Status::InvalidArgument("commit of a chunk whose payload was not completely written");
     }
     committed_ = true;
-    return c_->Commit(handle_, gen_, {}, data_);
+    return c_->Commit(handle_, conn_.get(), {}, data_);
   }
 
  private:
   ClientImpl* c_;
+  std::shared_ptr<Connection> conn_;
   std::vector<std::byte> data_;
-  uint64_t handle_, gen_;
+  uint64_t handle_;
   WrittenRanges written_;
   bool committed_ = false;
 };
@@ -226,14 +238,14 @@ class InlineWriter final : public ChunkWriterBackend {
 
 // --- connection ------------------------------------------------------------------------------
 
-Status ClientImpl::ConnectLocked() {
+Result<std::shared_ptr<Connection>> ClientImpl::Open(bool shared_memory, wire::HelloReply* hello) const {
   const std::string& a = opt_.address;
   Result<UniqueFd> fd = a.rfind("tcp://", 0) == 0 ? wire::ConnectTcp(a.substr(6), opt_.timeout_ms)
                                                   : wire::ConnectUnix(a.rfind("unix:", 0) == 0 ? a.substr(5) : a);
   if (!fd.ok()) return fd.status();
   wire::SetIoTimeouts(fd->get(), opt_.timeout_ms);
   KVAULT_RETURN_IF_ERROR(wire::WriteFrame(fd->get(), MsgType::kHello,
-                                          wire::Encode(wire::HelloRequest{opt_.token, opt_.shared_memory})));
+                                          wire::Encode(wire::HelloRequest{opt_.token, shared_memory})));
   wire::FrameHeader h;
   std::vector<std::byte> payload;
   UniqueFd memfd;
@@ -244,29 +256,35 @@ Status ClientImpl::ConnectLocked() {
     return e.status.ok() ? Status::Unavailable("the daemon refused the connection") : e.status;
   }
   if (h.type != MsgType::kHelloReply) return Status::InvalidArgument("unexpected reply to hello");
-  wire::HelloReply r;
+  wire::HelloReply& r = *hello;
   KVAULT_RETURN_IF_ERROR(wire::Decode(payload, &r));
   KVAULT_RETURN_IF_ERROR(r.status);
-  std::shared_ptr<Mapping> mapping;
+  auto conn = std::make_shared<Connection>();
   if (r.shm) {
     if (memfd.get() < 0 || r.arena_bytes == 0) return Status::InvalidArgument("hello reply without its memory");
     void* p = mmap(nullptr, r.arena_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd.get(), 0);
     if (p == MAP_FAILED) return Status::FromErrno(errno, "map the daemon's memory");
-    mapping = std::make_shared<Mapping>();
-    mapping->base = static_cast<std::byte*>(p);
-    mapping->size = r.arena_bytes;
+    conn->base = static_cast<std::byte*>(p);
+    conn->size = r.arena_bytes;
   }
-  fd_ = std::move(fd.value());
-  mapping_ = std::move(mapping);
+  conn->fd = std::move(fd.value());
+  return conn;
+}
+
+Status ClientImpl::ConnectLocked() {
+  wire::HelloReply r;
+  auto conn = Open(opt_.shared_memory, &r);
+  if (!conn.ok()) return conn.status();
+  conn_ = std::move(conn.value());
+  conn_->generation = ++generation_;
   bound_ = r.bound;
   max_message_ = std::max<uint32_t>(r.max_message_bytes, 4096);
-  ++generation_;
   backoff_ms_ = 0;
   return Status::OK();
 }
 
 bool ClientImpl::EnsureConnectedLocked() {
-  if (fd_.get() >= 0) return true;
+  if (conn_) return true;
   const auto now = Clock::now();
   if (now < next_attempt_) return false;
   if (ConnectLocked().ok()) return true;
@@ -276,15 +294,19 @@ bool ClientImpl::EnsureConnectedLocked() {
 }
 
 void ClientImpl::DropLocked() {
-  fd_.reset();
-  mapping_.reset();  // readers keep their own reference
+  conn_.reset();  // closed when the last handle opened on it is gone
   next_attempt_ = Clock::now() + std::chrono::milliseconds(opt_.reconnect_min_ms);
   backoff_ms_ = opt_.reconnect_min_ms;
 }
 
+size_t ClientImpl::MaxTokensPerRequest(const Namespace& ns) const {
+  const size_t by_message = (max_message_ - std::min<size_t>(max_message_, 4096)) / 4;
+  return std::min({wire::kMaxTokensPerRequest, size_t{wire::kMaxChunksPerRequest} * ns.layout().chunk_tokens, by_message});
+}
+
 Status ClientImpl::SendLocked(MsgType type, const std::vector<std::byte>& payload) {
   if (!EnsureConnectedLocked()) return Status::Unavailable("kvaultd is not reachable at " + opt_.address);
-  Status st = wire::WriteFrame(fd_.get(), type, payload);
+  Status st = wire::WriteFrame(conn_->fd.get(), type, payload);
   if (!st.ok()) DropLocked();
   return st;
 }
@@ -293,7 +315,7 @@ Status ClientImpl::CallLocked(MsgType type, const std::vector<std::byte>& payloa
                               std::vector<std::byte>* reply) {
   KVAULT_RETURN_IF_ERROR(SendLocked(type, payload));
   wire::FrameHeader h;
-  Status st = wire::ReadFrame(fd_.get(), max_message_, &h, reply);
+  Status st = wire::ReadFrame(conn_->fd.get(), max_message_, &h, reply);
   if (st.ok() && h.type == MsgType::kError) {
     wire::StatusReply e;
     st = wire::Decode(*reply, &e);
@@ -309,15 +331,17 @@ Status ClientImpl::CallLocked(MsgType type, const std::vector<std::byte>& payloa
 // --- operations ------------------------------------------------------------------------------
 
 LookupResult ClientImpl::Lookup(const Namespace& ns, const ChunkKey* parent, std::span<const uint32_t> tokens) {
-  wire::LookupRequest m{wire::ToWire(ns), parent != nullptr, parent ? *parent : ChunkKey{},
-                        std::vector<uint32_t>(tokens.begin(), tokens.end())};
   wire::LookupReply r;
   std::vector<std::byte> reply;
   std::lock_guard<std::mutex> lock(mu_);
+  // A longer request than the daemon takes looks up its head: a shorter prefix, still true.
+  const auto asked = tokens.first(std::min(tokens.size(), MaxTokensPerRequest(ns)));
+  wire::LookupRequest m{wire::ToWire(ns), parent != nullptr, parent ? *parent : ChunkKey{},
+                        std::vector<uint32_t>(asked.begin(), asked.end())};
   Status st = CallLocked(MsgType::kLookup, wire::Encode(m), MsgType::kLookupReply, &reply);
   if (st.ok()) st = wire::Decode(reply, &r);
   if (st.ok()) st = r.status;
-  if (!st.ok()) r.result = LookupResult{};  // the daemon is away or refused: a miss
+  if (!st.ok() || r.result.cached_tokens > asked.size()) r.result = LookupResult{};  // away or refused: a miss
   r.result.total_tokens = static_cast<uint32_t>(tokens.size());
   ++local_.lookups;
   local_.lookup_tokens += tokens.size();
@@ -339,8 +363,7 @@ Result<ChunkWriter> ClientImpl::BeginPut(const Namespace& ns, const ChunkKey& pa
   std::unique_lock<std::mutex> lock(mu_);
   KVAULT_RETURN_IF_ERROR(CallLocked(MsgType::kBeginPut, wire::Encode(m), MsgType::kBeginPutReply, &reply));
   wire::BeginPutReply r;
-  const uint64_t arena = mapping_ ? mapping_->size : 0;
-  if (Status st = wire::Decode(reply, &r, arena); !st.ok()) {
+  if (Status st = wire::Decode(reply, &r, conn_->size); !st.ok()) {
     DropLocked();
     return st;
   }
@@ -350,24 +373,29 @@ Result<ChunkWriter> ClientImpl::BeginPut(const Namespace& ns, const ChunkKey& pa
   if (r.exists) return ChunkWriter(key, n, ns.layout(), /*exists=*/true, nullptr);
   const size_t bytes = ns.layout().chunk_bytes(n);
   std::unique_ptr<ChunkWriterBackend> backend;
-  if (mapping_) {
+  if (conn_->base != nullptr) {
     uint64_t total = 0;
     for (const Piece& p : r.pieces) total += p.size;
     if (total != bytes) {
       DropLocked();
       return Status::InvalidArgument("the daemon's slot has the wrong size");
     }
-    backend = std::make_unique<SharedWriter>(this, mapping_, std::move(r.pieces), r.handle, generation_);
+    backend = std::make_unique<SharedWriter>(this, conn_, std::move(r.pieces), r.handle);
   } else {
-    backend = std::make_unique<InlineWriter>(this, bytes, r.handle, generation_);
+    if (bytes + 4096 > max_message_) {
+      (void)SendLocked(MsgType::kAbortPut, wire::Encode(wire::HandleRequest{r.handle}));
+      return Status::ResourceExhausted("chunk larger than the daemon's message limit; use shared memory");
+    }
+    backend = std::make_unique<InlineWriter>(this, conn_, bytes, r.handle);
   }
   return ChunkWriter(key, n, ns.layout(), /*exists=*/false, std::move(backend));
 }
 
-Status ClientImpl::Commit(uint64_t handle, uint64_t generation, const std::vector<Piece>& written,
+Status ClientImpl::Commit(uint64_t handle, const Connection* conn, const std::vector<Piece>& written,
                           std::span<const std::byte> payload) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (generation != generation_ || fd_.get() < 0) return Status::Unavailable("the daemon restarted: the put is lost");
+  if (conn != conn_.get()) return Status::Unavailable("the connection to the daemon was lost: the put is dropped");
+  if (written.size() > wire::kMaxPiecesPerMessage) return Status::ResourceExhausted("too many written ranges");
   std::vector<std::byte> reply;
   KVAULT_RETURN_IF_ERROR(CallLocked(MsgType::kCommitPut, wire::Encode(wire::CommitPutRequest{handle, written, payload}),
                                     MsgType::kCommitPutReply, &reply));
@@ -382,9 +410,9 @@ Status ClientImpl::Commit(uint64_t handle, uint64_t generation, const std::vecto
   return r.status;
 }
 
-void ClientImpl::SendHandle(MsgType type, uint64_t handle, uint64_t generation) {
+void ClientImpl::SendHandle(MsgType type, uint64_t handle, const Connection* conn) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (generation != generation_ || fd_.get() < 0) return;  // that connection's pins died with it
+  if (conn != conn_.get()) return;  // closing that connection releases the handle
   (void)SendLocked(type, wire::Encode(wire::HandleRequest{handle}));
 }
 
@@ -394,8 +422,7 @@ Result<ChunkReader> ClientImpl::OpenChunk(const Namespace& ns, const ChunkKey& k
   Status st = CallLocked(MsgType::kOpen, wire::Encode(wire::OpenRequest{wire::ToWire(ns), key}), MsgType::kOpenReply, &reply);
   if (!st.ok()) return Status::NotFound("chunk " + key.ShortHex() + ": " + st.ToString());
   wire::OpenReply r;
-  const uint64_t arena = mapping_ ? mapping_->size : 0;
-  if (st = wire::Decode(reply, &r, arena); !st.ok()) {
+  if (st = wire::Decode(reply, &r, conn_->size); !st.ok()) {
     DropLocked();
     return Status::NotFound("chunk " + key.ShortHex() + ": " + st.ToString());
   }
@@ -406,14 +433,14 @@ Result<ChunkReader> ClientImpl::OpenChunk(const Namespace& ns, const ChunkKey& k
   }
   const size_t bytes = ns.layout().chunk_bytes(r.tokens);
   std::unique_ptr<ChunkReaderBackend> backend;
-  if (mapping_) {
+  if (conn_->base != nullptr) {
     uint64_t total = 0;
     for (const Piece& p : r.pieces) total += p.size;
     if (total != bytes || !r.payload.empty()) {
       DropLocked();
       return Status::NotFound("chunk " + key.ShortHex() + ": the daemon's pieces have the wrong size");
     }
-    backend = std::make_unique<SharedReader>(this, mapping_, std::move(r.pieces), r.handle, generation_);
+    backend = std::make_unique<SharedReader>(this, conn_, std::move(r.pieces), r.handle);
   } else {
     if (r.payload.size() != bytes) {
       DropLocked();
@@ -426,23 +453,33 @@ Result<ChunkReader> ClientImpl::OpenChunk(const Namespace& ns, const ChunkKey& k
 }
 
 void ClientImpl::Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts) {
-  wire::HintRequest m{wire::ToWire(ns), {}};
-  for (const auto& p : prompts) m.prompts.emplace_back(p.begin(), p.end());
   std::lock_guard<std::mutex> lock(mu_);
   ++local_.hints;
+  // The window's head, within what the daemon takes; the rest of the queue is far away anyway.
+  size_t budget = MaxTokensPerRequest(ns);
+  wire::HintRequest m{wire::ToWire(ns), {}};
+  for (const auto& p : prompts) {
+    if (budget == 0 || m.prompts.size() == wire::kMaxPromptsPerHint) break;
+    const size_t n = std::min(p.size(), budget);
+    m.prompts.emplace_back(p.begin(), p.begin() + static_cast<std::ptrdiff_t>(n));
+    budget -= n;
+  }
   (void)SendLocked(MsgType::kHint, wire::Encode(m));
 }
 
-Status ClientImpl::SimpleCall(MsgType type, MsgType reply_type) {
+Status ClientImpl::LongCall(MsgType type, MsgType reply_type) {
+  wire::HelloReply hello;
+  auto conn = Open(/*shared_memory=*/false, &hello);
+  if (!conn.ok()) return Status::Unavailable("kvaultd is not reachable at " + opt_.address + ": " + conn.status().ToString());
+  const int fd = (*conn)->fd.get();
+  wire::SetIoTimeouts(fd, 0);
+  KVAULT_RETURN_IF_ERROR(wire::WriteFrame(fd, type, {}));
+  wire::FrameHeader h;
   std::vector<std::byte> reply;
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!EnsureConnectedLocked()) return Status::Unavailable("kvaultd is not reachable at " + opt_.address);
-  wire::SetIoTimeouts(fd_.get(), 0);
-  Status st = CallLocked(type, {}, reply_type, &reply);
-  if (fd_.get() >= 0) wire::SetIoTimeouts(fd_.get(), opt_.timeout_ms);
-  KVAULT_RETURN_IF_ERROR(st);
+  KVAULT_RETURN_IF_ERROR(wire::ReadFrame(fd, 1u << 20, &h, &reply));
   wire::StatusReply r;
   KVAULT_RETURN_IF_ERROR(wire::Decode(reply, &r));
+  if (h.type != reply_type) return r.status.ok() ? Status::Unavailable("the daemon closed the connection") : r.status;
   return r.status;
 }
 
@@ -482,17 +519,17 @@ Result<ChunkWriter> Client::BeginPut(const Namespace& ns, const ChunkKey& parent
 }
 Result<ChunkReader> Client::OpenChunk(const Namespace& ns, const ChunkKey& key) { return impl_->OpenChunk(ns, key); }
 void Client::Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts) { impl_->Hint(ns, prompts); }
-Status Client::Flush() { return impl_->SimpleCall(MsgType::kFlush, MsgType::kFlushReply); }
-void Client::WaitForPrefetch() { (void)impl_->SimpleCall(MsgType::kWaitPrefetch, MsgType::kWaitPrefetchReply); }
+Status Client::Flush() { return impl_->LongCall(MsgType::kFlush, MsgType::kFlushReply); }
+void Client::WaitForPrefetch() { (void)impl_->LongCall(MsgType::kWaitPrefetch, MsgType::kWaitPrefetchReply); }
 StoreStats Client::Stats() const { return impl_->Stats(); }
 
 bool Client::connected() const {
   std::lock_guard<std::mutex> lock(impl_->mu_);
-  return impl_->fd_.get() >= 0;
+  return impl_->conn_ != nullptr;
 }
 bool Client::shared_memory() const {
   std::lock_guard<std::mutex> lock(impl_->mu_);
-  return impl_->mapping_ != nullptr;
+  return impl_->conn_ != nullptr && impl_->conn_->base != nullptr;
 }
 uint64_t Client::reconnects() const {
   std::lock_guard<std::mutex> lock(impl_->mu_);

@@ -29,6 +29,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+constexpr int kHelloTimeoutMs = 5000;  // a new connection must say hello within this
+
 double SecondsSince(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // Counters bumped from connection threads.
@@ -94,6 +96,7 @@ class Daemon::Impl {
   std::string MetricsText() const;
   DaemonCounters Counters() const;
   int MetricsPort() const { return http_.port(); }
+  StoreStats StoreStatistics() const { return store_ ? store_->Stats() : final_stats_; }
 
   DaemonOptions opt_;
   std::unique_ptr<Store> store_owner_;
@@ -114,6 +117,16 @@ class Daemon::Impl {
   Status OnCommitPut(Connection* c, std::span<const std::byte> payload);
   Status OnOpen(Connection* c, std::span<const std::byte> payload);
   Status OnHint(Connection* c, std::span<const std::byte> payload);
+  // Replaces connection c's look-ahead window (nullopt: c is gone) and hints the store with
+  // every client's window merged: first prompts of all clients, then second ones, and so on,
+  // so that each engine's next request ranks alike. A store has one window; without the merge
+  // each engine's hint would erase the others'.
+  struct ClientWindow {
+    Namespace ns;
+    std::vector<std::vector<uint32_t>> prompts;
+    std::vector<std::vector<ChunkSpan>> full;  // each prompt's whole chunks, hashed once
+  };
+  void SetWindow(const Connection* c, std::optional<ClientWindow> w);
   // The namespace of a request, or kPermissionDenied when a bound client names another tenant.
   Result<const Namespace*> Resolve(Connection* c, const wire::WireNamespace& ns);
   bool HandlesFull(const Connection* c) const {
@@ -124,9 +137,13 @@ class Daemon::Impl {
   std::thread unix_accept_, tcp_accept_;
   std::atomic<bool> stopping_{false};
   bool stopped_ = false;
+  bool own_socket_ = false;  // this daemon bound socket_path_
+  StoreStats final_stats_;   // the store's counters when Stop() closed it
   mutable std::mutex conns_mu_;
   std::list<std::unique_ptr<Connection>> conns_;  // GUARDED_BY(conns_mu_)
   AtomicCounters counters_;
+  std::mutex windows_mu_;
+  std::unordered_map<const Connection*, ClientWindow> windows_;  // GUARDED_BY(windows_mu_)
   LatencyHistogram lookup_seconds_, open_seconds_, begin_put_seconds_, commit_seconds_;
   HttpEndpoint http_;
   uid_t uid_ = geteuid();
@@ -150,6 +167,7 @@ Status Daemon::Impl::Start() {
   auto ul = wire::ListenUnix(socket_path_, opt_.socket_mode);
   if (!ul.ok()) return ul.status();
   unix_listener_ = std::move(ul.value());
+  own_socket_ = true;  // from here on the socket file is ours to remove
   if (!opt_.tcp_listen.empty()) {
     auto tl = wire::ListenTcp(opt_.tcp_listen);
     if (!tl.ok()) return tl.status();
@@ -185,18 +203,19 @@ Status Daemon::Impl::Stop() {
     for (auto& c : conns_) shutdown(c->fd.get(), SHUT_RDWR);
     conns.swap(conns_);
   }
-  for (auto& c : conns) c->thread.join();  // each drops its pins and unfinished puts
-  conns.clear();
+  for (auto& c : conns) c->thread.join();
+  conns.clear();  // every connection's pins and unfinished puts, now that no request runs
   http_.Stop();
   Status st = Status::OK();
   if (store_owner_) {
     st = store_owner_->Flush();
+    final_stats_ = store_owner_->Stats();
     store_owner_.reset();
     store_ = nullptr;
   }
   unix_listener_.reset();
   tcp_listener_.reset();
-  if (!socket_path_.empty()) unlink(socket_path_.c_str());
+  if (own_socket_) unlink(socket_path_.c_str());  // never another daemon's
   return st;
 }
 
@@ -204,20 +223,15 @@ void Daemon::Impl::AcceptLoop(int listen_fd, bool is_unix) {
   while (!stopping_.load()) {
     int fd = accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0) {
-      if (errno == EINTR || errno == ECONNABORTED) continue;
       if (stopping_.load()) return;
-      if (errno == EMFILE || errno == ENFILE) {  // out of fds: back off rather than spin
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        continue;
-      }
-      return;
+      // Interrupted, a peer's aborted or failed connection, out of fds or memory: none of it
+      // ends the listener. Back off briefly on the ones that may repeat.
+      if (errno != EINTR && errno != ECONNABORTED) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      continue;
     }
     auto c = std::make_unique<Connection>();
     c->fd.reset(fd);
     c->is_unix = is_unix;
-    wire::SetIoTimeouts(fd, 0);
-    timeval tv{opt_.io_timeout_ms / 1000, (opt_.io_timeout_ms % 1000) * 1000};
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);  // a client that stops reading is dropped
     std::lock_guard<std::mutex> lock(conns_mu_);
     // Reap finished connections.
     for (auto it = conns_.begin(); it != conns_.end();) {
@@ -246,8 +260,12 @@ void Daemon::Impl::Serve(Connection* c) {
   ++counters_.connections_open;
   wire::FrameHeader h;
   std::vector<std::byte> payload;
+  // Until its hello, a connection gets small frames and a deadline: a peer that has not
+  // authenticated cannot make the daemon allocate or wait much.
+  wire::SetIoTimeouts(c->fd.get(), kHelloTimeoutMs);
   for (;;) {
-    Status st = wire::ReadFrame(c->fd.get(), opt_.max_message_bytes, &h, &payload);
+    const size_t limit = c->hello_done ? opt_.max_message_bytes : wire::kMaxHelloBytes;
+    Status st = wire::ReadFrame(c->fd.get(), limit, &h, &payload);
     if (st.ok() && !wire::IsRequestType(static_cast<uint16_t>(h.type))) {
       st = Status::InvalidArgument(std::string("unexpected message type ") + wire::MsgTypeName(h.type));
     }
@@ -256,22 +274,31 @@ void Daemon::Impl::Serve(Connection* c) {
     }
     if (st.ok()) {
       ++counters_.requests;
+      const bool was_hello = !c->hello_done;
       st = Dispatch(c, h.type, payload);
+      if (was_hello && c->hello_done) {  // authenticated: no read deadline (engines idle), a send one
+        wire::SetIoTimeouts(c->fd.get(), 0);
+        timeval tv{opt_.io_timeout_ms / 1000, (opt_.io_timeout_ms % 1000) * 1000};
+        setsockopt(c->fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+      }
+      if (payload.capacity() > (4u << 20)) std::vector<std::byte>().swap(payload);  // don't keep a peak
       if (st.ok()) continue;
     }
     // The peer left (kNotFound / kUnavailable from the socket) or broke the protocol.
     if (st.code() != Code::kNotFound && st.code() != Code::kUnavailable) {
-      if (st.code() == Code::kPermissionDenied) {
-        ++counters_.auth_failures;
-      } else {
-        ++counters_.protocol_errors;
-      }
+      if (st.code() != Code::kPermissionDenied) ++counters_.protocol_errors;  // auth: counted at hello
       (void)wire::WriteFrame(c->fd.get(), MsgType::kError, wire::Encode(wire::StatusReply{st}));
     }
     break;
   }
-  c->readers.clear();  // unpin
-  c->writers.clear();  // abort unfinished puts
+  // Release the connection's pins and unfinished puts, unless the daemon is stopping: then
+  // Stop() releases every connection's at once, after all connection threads are done, so
+  // that no request still running reuses pages another client may still be reading.
+  if (!stopping_.load()) {
+    c->readers.clear();
+    c->writers.clear();
+    SetWindow(c, std::nullopt);
+  }
   shutdown(c->fd.get(), SHUT_RDWR);
   --counters_.connections_open;
   c->done = true;
@@ -338,6 +365,7 @@ Status Daemon::Impl::OnHello(Connection* c, std::span<const std::byte> payload) 
     }
   }
   if (!opt_.tokens.empty() && match == nullptr) {
+    ++counters_.auth_failures;  // before the reply: a client that sees it finds it counted
     r.status = Status::PermissionDenied("unknown token");
     (void)Reply(c, MsgType::kHelloReply, wire::Encode(r));
     return r.status;
@@ -377,6 +405,9 @@ Status Daemon::Impl::OnLookup(Connection* c, std::span<const std::byte> payload)
   if (!ns.ok()) {
     r.status = ns.status();
   } else {
+    // Bounded work per request: a longer lookup answers for its head (a true, shorter prefix).
+    const size_t cap = wire::kMaxChunksPerRequest * size_t{m.ns.layout.chunk_tokens};
+    if (m.tokens.size() > cap) m.tokens.resize(cap);
     r.result = m.has_parent ? store_->LookupFrom(**ns, m.parent, m.tokens) : store_->Lookup(**ns, m.tokens);
   }
   Status st = Reply(c, MsgType::kLookupReply, wire::Encode(r));
@@ -427,6 +458,13 @@ Status Daemon::Impl::OnCommitPut(Connection* c, std::span<const std::byte> paylo
     ChunkWriter& w = it->second;
     if (c->shm) {
       if (!m.payload.empty()) r.status = Status::InvalidArgument("a shared-memory commit carries no payload");
+      // Ranges must come sorted and apart (the client merges them): each is then appended to
+      // the writer's range list in constant time, whatever the client sends.
+      for (size_t i = 1; i < m.written.size() && r.status.ok(); ++i) {
+        if (m.written[i].offset <= m.written[i - 1].offset + m.written[i - 1].size) {
+          r.status = Status::InvalidArgument("written ranges must be sorted and disjoint");
+        }
+      }
       for (const wire::Piece& p : m.written) {
         if (r.status.ok()) r.status = w.MarkWritten(p.offset, p.size);
       }
@@ -456,7 +494,11 @@ Status Daemon::Impl::OnOpen(Connection* c, std::span<const std::byte> payload) {
     ++counters_.handle_errors;
     r.status = Status::ResourceExhausted("too many open handles on this connection");
   } else if (auto rd = store_->OpenChunk(**ns, m.key); !rd.ok()) {
-    r.status = rd.status();
+    // A tenant-bound client learns only that its chunk is not cached, never why (the reason
+    // could tell it about another tenant's entry).
+    r.status = c->bound && rd.status().code() == Code::kNotFound
+                   ? Status::NotFound("chunk " + m.key.ShortHex() + " is not cached")
+                   : rd.status();
   } else {
     r.tokens = rd->tokens();
     r.tier = rd->served_from();
@@ -485,9 +527,41 @@ Status Daemon::Impl::OnHint(Connection* c, std::span<const std::byte> payload) {
   KVAULT_RETURN_IF_ERROR(wire::Decode(payload, &m));
   auto ns = Resolve(c, m.ns);
   if (!ns.ok()) return Status::OK();  // no reply to a hint; counted as a tenant violation
-  std::vector<std::span<const uint32_t>> prompts(m.prompts.begin(), m.prompts.end());
-  store_->Hint(**ns, prompts);
+  // Bounded work per hint: the window's head, up to kMaxChunksPerRequest chunks in all.
+  size_t budget = wire::kMaxChunksPerRequest * size_t{m.ns.layout.chunk_tokens};
+  ClientWindow w{**ns, {}, {}};
+  for (auto& p : m.prompts) {
+    if (budget == 0) break;
+    p.resize(std::min(p.size(), budget));
+    budget -= p.size();
+    w.full.push_back(ChunkKeys(w.ns, p, /*include_partial=*/false));
+    w.prompts.push_back(std::move(p));
+  }
+  SetWindow(c, std::move(w));
   return Status::OK();
+}
+
+void Daemon::Impl::SetWindow(const Connection* c, std::optional<ClientWindow> w) {
+  std::lock_guard<std::mutex> lock(windows_mu_);
+  if (w) {
+    windows_.insert_or_assign(c, std::move(*w));
+  } else if (windows_.erase(c) == 0) {
+    return;  // it never hinted: nothing changes
+  }
+  std::vector<HintPrompt> merged;
+  size_t chunks = 0;
+  for (size_t depth = 0;; ++depth) {
+    bool any = false;
+    for (const auto& [conn, cw] : windows_) {
+      if (depth >= cw.prompts.size()) continue;
+      any = true;
+      chunks += cw.full[depth].size();
+      if (chunks > 4 * wire::kMaxChunksPerRequest) break;  // the merged window's cap
+      merged.push_back({&cw.ns, cw.prompts[depth], &cw.full[depth]});
+    }
+    if (!any || chunks > 4 * wire::kMaxChunksPerRequest) break;
+  }
+  store_->Hint(merged);
 }
 
 DaemonCounters Daemon::Impl::Counters() const {
@@ -545,7 +619,7 @@ const std::string& Daemon::socket_path() const { return impl_->socket_path_; }
 int Daemon::tcp_port() const { return impl_->tcp_port_; }
 int Daemon::metrics_port() const { return impl_->opt_.metrics_port >= 0 ? impl_->MetricsPort() : -1; }
 DaemonCounters Daemon::Counters() const { return impl_->Counters(); }
-StoreStats Daemon::StoreStatistics() const { return impl_->store_ ? impl_->store_->Stats() : StoreStats{}; }
+StoreStats Daemon::StoreStatistics() const { return impl_->StoreStatistics(); }
 std::string Daemon::MetricsText() const { return impl_->MetricsText(); }
 
 }  // namespace kvault

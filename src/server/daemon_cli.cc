@@ -30,7 +30,11 @@ int RunDaemon(DaemonFlags& f) {
   DaemonOptions o = f.d;
   o.store.dram_bytes = static_cast<uint64_t>(f.dram_gib * (1ull << 30));
   o.store.ssd_bytes = static_cast<uint64_t>(f.ssd_gib * (1ull << 30));
-  o.max_message_bytes = f.max_message_mib << 20;
+  if (f.max_message_mib == 0 || f.max_message_mib > 1024) {
+    std::cerr << "kvaultd: --max-message-mib must be in 1..1024\n";
+    return 2;
+  }
+  o.max_message_bytes = static_cast<uint32_t>(uint64_t{f.max_message_mib} << 20);
   o.store.cluster.kind = f.cluster_kind;
   o.store.cluster.redis_seeds = f.redis_seeds;
   o.store.cluster.budget_bytes = static_cast<uint64_t>(f.t3_budget_gib * (1ull << 30));

@@ -5,10 +5,10 @@
 namespace kvault::wire {
 namespace {
 
-// Bounds of what a request may carry beyond the frame limit itself.
-constexpr size_t kMaxTokens = 1u << 24;      // tokens in one lookup / put / prompt
-constexpr size_t kMaxPrompts = 4096;         // prompts in one hint
-constexpr size_t kMaxPieces = 1u << 20;      // pieces of one chunk
+// Bounds of what a message may carry beyond the frame limit itself (protocol.h).
+constexpr size_t kMaxTokens = kMaxTokensPerRequest;
+constexpr size_t kMaxPrompts = kMaxPromptsPerHint;
+constexpr size_t kMaxPieces = kMaxPiecesPerMessage;
 constexpr size_t kMaxChunks = 1u << 20;      // chunks in one lookup reply
 
 void PutStatus(WireWriter& w, const Status& st) {

@@ -37,6 +37,13 @@ inline constexpr size_t kMaxTenantBytes = 256;
 inline constexpr size_t kMaxTokenBytes = 4096;
 inline constexpr size_t kMaxMessageBytes = 1ull << 30;  // the hard ceiling of any limit
 inline constexpr size_t kMaxErrorMessageBytes = 4096;
+// Per-request caps (beyond the frame limit) that keep the daemon's work per message bounded.
+inline constexpr size_t kMaxTokensPerRequest = 1u << 24;  // tokens in a lookup / a hint's prompts
+inline constexpr size_t kMaxChunksPerRequest = 1u << 16;  // whole chunks a lookup or hint covers
+inline constexpr size_t kMaxPromptsPerHint = 4096;
+inline constexpr size_t kMaxPiecesPerMessage = 1u << 20;
+// The largest frame a connection may send before its hello.
+inline constexpr size_t kMaxHelloBytes = 64u << 10;
 
 enum class MsgType : uint16_t {
   kError = 1,  // daemon -> client: the connection is being closed; payload: status

@@ -31,6 +31,8 @@ class EmbeddedStore final : public Store {
   void Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts) override {
     impl_->Hint(ns, prompts);
   }
+  // A window merged from several clients' (kvaultd), prompts of any namespaces.
+  void Hint(std::span<const HintPrompt> prompts) { impl_->Hint(prompts); }
   Status Flush() override { return impl_->Flush(); }
   void WaitForPrefetch() override { impl_->WaitForPrefetch(); }
   StoreStats Stats() const override { return impl_->Stats(); }

@@ -1,5 +1,6 @@
 #include "store/host_arena.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -15,7 +16,7 @@ Result<std::pair<void*, int>> MapShared(uint64_t bytes, bool huge_pages, bool* h
   int fd = -1;
   *huge = false;
   if (huge_pages && bytes % (2u << 20) == 0) {
-    fd = memfd_create("kvault-t1", MFD_CLOEXEC | MFD_HUGETLB);
+    fd = memfd_create("kvault-t1", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB);
     if (fd >= 0 && ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
       close(fd);
       fd = -1;
@@ -23,13 +24,19 @@ Result<std::pair<void*, int>> MapShared(uint64_t bytes, bool huge_pages, bool* h
     *huge = fd >= 0;
   }
   if (fd < 0) {
-    fd = memfd_create("kvault-t1", MFD_CLOEXEC);
+    fd = memfd_create("kvault-t1", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) return Status::FromErrno(errno, "memfd_create for the shared dram arena");
     if (ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
       Status st = Status::FromErrno(errno, "size the shared dram arena");
       close(fd);
       return st;
     }
+  }
+  // Sealed at its size: a process it is shared with cannot shrink it under the store (SIGBUS).
+  if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+    Status st = Status::FromErrno(errno, "seal the shared dram arena");
+    close(fd);
+    return st;
   }
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (p == MAP_FAILED && *huge) {  // reserved huge pages ran out: plain pages

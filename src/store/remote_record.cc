@@ -4,6 +4,13 @@
 
 namespace kvault {
 
+ChunkKey ClusterKey(const Digest& ns_id, const ChunkKey& key) {
+  std::byte both[64];
+  std::memcpy(both, ns_id.bytes.data(), 32);
+  std::memcpy(both + 32, key.bytes.data(), 32);
+  return Sha256(std::span<const std::byte>(both));
+}
+
 std::vector<std::byte> EncodeRemoteRecord(const RecordHeader& h,
                                           std::span<const std::span<const std::byte>> payload) {
   std::vector<std::byte> out(kHeaderBytes + h.payload_bytes);

@@ -15,6 +15,11 @@
 
 namespace kvault {
 
+// The name of chunk `key` of namespace `ns_id` in the cluster tier: SHA-256(ns_id || key). A
+// client asking for another namespace's chunk key under its own namespace names a value that
+// does not exist, so it learns nothing (and fetches nothing) from the shared tier.
+ChunkKey ClusterKey(const Digest& ns_id, const ChunkKey& key);
+
 // Header then the payload's pieces, concatenated. REQUIRES: the pieces add up to
 // h.payload_bytes and h.payload_checksum is their checksum.
 std::vector<std::byte> EncodeRemoteRecord(const RecordHeader& h,

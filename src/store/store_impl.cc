@@ -1,6 +1,7 @@
 #include "store/store_impl.h"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <optional>
 
@@ -14,6 +15,7 @@ namespace {
 bool SameNamespace(const Entry& e, const Namespace& ns) { return e.ns_id == ns.id() && e.layout == ns.layout(); }
 
 uint64_t RecordBytes(const Entry& e) { return kBlockBytes + RoundUpToBlock(e.bytes); }
+
 
 // A ChunkWriter's way into an uncommitted entry's T1 pages (pinned by the writer).
 class StoreWriterBackend final : public ChunkWriterBackend {
@@ -247,7 +249,7 @@ LookupResult StoreImpl::Lookup(const Namespace& ns, const ChunkKey& first_parent
     const size_t from = chunks.size();
     std::vector<ChunkKey> keys;
     keys.reserve(full.size() - from);
-    for (size_t j = from; j < full.size(); ++j) keys.push_back(full[j].key);
+    for (size_t j = from; j < full.size(); ++j) keys.push_back(ClusterKey(ns.id(), full[j].key));
     lock.unlock();
     std::vector<bool> in_t3 = remote_->Contains(keys);
     in_t3.resize(keys.size(), false);  // a short answer: the rest are not held
@@ -696,7 +698,7 @@ std::optional<Result<ChunkReader>> StoreImpl::FetchFromClusterLocked(std::unique
     progress_cv_.notify_all();
   };
   lock.unlock();
-  Result<std::vector<std::byte>> value = remote_->Get(key);
+  Result<std::vector<std::byte>> value = remote_->Get(ClusterKey(ns.id(), key));
   RecordHeader h;
   std::span<const std::byte> payload;
   Status st = value.ok() ? CheckClusterValue(value.value(), ns, key, &h, &payload) : value.status();
@@ -807,7 +809,7 @@ void StoreImpl::ClusterWriterLoop() {
 Status StoreImpl::PublishLocked(std::unique_lock<std::mutex>& lock, Entry* e) {
   // Pinned only while its record is copied out: never across the network call.
   ++e->pins;
-  const ChunkKey key = e->key;
+  const ChunkKey key = ClusterKey(e->ns_id, e->key);
   RecordHeader h = HeaderOf(*e);
   const bool hash = !e->checksum_valid;
   const uint64_t payload_bytes = e->bytes;
@@ -849,6 +851,13 @@ void StoreImpl::Hint(const Namespace& ns, const std::vector<std::span<const uint
   std::vector<std::vector<ChunkSpan>> full;  // whole chunks, hashed outside the lock
   full.reserve(prompts.size());
   for (std::span<const uint32_t> p : prompts) full.push_back(ChunkKeys(ns, p, /*include_partial=*/false));
+  std::vector<HintPrompt> window;
+  window.reserve(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) window.push_back({&ns, prompts[i], &full[i]});
+  Hint(window);
+}
+
+void StoreImpl::Hint(std::span<const HintPrompt> prompts) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.hints;
@@ -857,13 +866,15 @@ void StoreImpl::Hint(const Namespace& ns, const std::vector<std::span<const uint
     std::vector<std::vector<CachedChunk>> cached(prompts.size());
     std::vector<std::vector<ChunkKey>> chains(prompts.size());
     for (size_t i = 0; i < prompts.size(); ++i) {
-      cached[i] = CachedPrefixLocked(ns, ns.id(), prompts[i], full[i]);
+      const Namespace& ns = *prompts[i].ns;
+      const std::vector<ChunkSpan>& full = *prompts[i].full;
+      cached[i] = CachedPrefixLocked(ns, ns.id(), prompts[i].tokens, full);
       size_t whole = 0;
       for (const CachedChunk& c : cached[i]) {
         chains[i].push_back(c.key);
         whole += c.tokens == ns.layout().chunk_tokens;
       }
-      for (size_t j = whole; j < full[i].size(); ++j) chains[i].push_back(full[i][j].key);
+      for (size_t j = whole; j < full.size(); ++j) chains[i].push_back(full[j].key);
     }
     for (const ChunkKey& k : window_.Set(chains)) {
       auto it = index_.find(k);

@@ -29,6 +29,14 @@
 
 namespace kvault {
 
+// One prompt of a look-ahead window: its namespace, tokens and whole chunks
+// (ChunkKeys(*ns, tokens, false)). The pointers must outlive the Hint call.
+struct HintPrompt {
+  const Namespace* ns;
+  std::span<const uint32_t> tokens;
+  const std::vector<ChunkSpan>* full;
+};
+
 class StoreImpl {
  public:
   static Result<std::unique_ptr<StoreImpl>> Open(const StoreOptions& options);
@@ -40,6 +48,9 @@ class StoreImpl {
   Result<ChunkReader> OpenChunk(const Namespace& ns, const ChunkKey& key);
   Status Flush();
   void Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts);
+  // The same for a window whose prompts may be of different namespaces (kvaultd merges its
+  // clients' windows), with each prompt's whole chunks already hashed.
+  void Hint(std::span<const HintPrompt> prompts);
   void WaitForPrefetch();
   StoreStats Stats() const;
   // The cluster tier's own counters; nullopt when T3 is off.
