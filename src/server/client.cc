@@ -21,6 +21,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// How long a request waits for its reply awake before it sleeps: most replies (a lookup, an
+// open) come back within this.
+constexpr int kReplySpinUs = 50;
+
 // One connection to the daemon and, with shared memory, its T1 mapped into this process.
 // The handles (readers, writers) opened on a connection share it: its socket stays open, so
 // the daemon keeps their pins and slots, and the mapping stays valid, until the last handle
@@ -315,6 +319,7 @@ Status ClientImpl::CallLocked(MsgType type, const std::vector<std::byte>& payloa
                               std::vector<std::byte>* reply) {
   KVAULT_RETURN_IF_ERROR(SendLocked(type, payload));
   wire::FrameHeader h;
+  wire::SpinUntilReadable(conn_->fd.get(), kReplySpinUs);
   Status st = wire::ReadFrame(conn_->fd.get(), max_message_, &h, reply);
   if (st.ok() && h.type == MsgType::kError) {
     wire::StatusReply e;

@@ -30,6 +30,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr int kHelloTimeoutMs = 5000;  // a new connection must say hello within this
+constexpr int kNextRequestSpinUs = 30;  // awake after a reply, waiting for the next request
 
 double SecondsSince(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
@@ -265,6 +266,7 @@ void Daemon::Impl::Serve(Connection* c) {
   wire::SetIoTimeouts(c->fd.get(), kHelloTimeoutMs);
   for (;;) {
     const size_t limit = c->hello_done ? opt_.max_message_bytes : wire::kMaxHelloBytes;
+    wire::SpinUntilReadable(c->fd.get(), kNextRequestSpinUs);  // engines send bursts (lookup, opens)
     Status st = wire::ReadFrame(c->fd.get(), limit, &h, &payload);
     if (st.ok() && !wire::IsRequestType(static_cast<uint16_t>(h.type))) {
       st = Status::InvalidArgument(std::string("unexpected message type ") + wire::MsgTypeName(h.type));

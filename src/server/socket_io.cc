@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 namespace kvault::wire {
@@ -212,6 +213,13 @@ long PeerUid(int fd) {
   socklen_t len = sizeof cred;
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
   return static_cast<long>(cred.uid);
+}
+
+void SpinUntilReadable(int fd, int spin_us) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
+  pollfd p{fd, POLLIN, 0};
+  while (poll(&p, 1, 0) == 0 && std::chrono::steady_clock::now() < deadline) {
+  }
 }
 
 Status WriteFrame(int fd, MsgType type, std::span<const std::byte> payload, int pass_fd) {

@@ -42,6 +42,12 @@ void SetIoTimeouts(int fd, int timeout_ms);
 // The uid of a Unix socket's peer, or -1.
 long PeerUid(int fd);
 
+// Polls `fd` for input without sleeping for up to `spin_us` microseconds; returns early when
+// input is there. Called before a blocking read that is likely to be satisfied soon (a
+// reply, a client's next request in a burst): a thread that sleeps must be woken, which costs
+// tens of microseconds in a virtual machine whose idle vCPU halts.
+void SpinUntilReadable(int fd, int spin_us);
+
 // Writes one frame; `pass_fd` >= 0 travels with it (SCM_RIGHTS, Unix sockets only).
 Status WriteFrame(int fd, MsgType type, std::span<const std::byte> payload, int pass_fd = -1);
 // Reads one frame whose payload is at most max_payload bytes. `received_fd`, when given,
