@@ -74,11 +74,11 @@ class RedisTier final : public RemoteTier {
 
   Status Put(const ChunkKey& key, std::span<const std::byte> record) override {
     if (record.empty() || record.size() > kMaxValueBytes) {
-      errors_.fetch_add(1, std::memory_order_relaxed);
+      counters_.errors.fetch_add(1, std::memory_order_relaxed);
       return Status::InvalidArgument("redis tier: value of " + std::to_string(record.size()) + " bytes");
     }
     if (options_.budget_bytes != 0 && record.size() > options_.budget_bytes) {
-      errors_.fetch_add(1, std::memory_order_relaxed);
+      counters_.errors.fetch_add(1, std::memory_order_relaxed);
       return Status::NoSpace("redis tier: value larger than the budget");
     }
     const std::string head = RedisHeadKey(options_.key_prefix, key);
@@ -99,27 +99,27 @@ class RedisTier final : public RemoteTier {
       CountFailure(st);
       return st;
     }
-    puts_.fetch_add(1, std::memory_order_relaxed);
-    bytes_put_.fetch_add(record.size(), std::memory_order_relaxed);
+    counters_.puts.fetch_add(1, std::memory_order_relaxed);
+    counters_.bytes_put.fetch_add(record.size(), std::memory_order_relaxed);
     return st;
   }
 
   Result<std::vector<std::byte>> Get(const ChunkKey& key) override {
-    gets_.fetch_add(1, std::memory_order_relaxed);
+    counters_.gets.fetch_add(1, std::memory_order_relaxed);
     const std::string head = RedisHeadKey(options_.key_prefix, key);
     auto value = Read(key, head);
     if (!value.ok()) {
       if (value.status().code() != Code::kNotFound) CountFailure(value.status());
       return value;
     }
-    get_hits_.fetch_add(1, std::memory_order_relaxed);
-    bytes_got_.fetch_add(value->size(), std::memory_order_relaxed);
+    counters_.get_hits.fetch_add(1, std::memory_order_relaxed);
+    counters_.bytes_got.fetch_add(value->size(), std::memory_order_relaxed);
     Touch(key);
     return value;
   }
 
   std::vector<bool> Contains(std::span<const ChunkKey> keys) override {
-    contains_queries_.fetch_add(keys.size(), std::memory_order_relaxed);
+    counters_.contains_queries.fetch_add(keys.size(), std::memory_order_relaxed);
     std::vector<std::string> heads;
     heads.reserve(keys.size());
     for (const ChunkKey& key : keys) heads.push_back(RedisHeadKey(options_.key_prefix, key));
@@ -134,23 +134,14 @@ class RedisTier final : public RemoteTier {
       } else if (replies[i]->type == RedisReply::Type::kInteger) {
         present[i] = replies[i]->integer == 1;
       } else {
-        errors_.fetch_add(1, std::memory_order_relaxed);
+        counters_.errors.fetch_add(1, std::memory_order_relaxed);
       }
     }
     return present;
   }
 
   RemoteTierStats Stats() const override {
-    RemoteTierStats s;
-    s.puts = puts_.load(std::memory_order_relaxed);
-    s.bytes_put = bytes_put_.load(std::memory_order_relaxed);
-    s.gets = gets_.load(std::memory_order_relaxed);
-    s.get_hits = get_hits_.load(std::memory_order_relaxed);
-    s.bytes_got = bytes_got_.load(std::memory_order_relaxed);
-    s.contains_queries = contains_queries_.load(std::memory_order_relaxed);
-    s.evictions = evictions_.load(std::memory_order_relaxed);
-    s.errors = errors_.load(std::memory_order_relaxed);
-    s.timeouts = timeouts_.load(std::memory_order_relaxed);
+    RemoteTierStats s = counters_.Snapshot();
     s.capacity_bytes = options_.budget_bytes;
     std::lock_guard<std::mutex> lock(mu_);
     s.used_bytes = used_bytes_;
@@ -322,7 +313,7 @@ class RedisTier final : public RemoteTier {
     while (options_.budget_bytes != 0 && used_bytes_ > options_.budget_bytes && lru_.front().key != key) {
       victims->push_back(lru_.front());
       EraseLocked(lru_.front().key);
-      evictions_.fetch_add(1, std::memory_order_relaxed);
+      counters_.evictions.fetch_add(1, std::memory_order_relaxed);
     }
     return ticket;
   }
@@ -377,8 +368,8 @@ class RedisTier final : public RemoteTier {
   }
 
   void CountFailure(const Status& st) {
-    errors_.fetch_add(1, std::memory_order_relaxed);
-    if (IsRedisTimeout(st)) timeouts_.fetch_add(1, std::memory_order_relaxed);
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    if (IsRedisTimeout(st)) counters_.timeouts.fetch_add(1, std::memory_order_relaxed);
   }
 
   const RedisTierOptions options_;
@@ -391,8 +382,7 @@ class RedisTier final : public RemoteTier {
   uint64_t used_bytes_ = 0;                                           // GUARDED_BY(mu_)
   uint64_t next_ticket_ = 1;                                          // GUARDED_BY(mu_)
 
-  std::atomic<uint64_t> puts_{0}, bytes_put_{0}, gets_{0}, get_hits_{0}, bytes_got_{0};
-  std::atomic<uint64_t> contains_queries_{0}, evictions_{0}, errors_{0}, timeouts_{0};
+  RemoteTierCounters counters_;
 };
 
 }  // namespace

@@ -10,6 +10,7 @@
 // Thread-safety: every method may be called from any thread at once.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -31,6 +32,27 @@ struct RemoteTierStats {
   uint64_t timeouts = 0;           // of which: deadline exceeded
   uint64_t used_bytes = 0;         // bytes this client believes it holds (its budget's use)
   uint64_t capacity_bytes = 0;     // its budget; 0 = unlimited
+};
+
+// The counting half of RemoteTierStats as atomics, for a backend to bump from any thread.
+struct RemoteTierCounters {
+  std::atomic<uint64_t> puts{0}, bytes_put{0}, gets{0}, get_hits{0}, bytes_got{0};
+  std::atomic<uint64_t> contains_queries{0}, evictions{0}, errors{0}, timeouts{0};
+
+  // The counters now (used_bytes and capacity_bytes are the backend's to fill in).
+  RemoteTierStats Snapshot() const {
+    RemoteTierStats s;
+    s.puts = puts.load(std::memory_order_relaxed);
+    s.bytes_put = bytes_put.load(std::memory_order_relaxed);
+    s.gets = gets.load(std::memory_order_relaxed);
+    s.get_hits = get_hits.load(std::memory_order_relaxed);
+    s.bytes_got = bytes_got.load(std::memory_order_relaxed);
+    s.contains_queries = contains_queries.load(std::memory_order_relaxed);
+    s.evictions = evictions.load(std::memory_order_relaxed);
+    s.errors = errors.load(std::memory_order_relaxed);
+    s.timeouts = timeouts.load(std::memory_order_relaxed);
+    return s;
+  }
 };
 
 class RemoteTier {

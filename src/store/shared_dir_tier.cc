@@ -216,7 +216,7 @@ Status SharedDirTier::CheckWritable() {
 }
 
 Status SharedDirTier::CountError(Status st) {
-  errors_.fetch_add(1, std::memory_order_relaxed);
+  counters_.errors.fetch_add(1, std::memory_order_relaxed);
   return st;
 }
 
@@ -276,7 +276,7 @@ Status SharedDirTier::Put(const ChunkKey& key, std::span<const std::byte> record
   }
   Status st = Publish(key, record);
   if (!st.ok()) return CountError(std::move(st));
-  puts_.fetch_add(1, std::memory_order_relaxed);
+  counters_.puts.fetch_add(1, std::memory_order_relaxed);
   NoteBytesPut(record.size());
   if (!options_.background_gc) MaybeCollectInline();
   return Status::OK();
@@ -299,7 +299,7 @@ void SharedDirTier::RemoveIfExpired(const std::string& path, uint64_t ino) {
 }
 
 Result<std::vector<std::byte>> SharedDirTier::Get(const ChunkKey& key) {
-  gets_.fetch_add(1, std::memory_order_relaxed);
+  counters_.gets.fetch_add(1, std::memory_order_relaxed);
   const std::string path = ValuePath(root_, key);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -321,19 +321,19 @@ Result<std::vector<std::byte>> SharedDirTier::Get(const ChunkKey& key) {
   std::vector<std::byte> value(size);
   Status st_read = ReadAll(fd, &value, path);
   if (!st_read.ok()) return st_read.code() == Code::kNotFound ? st_read : CountError(std::move(st_read));
-  get_hits_.fetch_add(1, std::memory_order_relaxed);
-  bytes_got_.fetch_add(size, std::memory_order_relaxed);
+  counters_.get_hits.fetch_add(1, std::memory_order_relaxed);
+  counters_.bytes_got.fetch_add(size, std::memory_order_relaxed);
   return value;
 }
 
 std::vector<bool> SharedDirTier::Contains(std::span<const ChunkKey> keys) {
-  contains_queries_.fetch_add(keys.size(), std::memory_order_relaxed);
+  counters_.contains_queries.fetch_add(keys.size(), std::memory_order_relaxed);
   std::vector<bool> found(keys.size(), false);
   for (size_t i = 0; i < keys.size(); ++i) {
     const std::string path = ValuePath(root_, keys[i]);
     struct stat st;
     if (::stat(path.c_str(), &st) != 0) {
-      if (!IsGoneErrno(errno)) errors_.fetch_add(1, std::memory_order_relaxed);
+      if (!IsGoneErrno(errno)) counters_.errors.fetch_add(1, std::memory_order_relaxed);
       continue;
     }
     if (!S_ISREG(st.st_mode)) continue;
@@ -350,11 +350,11 @@ std::vector<bool> SharedDirTier::Contains(std::span<const ChunkKey> keys) {
 // Budget: the estimate and the garbage collector.
 
 uint64_t SharedDirTier::EstimateLocked() const {
-  return scanned_bytes_ + (put_bytes_.load(std::memory_order_relaxed) - put_bytes_at_scan_);
+  return scanned_bytes_ + (counters_.bytes_put.load(std::memory_order_relaxed) - put_bytes_at_scan_);
 }
 
 void SharedDirTier::NoteBytesPut(uint64_t bytes) {
-  put_bytes_.fetch_add(bytes, std::memory_order_relaxed);
+  counters_.bytes_put.fetch_add(bytes, std::memory_order_relaxed);
   if (options_.budget_bytes == 0) return;
   bool wake = false;
   {
@@ -421,12 +421,12 @@ SharedDirGcStats SharedDirTier::GcStats() const {
 }
 
 Status SharedDirTier::RunGcPassLocked() {
-  const uint64_t put_mark = put_bytes_.load(std::memory_order_relaxed);
+  const uint64_t put_mark = counters_.bytes_put.load(std::memory_order_relaxed);
   const int64_t now_ns = WallNowNs();
   const int64_t stale_ns = static_cast<int64_t>(options_.stale_temp_seconds) * kNanosPerSecond;
   Status first_error;
   auto note_error = [&](int err, const std::string& what) {
-    errors_.fetch_add(1, std::memory_order_relaxed);
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
     if (first_error.ok()) first_error = Status::FromErrno(err, what);
   };
 
@@ -496,7 +496,7 @@ Status SharedDirTier::RunGcPassLocked() {
       // Republished since the scan: it is new now, and the old bytes are gone.
       if (st.st_ino != c.ino || MtimeNs(st) != c.mtime_ns) continue;
       if (::unlink(path.c_str()) == 0) {
-        evictions_.fetch_add(1, std::memory_order_relaxed);
+        counters_.evictions.fetch_add(1, std::memory_order_relaxed);
         total -= std::min(total, c.bytes);
       } else if (IsGoneErrno(errno)) {
         total -= std::min(total, c.bytes);
@@ -519,16 +519,7 @@ Status SharedDirTier::RunGcPassLocked() {
 }
 
 RemoteTierStats SharedDirTier::Stats() const {
-  RemoteTierStats s;
-  s.puts = puts_.load(std::memory_order_relaxed);
-  s.bytes_put = put_bytes_.load(std::memory_order_relaxed);
-  s.gets = gets_.load(std::memory_order_relaxed);
-  s.get_hits = get_hits_.load(std::memory_order_relaxed);
-  s.bytes_got = bytes_got_.load(std::memory_order_relaxed);
-  s.contains_queries = contains_queries_.load(std::memory_order_relaxed);
-  s.evictions = evictions_.load(std::memory_order_relaxed);
-  s.errors = errors_.load(std::memory_order_relaxed);
-  s.timeouts = 0;  // file system calls take no deadline
+  RemoteTierStats s = counters_.Snapshot();  // timeouts stay 0: file system calls take no deadline
   s.capacity_bytes = options_.budget_bytes;
   std::lock_guard<std::mutex> l(mu_);
   s.used_bytes = EstimateLocked();

@@ -142,9 +142,8 @@ class SharedDirTier final : public RemoteTier {
   std::atomic<bool> stop_requested_{false};  // lets a long pass end early at shutdown
   std::thread gc_thread_;
 
-  std::atomic<uint64_t> put_bytes_{0};  // bytes of every successful Put, ever
-  std::atomic<uint64_t> puts_{0}, gets_{0}, get_hits_{0}, bytes_got_{0}, contains_queries_{0};
-  std::atomic<uint64_t> evictions_{0}, errors_{0}, expired_{0};
+  RemoteTierCounters counters_;  // bytes_put: of every successful Put, ever
+  std::atomic<uint64_t> expired_{0};
 };
 
 // The tier as the store sees it.
