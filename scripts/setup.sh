@@ -8,6 +8,7 @@ PACKAGES=(
   liburing-dev libssl-dev libxxhash-dev nlohmann-json3-dev libcli11-dev libtomlplusplus-dev
   libgtest-dev libtorch-dev libopenblas0-pthread
   libhiredis-dev redis-server redis-tools libcpp-httplib-dev
+  libpcre2-dev
 )
 
 missing=()
