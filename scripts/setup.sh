@@ -11,18 +11,30 @@ PACKAGES=(
   libpcre2-dev
 )
 
+# Python packages the tests use: the `openai` client talks to `kvault serve`.
+PYTHON_PACKAGES=(openai)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+if ! python3 -m pip --version > /dev/null 2>&1; then missing+=(python3-pip); fi
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "setup: all packages present"
-  exit 0
+  echo "setup: all Debian packages present"
+else
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-echo "setup: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+for p in "${PYTHON_PACKAGES[@]}"; do
+  if ! python3 -c "import $p" > /dev/null 2>&1; then
+    echo "setup: pip install $p"
+    # Debian's own Python refuses pip outside a venv unless told (PEP 668).
+    python3 -m pip install --quiet "$p" 2>/dev/null || python3 -m pip install --quiet --break-system-packages "$p"
+  fi
+done

@@ -10,6 +10,7 @@ void AddBenchCommand(CLI::App& app);    // kvault bench store
 void AddInspectCommand(CLI::App& app);  // kvault inspect DIR
 void AddDemoCommand(CLI::App& app);     // kvault demo
 void AddReplayCommand(CLI::App& app);   // kvault replay --trace FILE
+void AddServeCommand(CLI::App& app);    // kvault serve --model DIR | --random-model tiny
 int ExitCode();
 void SetExitCode(int code);
 

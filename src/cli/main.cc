@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   kvault::cli::AddInspectCommand(app);
   kvault::cli::AddDemoCommand(app);
   kvault::cli::AddReplayCommand(app);
+  kvault::cli::AddServeCommand(app);
   int daemon_exit = 0;
   CLI::App* daemon = app.add_subcommand("daemon", "kvaultd: the node's shared store, in the foreground until SIGTERM");
   kvault::AddDaemonFlags(*daemon, &daemon_exit);

@@ -112,6 +112,8 @@ KvLayout LayoutFor(const ModelConfig& config, torch::ScalarType dtype, int64_t c
 
 // One request from admission to its last token.
 struct Sequence {
+  explicit Sequence(Namespace n) : ns(std::move(n)) {}
+  const Namespace ns;  // the store namespace of its tenant
   uint64_t id = 0;
   std::vector<uint32_t> orig;  // the original token stream: prompt, then fed generated tokens
   SamplingParams params;
@@ -143,6 +145,8 @@ struct Engine::Impl {
   std::vector<CachedChunk> CachedPages(const Sequence& s, int64_t dropped);
   void DecodeStep();
   void Finish(Sequence& s);
+  // After s.next_token joined the output: streams it, and decides whether s stops.
+  void Emitted(Sequence& s);
   uint32_t Sample(Sequence& s, const torch::Tensor& logits);
   void ScheduleSave(Sequence& s, int64_t from, int64_t to, std::shared_ptr<LayerProgress> computed);
 
@@ -198,7 +202,7 @@ Status Engine::Impl::Prefill(Sequence& s) {
     const std::vector<CachedChunk> page_chunks = CachedPages(s, dropped);
     for (size_t j = 0; j < page_chunks.size() && static_cast<int64_t>(j) * c < m; ++j) {
       const CachedChunk& ch = page_chunks[j];
-      auto r = opt.store->OpenChunk(ns, ch.key);
+      auto r = opt.store->OpenChunk(s.ns, ch.key);
       if (!r.ok()) break;  // gone or unreadable since the lookup: recompute from here
       const int64_t t = std::min<int64_t>(ch.tokens, m - static_cast<int64_t>(j) * c);
       served.emplace_back(r->served_from(), t);
@@ -225,7 +229,7 @@ Status Engine::Impl::Prefill(Sequence& s) {
   if (readers->empty()) {
     loaded->Set(layers);
   } else {
-    const KvLayout layout = ns.layout();
+    const KvLayout layout = s.ns.layout();
     KvPool* p = &pool;
     loader.Post([readers, loaded, layout, p, layers] {
       for (int64_t l = 0; l < layers; ++l) {
@@ -286,9 +290,7 @@ Status Engine::Impl::Prefill(Sequence& s) {
   s.result.output_tokens.push_back(s.next_token);
   s.result.ttft_ms = MsSince(s.submitted);
   s.result.prompt_logits = logits;
-  auto& stop = s.params.stop_tokens;
-  s.stopped = std::find(stop.begin(), stop.end(), s.next_token) != stop.end() ||
-              static_cast<int64_t>(s.result.output_tokens.size()) >= s.params.max_new_tokens;
+  Emitted(s);
   return Status::OK();
 }
 
@@ -298,13 +300,13 @@ Status Engine::Impl::Prefill(Sequence& s) {
 std::vector<CachedChunk> Engine::Impl::CachedPages(const Sequence& s, int64_t dropped) {
   const int64_t c = opt.chunk_tokens;
   const std::span<const uint32_t> orig(s.orig);
-  if (dropped == 0) return opt.store->Lookup(ns, orig).chunks;
+  if (dropped == 0) return opt.store->Lookup(s.ns, orig).chunks;
   const int64_t head = s.head_chunks * c, tail = head + dropped;
   std::vector<CachedChunk> pages;
-  if (head > 0) pages = opt.store->Lookup(ns, orig.first(head)).chunks;
+  if (head > 0) pages = opt.store->Lookup(s.ns, orig.first(head)).chunks;
   if (static_cast<int64_t>(pages.size()) != s.head_chunks) return pages;  // the head is not all cached
-  const ChunkKey parent = ChunkKeys(ns, orig.first(tail), /*include_partial=*/false).back().key;
-  auto rest = opt.store->LookupFrom(ns, parent, orig.subspan(tail)).chunks;
+  const ChunkKey parent = ChunkKeys(s.ns, orig.first(tail), /*include_partial=*/false).back().key;
+  auto rest = opt.store->LookupFrom(s.ns, parent, orig.subspan(tail)).chunks;
   pages.insert(pages.end(), rest.begin(), rest.end());
   return pages;
 }
@@ -320,7 +322,7 @@ void Engine::Impl::ScheduleSave(Sequence& s, int64_t from, int64_t to, std::shar
   if (last < first) return;
   // Chain keys of the original stream up to the last chunk's parent.
   const int64_t last_oc = s.OrigChunk(last);
-  auto keys = ChunkKeys(ns, std::span(s.orig).first(static_cast<size_t>(last_oc * c)), /*include_partial=*/false);
+  auto keys = ChunkKeys(s.ns, std::span(s.orig).first(static_cast<size_t>(last_oc * c)), /*include_partial=*/false);
   struct Item {
     ChunkWriter writer;
     int32_t page;
@@ -330,14 +332,14 @@ void Engine::Impl::ScheduleSave(Sequence& s, int64_t from, int64_t to, std::shar
   for (int64_t j = first; j <= last; ++j) {
     const int64_t oc = s.OrigChunk(j);
     const auto t = static_cast<uint32_t>(std::min(c, to - j * c));
-    const ChunkKey parent = oc == 0 ? ns.id() : keys[oc - 1].key;
-    auto w = opt.store->BeginPut(ns, parent, std::span(s.orig).subspan(static_cast<size_t>(oc * c), t));
+    const ChunkKey parent = oc == 0 ? s.ns.id() : keys[oc - 1].key;
+    auto w = opt.store->BeginPut(s.ns, parent, std::span(s.orig).subspan(static_cast<size_t>(oc * c), t));
     if (!w.ok()) break;  // T1 full of pinned chunks: later chunks would be unreachable anyway
     if (w->exists()) continue;
     items->push_back({std::move(w.value()), s.kv->lease()->pages()[j], t});
   }
   if (items->empty()) return;
-  const KvLayout layout = ns.layout();
+  const KvLayout layout = s.ns.layout();
   const int64_t layers = model->config().num_layers;
   KvPool* p = &pool;
   saver.Post([items, computed, lease = s.kv->lease(), layout, p, layers] {
@@ -390,9 +392,7 @@ void Engine::Impl::DecodeStep() {
     ++s.length;
     s.next_token = Sample(s, logits[static_cast<int64_t>(i)]);
     s.result.output_tokens.push_back(s.next_token);
-    auto& stop = s.params.stop_tokens;
-    s.stopped = std::find(stop.begin(), stop.end(), s.next_token) != stop.end() ||
-                static_cast<int64_t>(s.result.output_tokens.size()) >= s.params.max_new_tokens;
+    Emitted(s);
   }
   for (size_t i = 0; i < running.size();) {
     if (running[i]->stopped) {
@@ -402,6 +402,14 @@ void Engine::Impl::DecodeStep() {
       ++i;
     }
   }
+}
+
+void Engine::Impl::Emitted(Sequence& s) {
+  if (s.params.on_token) s.params.on_token(s.next_token);
+  const auto& stop = s.params.stop_tokens;
+  s.stopped = std::find(stop.begin(), stop.end(), s.next_token) != stop.end() ||
+              static_cast<int64_t>(s.result.output_tokens.size()) >= s.params.max_new_tokens ||
+              (s.params.cancel && s.params.cancel->load(std::memory_order_relaxed));
 }
 
 void Engine::Impl::Finish(Sequence& s) {
@@ -433,7 +441,9 @@ Engine::Engine(std::shared_ptr<const LlamaModel> model, EngineOptions options)
 Engine::~Engine() { WaitForSaves(); }
 
 uint64_t Engine::Submit(std::vector<uint32_t> prompt, SamplingParams params, std::function<void(RequestResult)> done) {
-  auto s = std::make_unique<Sequence>();
+  auto s = std::make_unique<Sequence>(params.tenant.empty() || params.tenant == ns_.tenant()
+                                          ? ns_
+                                          : Namespace(params.tenant, ns_.model_fingerprint(), ns_.layout()));
   s->orig = std::move(prompt);
   s->params = std::move(params);
   s->done = std::move(done);
@@ -463,7 +473,7 @@ bool Engine::Step() {
       const std::vector<std::vector<uint32_t>> next = LookAhead(options_.hint_window);
       std::vector<std::span<const uint32_t>> window{std::span<const uint32_t>(s->orig)};
       window.insert(window.end(), next.begin(), next.end());
-      options_.store->Hint(ns_, window);
+      options_.store->Hint(s->ns, window);
     }
     auto prefill = [&]() -> Status {
       try {

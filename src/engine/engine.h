@@ -9,11 +9,13 @@
 
 #include <torch/torch.h>
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "engine/model.h"
@@ -44,6 +46,15 @@ struct SamplingParams {
   uint64_t seed = 0;
   std::vector<uint32_t> stop_tokens;
   bool return_prompt_logits = false;  // RequestResult::prompt_logits of the computed positions
+  // Streaming: called on the engine loop's thread with each output token as it is sampled
+  // (the stop token included), before the request's `done`.
+  std::function<void(uint32_t token)> on_token;
+  // Set (from any thread) to stop the request after its current step: it finishes with the
+  // tokens so far (a client that went away).
+  std::shared_ptr<const std::atomic<bool>> cancel;
+  // The store tenant of this request ("" = EngineOptions::tenant): its cached KV is found and
+  // saved in that tenant's namespace only.
+  std::string tenant;
 };
 
 struct RequestResult {

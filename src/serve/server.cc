@@ -1,0 +1,375 @@
+#include "serve/server.h"
+
+#include <httplib.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "server/latency_histogram.h"
+#include "server/prometheus_text.h"
+#include "serve/openai_api.h"
+
+namespace kvault::serve {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int64_t UnixNow() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// What the engine thread hands a waiting handler: tokens as they come, then the result.
+struct RequestState {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<uint32_t> tokens;  // GUARDED_BY(mu): sampled, not yet taken
+  bool done = false;            // GUARDED_BY(mu)
+  engine::RequestResult result; // GUARDED_BY(mu): valid when done
+  std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);
+};
+
+// Turns a request's tokens into text deltas: stops at the stop tokens (not shown) and the
+// stop strings (cut before them), never splits a UTF-8 character, and holds back a tail that
+// could still become a stop string.
+class TextAssembler {
+ public:
+  TextAssembler(const Tokenizer& tok, std::vector<uint32_t> stop_ids, std::vector<std::string> stop_strings)
+      : decoder_(tok, /*skip_special=*/true), stop_ids_(std::move(stop_ids)), stop_strings_(std::move(stop_strings)) {}
+
+  // Adds one token; returns the text that may be shown now. Sets finished() on a stop.
+  std::string Push(uint32_t id) {
+    if (finished_) return {};
+    ++completion_tokens_;
+    if (std::find(stop_ids_.begin(), stop_ids_.end(), id) != stop_ids_.end()) {
+      finished_ = true;
+      reason_ = "stop";
+      return Release(/*all=*/true);
+    }
+    full_ += decoder_.Push(id);
+    return Release(false);
+  }
+  // The end of generation (length or cancel): the rest of the text.
+  std::string Finish() {
+    if (!finished_) full_ += decoder_.Finish();
+    std::string out = Release(true);
+    finished_ = true;
+    return out;
+  }
+  bool finished() const { return finished_; }
+  const std::string& reason() const { return reason_; }
+  int64_t completion_tokens() const { return completion_tokens_; }
+  const std::string& text() const { return full_; }
+
+ private:
+  std::string Release(bool all) {
+    for (const std::string& s : stop_strings_) {
+      const size_t at = full_.find(s, searched_ > s.size() ? searched_ - s.size() : 0);
+      if (at != std::string::npos) {
+        full_.resize(at);
+        finished_ = true;
+        reason_ = "stop";
+        all = true;
+      }
+    }
+    searched_ = full_.size();
+    size_t keep = 0;  // the longest tail that is a proper prefix of a stop string
+    if (!all) {
+      for (const std::string& s : stop_strings_) {
+        for (size_t n = std::min(s.size() - 1, full_.size()); n > keep; --n) {
+          if (full_.compare(full_.size() - n, n, s, 0, n) == 0) {
+            keep = n;
+            break;
+          }
+        }
+      }
+    }
+    const size_t upto = full_.size() - keep;
+    std::string out = upto > emitted_ ? full_.substr(emitted_, upto - emitted_) : std::string();
+    emitted_ = std::max(emitted_, upto);
+    return out;
+  }
+
+  StreamDecoder decoder_;
+  const std::vector<uint32_t> stop_ids_;
+  const std::vector<std::string> stop_strings_;
+  std::string full_;      // the text so far (cut at a stop string)
+  size_t emitted_ = 0;    // bytes of full_ handed out
+  size_t searched_ = 0;   // bytes of full_ already searched for stop strings
+  bool finished_ = false;
+  std::string reason_ = "length";
+  int64_t completion_tokens_ = 0;
+};
+
+}  // namespace
+
+class ServeServer::Impl {
+ public:
+  Impl(engine::Engine* e, Store* store, std::shared_ptr<const Tokenizer> tok, ChatTemplate chat, ServeOptions o)
+      : engine_(e), store_(store), tok_(std::move(tok)), chat_(std::move(chat)), opt_(std::move(o)) {
+    if (auto eos = tok_->eos_id()) stop_ids_.push_back(*eos);
+    for (const std::string& s : chat_.stop_strings()) {
+      if (auto id = tok_->TokenId(s); id && std::find(stop_ids_.begin(), stop_ids_.end(), *id) == stop_ids_.end()) {
+        stop_ids_.push_back(*id);
+      }
+    }
+  }
+
+  Status Start();
+  void Stop();
+  int port() const { return port_; }
+
+ private:
+  void EngineLoop();
+  void Generate(const httplib::Request& req, httplib::Response& res, bool chat);
+  void SendError(httplib::Response& res, const ApiError& e);
+  std::string Metrics() const;
+
+  engine::Engine* engine_;
+  Store* store_;
+  std::shared_ptr<const Tokenizer> tok_;
+  const ChatTemplate chat_;
+  const ServeOptions opt_;
+  std::vector<uint32_t> stop_ids_;
+  httplib::Server http_;
+  std::thread http_thread_, engine_thread_;
+  int port_ = 0;
+  std::atomic<bool> stopping_{false};
+  std::mutex work_mu_;
+  std::condition_variable work_cv_;
+  bool work_ = false;  // GUARDED_BY(work_mu_): a request was submitted since the loop looked
+  std::atomic<uint64_t> next_id_{1};
+  // Counters for /metrics.
+  std::atomic<uint64_t> requests_{0}, errors_4xx_{0}, errors_5xx_{0}, prompt_tokens_{0}, cached_tokens_{0},
+      completion_tokens_{0}, active_{0};
+  LatencyHistogram ttft_seconds_, request_seconds_;
+};
+
+Status ServeServer::Impl::Start() {
+  http_.new_task_queue = [n = opt_.http_threads] { return new httplib::ThreadPool(static_cast<size_t>(n)); };
+  http_.set_payload_max_length(16u << 20);
+  http_.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) { Generate(q, r, true); });
+  http_.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { Generate(q, r, false); });
+  http_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& r) {
+    r.set_content(ModelsJson(opt_.model_id, UnixNow()), "application/json");
+  });
+  http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& r) {
+    r.set_content(Metrics(), "text/plain; version=0.0.4");
+  });
+  http_.Get("/healthz", [this](const httplib::Request&, httplib::Response& r) {
+    r.status = stopping_ ? 503 : 200;
+    r.set_content(stopping_ ? "stopping\n" : "ok\n", "text/plain");
+  });
+  http_.set_error_handler([this](const httplib::Request&, httplib::Response& r) {
+    if (!r.body.empty()) return;  // a handler already wrote an error object
+    ApiError e;
+    e.http_status = r.status;
+    e.message = r.status == 404 ? "unknown route" : "request failed";
+    SendError(r, e);
+  });
+  port_ = opt_.port == 0 ? http_.bind_to_any_port(opt_.host) : (http_.bind_to_port(opt_.host, opt_.port) ? opt_.port : -1);
+  if (port_ <= 0) return Status::Unavailable("cannot listen on " + opt_.host + ":" + std::to_string(opt_.port));
+  engine_thread_ = std::thread([this] { EngineLoop(); });
+  http_thread_ = std::thread([this] { http_.listen_after_bind(); });
+  return Status::OK();
+}
+
+void ServeServer::Impl::Stop() {
+  if (stopping_.exchange(true)) return;
+  http_.stop();
+  if (http_thread_.joinable()) http_thread_.join();
+  {
+    std::lock_guard<std::mutex> lock(work_mu_);
+    work_ = true;
+  }
+  work_cv_.notify_all();
+  if (engine_thread_.joinable()) engine_thread_.join();
+}
+
+void ServeServer::Impl::EngineLoop() {
+  torch::NoGradGuard no_grad;
+  while (!stopping_.load()) {
+    if (engine_->Step()) continue;
+    std::unique_lock<std::mutex> lock(work_mu_);
+    work_cv_.wait_for(lock, std::chrono::milliseconds(50), [&] { return work_; });
+    work_ = false;
+  }
+  engine_->RunUntilIdle();  // let submitted requests finish (their handlers are waiting)
+}
+
+void ServeServer::Impl::SendError(httplib::Response& res, const ApiError& e) {
+  (e.http_status >= 500 ? errors_5xx_ : errors_4xx_)++;
+  res.status = e.http_status;
+  res.set_content(ErrorJson(e), "application/json");
+}
+
+void ServeServer::Impl::Generate(const httplib::Request& req, httplib::Response& res, bool chat) {
+  ++requests_;
+  const auto start = Clock::now();
+  GenerationRequest r;
+  if (auto e = ParseGenerationRequest(req.body, chat, &r)) return SendError(res, *e);
+  if (r.model != opt_.model_id) {
+    return SendError(res, {404, "The model '" + r.model + "' does not exist; this server serves '" + opt_.model_id + "'",
+                           "invalid_request_error", "model", "model_not_found"});
+  }
+  // The prompt's tokens.
+  std::vector<uint32_t> prompt;
+  if (chat) {
+    auto text = chat_.Render(r.messages, /*add_generation_prompt=*/true);
+    if (!text.ok()) return SendError(res, {400, text.status().message(), "invalid_request_error", "messages", ""});
+    prompt = tok_->Encode(*text, /*add_bos=*/false);  // the template wrote BOS where it belongs
+  } else {
+    prompt = tok_->Encode(r.prompt, /*add_bos=*/true);
+  }
+  const auto n = static_cast<int64_t>(prompt.size());
+  if (n == 0) return SendError(res, {400, "the prompt is empty", "invalid_request_error", chat ? "messages" : "prompt", ""});
+  const int64_t room = opt_.max_context - n;
+  if (room < 1 || (r.max_tokens > 0 && r.max_tokens > room)) {
+    return SendError(res, {400,
+                           "This model's maximum context length is " + std::to_string(opt_.max_context) +
+                               " tokens. However, you requested " + std::to_string(n + std::max<int64_t>(r.max_tokens, 1)) +
+                               " tokens (" + std::to_string(n) + " in the messages, " +
+                               std::to_string(std::max<int64_t>(r.max_tokens, 1)) + " in the completion).",
+                           "invalid_request_error", "messages", "context_length_exceeded"});
+  }
+  engine::SamplingParams p;
+  p.max_new_tokens = r.max_tokens > 0 ? r.max_tokens : std::min(opt_.default_max_tokens, room);
+  p.temperature = static_cast<float>(r.temperature);
+  p.top_p = static_cast<float>(r.top_p);
+  p.seed = r.seed.value_or(next_id_.load());
+  p.stop_tokens = stop_ids_;
+  p.tenant = req.get_header_value(opt_.tenant_header);
+  auto state = std::make_shared<RequestState>();
+  p.cancel = state->cancel;
+  p.on_token = [state](uint32_t t) {
+    std::lock_guard<std::mutex> lock(state->mu);
+    state->tokens.push_back(t);
+    state->cv.notify_all();
+  };
+  engine_->Submit(std::move(prompt), std::move(p), [state](engine::RequestResult result) {
+    std::lock_guard<std::mutex> lock(state->mu);
+    state->result = std::move(result);
+    state->done = true;
+    state->cv.notify_all();
+  });
+  {
+    std::lock_guard<std::mutex> lock(work_mu_);
+    work_ = true;
+  }
+  work_cv_.notify_one();
+  ++active_;
+
+  const std::string id = std::string(chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_id_++);
+  const int64_t created = UnixNow();
+  auto assembler = std::make_shared<TextAssembler>(*tok_, stop_ids_, r.stop);
+  // Waits for the next tokens (or the end) and returns the text they add; false at the end.
+  auto next = [this, state, assembler, start, first_token = std::make_shared<bool>(true)](std::string* delta) -> bool {
+    std::unique_lock<std::mutex> lock(state->mu);
+    state->cv.wait(lock, [&] { return !state->tokens.empty() || state->done; });
+    if (*first_token && (!state->tokens.empty() || state->done)) {
+      ttft_seconds_.Observe(std::chrono::duration<double>(Clock::now() - start).count());
+      *first_token = false;
+    }
+    while (!state->tokens.empty()) {
+      *delta += assembler->Push(state->tokens.front());
+      state->tokens.pop_front();
+    }
+    if (assembler->finished()) state->cancel->store(true);  // a stop string: no more tokens needed
+    if (!state->done) return true;
+    *delta += assembler->Finish();
+    return false;
+  };
+  auto usage_of = [state, assembler]() {
+    std::lock_guard<std::mutex> lock(state->mu);
+    Usage u;
+    u.prompt_tokens = state->result.prompt_tokens;
+    u.completion_tokens = assembler->completion_tokens();
+    u.cached_tokens = state->result.hit_tokens;
+    return u;
+  };
+  auto finish = [this, state, start, usage_of]() {
+    const Usage u = usage_of();
+    prompt_tokens_ += static_cast<uint64_t>(u.prompt_tokens);
+    cached_tokens_ += static_cast<uint64_t>(u.cached_tokens);
+    completion_tokens_ += static_cast<uint64_t>(u.completion_tokens);
+    request_seconds_.Observe(std::chrono::duration<double>(Clock::now() - start).count());
+    --active_;
+  };
+
+  if (!r.stream) {
+    std::string text;
+    while (next(&text)) {
+    }
+    Status st;
+    {
+      std::lock_guard<std::mutex> lock(state->mu);
+      st = state->result.status;
+    }
+    finish();
+    if (!st.ok()) return SendError(res, {500, "generation failed: " + st.ToString(), "server_error", "", ""});
+    res.set_content(CompletionJson(r, id, created, assembler->text(), assembler->reason(), usage_of()), "application/json");
+    return;
+  }
+  res.set_header("Cache-Control", "no-cache");
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [=, first = std::make_shared<bool>(true), ended = std::make_shared<bool>(false)](size_t, httplib::DataSink& sink) {
+        if (*ended) return false;
+        auto send = [&](const std::string& data) {
+          const std::string event = "data: " + data + "\n\n";
+          return sink.write(event.data(), event.size());
+        };
+        std::string delta;
+        const bool more = next(&delta);
+        if (!delta.empty() || (*first && !more)) {
+          if (!send(ChunkJson(r, id, created, delta, *first, ""))) {
+            state->cancel->store(true);  // the client went away
+          }
+          *first = false;
+        }
+        if (more) return true;
+        bool ok = send(ChunkJson(r, id, created, "", false, assembler->reason()));
+        if (ok && r.include_usage) ok = send(UsageChunkJson(r, id, created, usage_of()));
+        if (ok) send("[DONE]");
+        *ended = true;
+        sink.done();
+        return true;
+      },
+      [=](bool) {
+        // The stream ended (or the client left): make sure the engine stops and the request's
+        // accounting runs once, after the engine let go of it.
+        state->cancel->store(true);
+        std::unique_lock<std::mutex> lock(state->mu);
+        state->cv.wait(lock, [&] { return state->done; });
+        lock.unlock();
+        finish();
+      });
+}
+
+std::string ServeServer::Impl::Metrics() const {
+  PrometheusWriter w;
+  if (store_ != nullptr) AppendStoreMetrics(w, store_->Stats(), nullptr);
+  w.AddCounter("kvault_serve_requests_total", "Generation requests received.", {}, requests_.load());
+  w.AddCounter("kvault_serve_errors_total", "Requests answered with an error, by class.", {{"class", "4xx"}}, errors_4xx_.load());
+  w.AddCounter("kvault_serve_errors_total", "Requests answered with an error, by class.", {{"class", "5xx"}}, errors_5xx_.load());
+  w.AddCounter("kvault_serve_prompt_tokens_total", "Prompt tokens of finished requests.", {}, prompt_tokens_.load());
+  w.AddCounter("kvault_serve_cached_prompt_tokens_total", "Prompt tokens served from the cache.", {}, cached_tokens_.load());
+  w.AddCounter("kvault_serve_completion_tokens_total", "Tokens generated.", {}, completion_tokens_.load());
+  w.AddGauge("kvault_serve_active_requests", "Requests in progress.", {}, active_.load());
+  w.AddHistogram("kvault_serve_ttft_seconds", "Time to first token.", {}, ttft_seconds_.Snapshot());
+  w.AddHistogram("kvault_serve_request_seconds", "Time to the last token.", {}, request_seconds_.Snapshot());
+  return w.Text();
+}
+
+ServeServer::ServeServer(engine::Engine* engine, Store* store, std::shared_ptr<const Tokenizer> tokenizer, ChatTemplate chat,
+                         ServeOptions options)
+    : impl_(std::make_unique<Impl>(engine, store, std::move(tokenizer), std::move(chat), std::move(options))) {}
+ServeServer::~ServeServer() { Stop(); }
+Status ServeServer::Start() { return impl_->Start(); }
+void ServeServer::Stop() { impl_->Stop(); }
+int ServeServer::port() const { return impl_->port(); }
+
+}  // namespace kvault::serve

@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""kvault serve with the real `openai` client: multi-turn cache reuse with outputs equal to a
+cache-off server, streaming, bad input, and a load test. Exits non-zero on any failure.
+
+Usage: openai_client_test.py KVAULT_BINARY [--load-seconds N]
+"""
+import argparse
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import openai
+
+MODEL = "kvault-random-tiny"
+FAILURES = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        FAILURES.append(what)
+
+
+class Server:
+    def __init__(self, binary, args):
+        self.proc = subprocess.Popen([binary, "serve", "--random-model", "tiny", "--port", "0"] + args,
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        ready = json.loads(line)
+        assert ready["event"] == "ready", line
+        self.port = ready["port"]
+        self.client = openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key="none", max_retries=0,
+                                    timeout=120)
+
+    def rss_kib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def raw(self, body, path="/v1/chat/completions"):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        c.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        return r.status, data
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+SYSTEM = "You are a helpful assistant. Answer briefly and precisely; cite numbers where you can."
+USER_TURNS = [
+    "What is a KV cache in transformer inference, and why does it grow with the context?",
+    "How much memory does it take for a 8B model at 32k tokens of context?",
+    "And how would you keep it across turns of a conversation without recomputing?",
+]
+
+
+def conversation(client, turns, max_tokens=12):
+    """Runs the turns greedily; returns [(answer, usage)]."""
+    messages = [{"role": "system", "content": SYSTEM}]
+    out = []
+    for u in turns:
+        messages.append({"role": "user", "content": u})
+        r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=max_tokens, temperature=0)
+        answer = r.choices[0].message.content
+        out.append((answer, r.usage))
+        messages.append({"role": "assistant", "content": answer})
+    return out
+
+
+def test_multi_turn(cached, plain):
+    with_cache = conversation(cached.client, USER_TURNS)
+    without = conversation(plain.client, USER_TURNS)
+    for i, ((a, ua), (b, ub)) in enumerate(zip(with_cache, without)):
+        hits = ua.prompt_tokens_details.cached_tokens
+        if i == 0:
+            check(hits == 0, f"turn 1: nothing cached yet (cached_tokens={hits})")
+        else:
+            check(hits > 0, f"turn {i + 1}: cached_tokens={hits} > 0 of {ua.prompt_tokens} prompt tokens")
+        check(a == b, f"turn {i + 1}: the same answer as with the cache off ({len(a)} chars)")
+        check(ub.prompt_tokens_details.cached_tokens == 0, f"turn {i + 1}: cache-off server reports no cached tokens")
+        check(ua.prompt_tokens == ub.prompt_tokens, f"turn {i + 1}: same prompt_tokens ({ua.prompt_tokens})")
+
+
+def test_streaming(server):
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Stream me a short answer."}]
+    whole = server.client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0)
+    pieces, times = [], []
+    stream = server.client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0,
+                                                   stream=True, stream_options={"include_usage": True})
+    usage = None
+    finish = None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            if c.delta.content:
+                pieces.append(c.delta.content)
+                times.append(time.monotonic())
+            if c.finish_reason:
+                finish = c.finish_reason
+    check(len(pieces) > 1, f"streaming: {len(pieces)} content chunks")
+    check(len(times) > 1 and times[-1] > times[0], "streaming: chunks arrive over time, not at once")
+    check("".join(pieces) == whole.choices[0].message.content, "streaming: chunks concatenate to the non-streaming answer")
+    check(finish == whole.choices[0].finish_reason, f"streaming: finish_reason {finish}")
+    check(usage is not None and usage.completion_tokens == whole.usage.completion_tokens, "streaming: usage chunk")
+    # A stop string cuts the answer before it and ends it with finish_reason "stop".
+    answer = whole.choices[0].message.content
+    if len(answer) >= 6:
+        stop = answer[3:5]
+        cut = server.client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0,
+                                                    stop=[stop])
+        check(cut.choices[0].message.content == answer[:answer.find(stop)] and cut.choices[0].finish_reason == "stop",
+              "stop string: the answer ends before it, finish_reason stop")
+        parts = [c.choices[0].delta.content or "" for c in server.client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=24, temperature=0, stop=[stop], stream=True) if c.choices]
+        check("".join(parts) == cut.choices[0].message.content, "stop string: streamed the same")
+    # Completions too.
+    text = server.client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=10, temperature=0)
+    parts = [c.choices[0].text for c in server.client.completions.create(
+        model=MODEL, prompt="Once upon a time", max_tokens=10, temperature=0, stream=True) if c.choices]
+    check("".join(parts) == text.choices[0].text, "completions: stream equals non-stream")
+
+
+def error_of(status, data):
+    try:
+        e = json.loads(data)["error"]
+        return status, e
+    except Exception:  # noqa: BLE001
+        return status, None
+
+
+def test_bad_input(server):
+    ok_body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    cases = [
+        ("malformed JSON", b'{"model": "x", "messages": [', 400, None),
+        ("unknown model", json.dumps({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}).encode(), 404,
+         "model_not_found"),
+        ("too many tokens", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                        "max_tokens": 10 ** 7}).encode(), 400, "context_length_exceeded"),
+        ("prompt longer than the context", json.dumps({"model": MODEL, "messages": [{"role": "user",
+                                                       "content": "x" * 20000}]}).encode(), 400, "context_length_exceeded"),
+        ("negative max_tokens", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                            "max_tokens": -5}).encode(), 400, None),
+        ("invalid UTF-8", b'{"model": "' + MODEL.encode() + b'", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
+         400, None),
+        ("messages not an array", json.dumps({"model": MODEL, "messages": "hi"}).encode(), 400, None),
+        ("unknown role", json.dumps({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}).encode(), 400,
+         None),
+        ("temperature out of range", json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                                 "temperature": 7}).encode(), 400, None),
+    ]
+    for what, body, want_status, want_code in cases:
+        status, err = error_of(*server.raw(body))
+        check(status == want_status and err is not None and isinstance(err.get("message"), str) and "type" in err,
+              f"bad input ({what}): {status} with an OpenAI error object")
+        if want_code:
+            check(err is not None and err.get("code") == want_code, f"bad input ({what}): code {want_code}")
+        status, data = server.raw(ok_body.encode())
+        check(status == 200, f"still serving after {what}")
+    # The openai client raises the matching exception class.
+    try:
+        server.client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+        check(False, "openai client: NotFoundError for an unknown model")
+    except openai.NotFoundError:
+        check(True, "openai client: NotFoundError for an unknown model")
+    models = server.client.models.list()
+    check([m.id for m in models.data] == [MODEL], "GET /v1/models lists the model")
+
+
+def test_tenants(server):
+    body = json.dumps({"model": MODEL, "max_tokens": 2, "temperature": 0,
+                       "messages": [{"role": "system", "content": SYSTEM},
+                                    {"role": "user", "content": "tenant isolation check " * 12}]})
+
+    def cached_tokens(tenant):
+        c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        c.request("POST", "/v1/chat/completions", body=body,
+                  headers={"Content-Type": "application/json", "X-Kvault-Tenant": tenant})
+        r = json.loads(c.getresponse().read())
+        c.close()
+        return r["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+    first_a = cached_tokens("alice")
+    again_a = cached_tokens("alice")
+    first_b = cached_tokens("bob")
+    check(first_a == 0 and again_a > 0, f"tenants: alice reuses her own prompt ({first_a} -> {again_a})")
+    check(first_b == 0, f"tenants: bob does not hit alice's cache ({first_b})")
+
+
+def test_load(server, seconds):
+    errors = []
+    done = [0]
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def user(k):
+        try:
+            while time.monotonic() < stop_at:
+                messages = [{"role": "system", "content": SYSTEM}]
+                for t in range(3):
+                    messages.append({"role": "user", "content": f"conversation {k} turn {t}: tell me something"})
+                    r = server.client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8,
+                                                              temperature=0.7, seed=k)
+                    messages.append({"role": "assistant", "content": r.choices[0].message.content})
+                    with lock:
+                        done[0] += 1
+                    if time.monotonic() >= stop_at:
+                        break
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    def run_round():
+        threads = [threading.Thread(target=user, args=(k,)) for k in range(32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    # Warm-up round (T1 fills, KV pool pages and the allocator's arenas get touched), then the
+    # measured one.
+    warm_until = stop_at
+    stop_at = time.monotonic() + seconds
+    run_round()
+    rss_warm = server.rss_kib()
+    stop_at = time.monotonic() + seconds
+    run_round()
+    rss_end = server.rss_kib()
+    check(not errors, f"load: 32 concurrent conversations, {done[0]} requests, errors: {errors[:3]}")
+    growth = (rss_end - rss_warm) / max(rss_warm, 1)
+    check(growth < 0.10, f"load: memory flat after warm-up (RSS {rss_warm} KiB -> {rss_end} KiB, {growth:+.1%})")
+    del warm_until
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("binary")
+    ap.add_argument("--load-seconds", type=int, default=20)
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="kvault-serve-test-")
+    servers = []
+    try:
+        # A small T1, so that the cache is full after the warm-up: growth after it would be a leak.
+        cached = Server(args.binary, ["--store", os.path.join(tmp, "store"), "--ctx-size", "2048", "--dram-gib", "0.03",
+                                      "--ssd-gib", "0.25"])
+        servers.append(cached)
+        plain = Server(args.binary, ["--no-cache", "--ctx-size", "2048"])
+        servers.append(plain)
+        test_multi_turn(cached, plain)
+        test_streaming(cached)
+        test_bad_input(cached)
+        test_tenants(cached)
+        plain.stop()
+        test_load(cached, args.load_seconds)
+    finally:
+        for s in servers:
+            s.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{len(FAILURES)} failure(s)")
+    return 1 if FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
