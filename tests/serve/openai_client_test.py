@@ -15,7 +15,12 @@ import tempfile
 import threading
 import time
 
+import random
+import struct
+
 import openai
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 MODEL = "kvault-random-tiny"
 FAILURES = []
@@ -28,8 +33,9 @@ def check(cond, what):
 
 
 class Server:
-    def __init__(self, binary, args):
-        self.proc = subprocess.Popen([binary, "serve", "--random-model", "tiny", "--port", "0"] + args,
+    def __init__(self, binary, args, random_model=True):
+        model = ["--random-model", "tiny"] if random_model else []
+        self.proc = subprocess.Popen([binary, "serve", "--port", "0"] + model + args,
                                      stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         ready = json.loads(line)
@@ -69,13 +75,13 @@ USER_TURNS = [
 ]
 
 
-def conversation(client, turns, max_tokens=12):
+def conversation(client, turns, max_tokens=12, model=MODEL):
     """Runs the turns greedily; returns [(answer, usage)]."""
     messages = [{"role": "system", "content": SYSTEM}]
     out = []
     for u in turns:
         messages.append({"role": "user", "content": u})
-        r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=max_tokens, temperature=0)
+        r = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0)
         answer = r.choices[0].message.content
         out.append((answer, r.usage))
         messages.append({"role": "assistant", "content": answer})
@@ -246,6 +252,67 @@ def test_load(server, seconds):
     del warm_until
 
 
+def make_model_dir(path):
+    """A Hugging Face model directory: the tiny Llama of tests/engine/fixtures/llama3 with its
+    vocabulary grown to the Llama-3-style tokenizer of tests/fixtures/tokenizers/llama3, and the
+    Llama 3 chat template of tests/fixtures/chat/llama3."""
+    os.makedirs(path)
+    src = os.path.join(REPO, "tests/engine/fixtures/llama3")
+    tok = json.load(open(os.path.join(REPO, "tests/fixtures/tokenizers/llama3/tokenizer.json")))
+    vocab = len(tok["model"]["vocab"]) + len(tok.get("added_tokens", []))
+    vocab = (vocab + 63) // 64 * 64
+    config = json.load(open(os.path.join(src, "config.json")))
+    config["vocab_size"] = vocab
+    json.dump(config, open(os.path.join(path, "config.json"), "w"))
+    blob = open(os.path.join(src, "model.safetensors"), "rb").read()
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + n])
+    data = blob[8 + n:]
+    rng = random.Random(7)
+    tensors, out_header, offset = [], {"__metadata__": header.get("__metadata__", {})}, 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        raw = data[begin:end]
+        shape = list(info["shape"])
+        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+            extra = (vocab - shape[0]) * shape[1]
+            raw += struct.pack(f"<{extra}f", *[rng.gauss(0, 0.02) for _ in range(extra)])
+            shape[0] = vocab
+        out_header[name] = {"dtype": info["dtype"], "shape": shape, "data_offsets": [offset, offset + len(raw)]}
+        tensors.append(raw)
+        offset += len(raw)
+    h = json.dumps(out_header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(os.path.join(path, "model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(tensors))
+    shutil.copy(os.path.join(REPO, "tests/fixtures/tokenizers/llama3/tokenizer.json"), path)
+    tconfig = json.load(open(os.path.join(REPO, "tests/fixtures/tokenizers/llama3/tokenizer_config.json")))
+    chat = json.load(open(os.path.join(REPO, "tests/fixtures/chat/llama3/tokenizer_config.json")))
+    tconfig["chat_template"] = chat["chat_template"]
+    json.dump(tconfig, open(os.path.join(path, "tokenizer_config.json"), "w"))
+
+
+def test_model_dir(binary, tmp):
+    model = os.path.join(tmp, "tiny-llama3")
+    make_model_dir(model)
+    common = ["--model", model, "--ctx-size", "256", "--chunk-tokens", "16"]
+    cached = Server(binary, common + ["--store", os.path.join(tmp, "model-store")], random_model=False)
+    plain = Server(binary, common + ["--no-cache"], random_model=False)
+    try:
+        check([m.id for m in cached.client.models.list().data] == ["tiny-llama3"], "--model DIR: served under its name")
+        turns = ["Hello! What is a cache?", "Thanks. And what is a page?"]
+        a = conversation(cached.client, turns, max_tokens=6, model="tiny-llama3")
+        b = conversation(plain.client, turns, max_tokens=6, model="tiny-llama3")
+        check(a[1][1].prompt_tokens_details.cached_tokens > 0,
+              f"--model DIR: turn 2 cached_tokens={a[1][1].prompt_tokens_details.cached_tokens} of {a[1][1].prompt_tokens}")
+        check([x[0] for x in a] == [x[0] for x in b], "--model DIR: the same answers as with the cache off")
+    finally:
+        cached.stop()
+        plain.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("binary")
@@ -264,6 +331,7 @@ def main():
         test_streaming(cached)
         test_bad_input(cached)
         test_tenants(cached)
+        test_model_dir(args.binary, tmp)
         plain.stop()
         test_load(cached, args.load_seconds)
     finally:
