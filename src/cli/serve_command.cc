@@ -173,9 +173,9 @@ void AddServeCommand(CLI::App& app) {
   s->add_option("--host", f->host, "Address to listen on")->capture_default_str();
   s->add_option("--port", f->port, "Port to listen on (0: any free port, printed in the ready line)")->capture_default_str();
   s->add_option("--model-id", f->model_id, "Model name clients must use (default: the directory's name)");
-  s->add_option("--ctx-size", f->ctx_size, "Context window: prompt + completion tokens")->capture_default_str();
-  s->add_option("--max-batch", f->max_batch, "Requests decoded together (continuous batching)")->capture_default_str();
-  s->add_option("--default-max-tokens", f->default_max_tokens, "Completion length when a request sets none")->capture_default_str();
+  s->add_option("--ctx-size", f->ctx_size, "Context window: prompt + completion tokens")->check(CLI::PositiveNumber)->capture_default_str();
+  s->add_option("--max-batch", f->max_batch, "Requests decoded together (continuous batching)")->check(CLI::PositiveNumber)->capture_default_str();
+  s->add_option("--default-max-tokens", f->default_max_tokens, "Completion length when a request sets none")->check(CLI::PositiveNumber)->capture_default_str();
   s->add_option("--threads", f->threads, "Compute threads (0: all cores but one)")->capture_default_str();
   s->add_option("--dtype", f->dtype, "Weights and KV dtype")->check(CLI::IsMember({"fp32", "bf16"}))->capture_default_str();
   s->add_option("--store", f->store, "Store: a directory (embedded T1 + T2) or kvaultd://SOCKET (the node's daemon)")
@@ -184,8 +184,8 @@ void AddServeCommand(CLI::App& app) {
   s->add_option("--dram-gib", f->dram_gib, "Embedded store: T1 capacity")->capture_default_str();
   s->add_option("--ssd-gib", f->ssd_gib, "Embedded store: T2 capacity")->capture_default_str();
   s->add_option("--policy", f->policy, "Embedded store: eviction policy")->capture_default_str();
-  s->add_option("--chunk-tokens", f->chunk_tokens, "Tokens per stored chunk (= KV page)")->capture_default_str();
-  s->add_option("--http-threads", f->http_threads, "HTTP worker threads (each stream holds one)")->capture_default_str();
+  s->add_option("--chunk-tokens", f->chunk_tokens, "Tokens per stored chunk (= KV page)")->check(CLI::PositiveNumber)->capture_default_str();
+  s->add_option("--http-threads", f->http_threads, "HTTP worker threads (each stream holds one)")->check(CLI::PositiveNumber)->capture_default_str();
   s->callback([f] { SetExitCode(RunServe(*f)); });
 }
 

@@ -451,7 +451,7 @@ uint64_t Engine::Submit(std::vector<uint32_t> prompt, SamplingParams params, std
   std::lock_guard<std::mutex> lock(impl_->queue_mu);
   s->id = impl_->next_id++;
   s->result.id = s->id;
-  s->rng.seed(s->params.seed ^ (s->id * 0x9e3779b97f4a7c15ull));
+  s->rng.seed(s->params.fixed_seed ? s->params.seed : s->params.seed ^ (s->id * 0x9e3779b97f4a7c15ull));
   const uint64_t id = s->id;
   impl_->queue.push_back(std::move(s));
   return id;
@@ -470,7 +470,15 @@ bool Engine::Step() {
     if (options_.store != nullptr && options_.hint_window > 0 && options_.load) {
       // This request first (its chunks must not be evicted before its lookup pins them), then
       // the ones behind it: their cached KV should be in DRAM when they run.
-      const std::vector<std::vector<uint32_t>> next = LookAhead(options_.hint_window);
+      // Only queued requests of the same tenant: a hint names one namespace.
+      std::vector<std::vector<uint32_t>> next;
+      {
+        std::lock_guard<std::mutex> lock(impl_->queue_mu);
+        for (const auto& q : impl_->queue) {
+          if (next.size() == options_.hint_window) break;
+          if (q->ns.id() == s->ns.id()) next.push_back(q->orig);
+        }
+      }
       std::vector<std::span<const uint32_t>> window{std::span<const uint32_t>(s->orig)};
       window.insert(window.end(), next.begin(), next.end());
       options_.store->Hint(s->ns, window);
@@ -509,7 +517,15 @@ bool Engine::Step() {
     }
   }
   if (!impl_->running.empty()) {
-    impl_->DecodeStep();
+    try {
+      impl_->DecodeStep();
+    } catch (const std::exception& e) {  // a LibTorch error: fail the running requests, not the loop
+      for (auto& r : impl_->running) {
+        r->result.status = Status::InvalidArgument(std::string("decode failed: ") + e.what());
+        impl_->Finish(*r);
+      }
+      impl_->running.clear();
+    }
     did = true;
   }
   return did;

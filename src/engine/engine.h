@@ -44,6 +44,7 @@ struct SamplingParams {
   float temperature = 0.0f;  // 0: greedy
   float top_p = 1.0f;
   uint64_t seed = 0;
+  bool fixed_seed = false;  // true: sample with exactly `seed` (reproducible); else seed ^ request id
   std::vector<uint32_t> stop_tokens;
   bool return_prompt_logits = false;  // RequestResult::prompt_logits of the computed positions
   // Streaming: called on the engine loop's thread with each output token as it is sampled

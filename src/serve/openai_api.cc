@@ -29,7 +29,8 @@ std::optional<ApiError> ContentOf(const json& m, size_t i, std::string* out) {
   if (!it->is_array()) return Invalid("content must be a string or an array of text parts", param);
   out->clear();
   for (const json& part : *it) {
-    if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string()) {
+    if (!part.is_object() || !part.contains("type") || !part["type"].is_string() || part["type"] != "text" ||
+        !part.contains("text") || !part["text"].is_string()) {
       return Invalid("only text content parts are supported", param);
     }
     *out += part["text"].get<std::string>();
@@ -129,8 +130,12 @@ std::optional<ApiError> ParseGenerationRequest(std::string_view body, bool chat,
     if (!it->is_boolean()) return Invalid("'stream' must be a boolean", "stream");
     r.stream = it->get<bool>();
   }
-  if (auto it = j.find("stream_options"); it != j.end() && it->is_object()) {
-    r.include_usage = it->value("include_usage", false);
+  if (auto it = j.find("stream_options"); it != j.end() && !it->is_null()) {
+    if (!it->is_object()) return Invalid("'stream_options' must be an object", "stream_options");
+    if (auto u = it->find("include_usage"); u != it->end() && !u->is_null()) {
+      if (!u->is_boolean()) return Invalid("'stream_options.include_usage' must be a boolean", "stream_options");
+      r.include_usage = u->get<bool>();
+    }
   }
   if (auto it = j.find("stop"); it != j.end() && !it->is_null()) {
     if (it->is_string()) {
@@ -188,10 +193,16 @@ std::string UsageChunkJson(const GenerationRequest& r, const std::string& id, in
   return j.dump();
 }
 
-std::string ModelsJson(const std::string& model_id, int64_t created) {
-  json j = {{"object", "list"},
-            {"data", json::array({{{"id", model_id}, {"object", "model"}, {"created", created}, {"owned_by", "kvault"}}})}};
-  return j.dump();
+namespace {
+json ModelObject(const std::string& model_id, int64_t created) {
+  return {{"id", model_id}, {"object", "model"}, {"created", created}, {"owned_by", "kvault"}};
 }
+}  // namespace
+
+std::string ModelsJson(const std::string& model_id, int64_t created) {
+  return json({{"object", "list"}, {"data", json::array({ModelObject(model_id, created)})}}).dump();
+}
+
+std::string ModelJson(const std::string& model_id, int64_t created) { return ModelObject(model_id, created).dump(); }
 
 }  // namespace kvault::serve

@@ -58,5 +58,6 @@ std::string ChunkJson(const GenerationRequest& r, const std::string& id, int64_t
                       bool first, const std::string& finish_reason);
 std::string UsageChunkJson(const GenerationRequest& r, const std::string& id, int64_t created, const Usage& usage);
 std::string ModelsJson(const std::string& model_id, int64_t created);
+std::string ModelJson(const std::string& model_id, int64_t created);  // GET /v1/models/{id}
 
 }  // namespace kvault::serve

@@ -3,6 +3,7 @@
 #include <httplib.h>
 
 #include <atomic>
+#include <cstdio>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -141,6 +142,7 @@ class ServeServer::Impl {
   std::mutex work_mu_;
   std::condition_variable work_cv_;
   bool work_ = false;  // GUARDED_BY(work_mu_): a request was submitted since the loop looked
+  bool engine_stop_ = false;  // GUARDED_BY(work_mu_): the HTTP side is down, no more requests
   std::atomic<uint64_t> next_id_{1};
   // Counters for /metrics.
   std::atomic<uint64_t> requests_{0}, errors_4xx_{0}, errors_5xx_{0}, prompt_tokens_{0}, cached_tokens_{0},
@@ -156,6 +158,13 @@ Status ServeServer::Impl::Start() {
   http_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& r) {
     r.set_content(ModelsJson(opt_.model_id, UnixNow()), "application/json");
   });
+  http_.Get(R"(/v1/models/(.+))", [this](const httplib::Request& q, httplib::Response& r) {
+    if (q.matches[1] != opt_.model_id) {
+      return SendError(r, {404, "The model '" + std::string(q.matches[1]) + "' does not exist", "invalid_request_error",
+                           "model", "model_not_found"});
+    }
+    r.set_content(ModelJson(opt_.model_id, UnixNow()), "application/json");
+  });
   http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& r) {
     r.set_content(Metrics(), "text/plain; version=0.0.4");
   });
@@ -170,20 +179,25 @@ Status ServeServer::Impl::Start() {
     e.message = r.status == 404 ? "unknown route" : "request failed";
     SendError(r, e);
   });
+  http_.set_exception_handler([this](const httplib::Request&, httplib::Response& r, std::exception_ptr) {
+    SendError(r, {500, "internal error", "server_error", "", ""});
+  });
   port_ = opt_.port == 0 ? http_.bind_to_any_port(opt_.host) : (http_.bind_to_port(opt_.host, opt_.port) ? opt_.port : -1);
   if (port_ <= 0) return Status::Unavailable("cannot listen on " + opt_.host + ":" + std::to_string(opt_.port));
   engine_thread_ = std::thread([this] { EngineLoop(); });
   http_thread_ = std::thread([this] { http_.listen_after_bind(); });
+  while (!http_.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));  // Stop() needs it running
   return Status::OK();
 }
 
 void ServeServer::Impl::Stop() {
   if (stopping_.exchange(true)) return;
+  // HTTP first: the handlers still running finish while the engine loop still serves them.
   http_.stop();
   if (http_thread_.joinable()) http_thread_.join();
   {
     std::lock_guard<std::mutex> lock(work_mu_);
-    work_ = true;
+    engine_stop_ = true;
   }
   work_cv_.notify_all();
   if (engine_thread_.joinable()) engine_thread_.join();
@@ -191,13 +205,19 @@ void ServeServer::Impl::Stop() {
 
 void ServeServer::Impl::EngineLoop() {
   torch::NoGradGuard no_grad;
-  while (!stopping_.load()) {
-    if (engine_->Step()) continue;
+  for (;;) {
+    bool did = false;
+    try {
+      did = engine_->Step();
+    } catch (const std::exception& e) {  // the engine fails the requests it can; the loop goes on
+      std::fprintf(stderr, "kvault serve: engine step failed: %s\n", e.what());
+    }
+    if (did) continue;
     std::unique_lock<std::mutex> lock(work_mu_);
-    work_cv_.wait_for(lock, std::chrono::milliseconds(50), [&] { return work_; });
+    if (engine_stop_) return;
+    work_cv_.wait_for(lock, std::chrono::milliseconds(50), [&] { return work_ || engine_stop_; });
     work_ = false;
   }
-  engine_->RunUntilIdle();  // let submitted requests finish (their handlers are waiting)
 }
 
 void ServeServer::Impl::SendError(httplib::Response& res, const ApiError& e) {
@@ -240,8 +260,10 @@ void ServeServer::Impl::Generate(const httplib::Request& req, httplib::Response&
   p.temperature = static_cast<float>(r.temperature);
   p.top_p = static_cast<float>(r.top_p);
   p.seed = r.seed.value_or(next_id_.load());
+  p.fixed_seed = r.seed.has_value();  // the same seed, the same sample
   p.stop_tokens = stop_ids_;
   p.tenant = req.get_header_value(opt_.tenant_header);
+  if (p.tenant.empty()) p.tenant = r.user;  // OpenAI's end-user id, when no tenant header
   auto state = std::make_shared<RequestState>();
   p.cancel = state->cancel;
   p.on_token = [state](uint32_t t) {
@@ -312,6 +334,16 @@ void ServeServer::Impl::Generate(const httplib::Request& req, httplib::Response&
     if (!st.ok()) return SendError(res, {500, "generation failed: " + st.ToString(), "server_error", "", ""});
     res.set_content(CompletionJson(r, id, created, assembler->text(), assembler->reason(), usage_of()), "application/json");
     return;
+  }
+  {  // A request that fails before its first token gets an error, not an empty stream.
+    std::unique_lock<std::mutex> lock(state->mu);
+    state->cv.wait(lock, [&] { return !state->tokens.empty() || state->done; });
+    if (state->done && !state->result.status.ok()) {
+      const std::string why = state->result.status.ToString();
+      lock.unlock();
+      finish();
+      return SendError(res, {500, "generation failed: " + why, "server_error", "", ""});
+    }
   }
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
