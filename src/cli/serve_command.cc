@@ -168,7 +168,7 @@ void AddServeCommand(CLI::App& app) {
   auto f = std::make_shared<ServeFlags>();
   CLI::App* s = app.add_subcommand("serve", "OpenAI-compatible server whose conversations reuse their KV cache");
   s->add_option("--model", f->model_dir, "Hugging Face model directory (config.json, safetensors, tokenizer, tokenizer_config.json)");
-  s->add_option("--random-model", f->random_model, "A random-weight model instead (tiny: 57M params, byte tokenizer, ChatML)")
+  s->add_option("--random-model", f->random_model, "A random-weight model instead (tiny: 8 layers, hidden 512, a byte tokenizer, the ChatML template)")
       ->check(CLI::IsMember({"tiny"}));
   s->add_option("--host", f->host, "Address to listen on")->capture_default_str();
   s->add_option("--port", f->port, "Port to listen on (0: any free port, printed in the ready line)")->capture_default_str();
