@@ -85,6 +85,12 @@ void Hint(Store& store, const Namespace& ns, const std::vector<const Tokens*>& p
   store.Hint(ns, spans);
 }
 
+// Hint, then wait until its prefetches are done.
+void HintAndWait(Store& store, const Namespace& ns, const std::vector<const Tokens*>& prompts) {
+  Hint(store, ns, prompts);
+  store.WaitForPrefetch();
+}
+
 // Puts the chain and waits until it is on T2.
 void PutFlushed(Store& store, const Namespace& ns, const Tokens& tokens) {
   kvault::Status st = PutChain(store, ns, tokens);
@@ -215,8 +221,7 @@ TEST(Hint, PrefetchBringsT2OnlyChunksBackToT1) {
   const StoreStats before = store->Stats();
   EXPECT_EQ(before.hints, 0u);
   EXPECT_EQ(before.prefetches, 0u);
-  Hint(*store, ns, {&a});
-  store->WaitForPrefetch();
+  HintAndWait(*store, ns, {&a});
   EXPECT_EQ(TiersOf(*store, ns, a), "HHHHH");
 
   const StoreStats after = store->Stats();
@@ -232,8 +237,7 @@ TEST(Hint, PrefetchBringsT2OnlyChunksBackToT1) {
   EXPECT_EQ(ReadAll(*store, ns, a), "HHHHH");
   EXPECT_EQ(store->Stats().promotions, after.promotions);
   // A second hint for chunks already in T1 prefetches nothing.
-  Hint(*store, ns, {&a});
-  store->WaitForPrefetch();
+  HintAndWait(*store, ns, {&a});
   EXPECT_EQ(store->Stats().prefetches, 5u);
   EXPECT_EQ(store->Stats().hints, 2u);
 }
@@ -252,15 +256,13 @@ TEST(Hint, PrefetchStopsAtTheBudgetAndResumesWhenChunksAreRead) {
   PutFlushed(*store, ns, Chain(2, 16));
   ASSERT_EQ(TiersOf(*store, ns, a), "DDDDDD");
 
-  Hint(*store, ns, {&a});
-  store->WaitForPrefetch();
+  HintAndWait(*store, ns, {&a});
   EXPECT_EQ(TiersOf(*store, ns, a), "HHDDDD");
   EXPECT_EQ(store->Stats().prefetches, 2u);
   EXPECT_EQ(store->Stats().bytes_prefetched, 2 * kChunkBytes);
 
   // Unread: the budget is still used up.
-  Hint(*store, ns, {&a});
-  store->WaitForPrefetch();
+  HintAndWait(*store, ns, {&a});
   EXPECT_EQ(TiersOf(*store, ns, a), "HHDDDD");
   EXPECT_EQ(store->Stats().prefetches, 2u);
 
@@ -271,8 +273,7 @@ TEST(Hint, PrefetchStopsAtTheBudgetAndResumesWhenChunksAreRead) {
     EXPECT_EQ(CheckChunk(*store, ns, spans[i].key, spans[i].tokens, &from), Check::kMatch);
     EXPECT_EQ(from, Tier::kHost);
   }
-  Hint(*store, ns, {&a});
-  store->WaitForPrefetch();
+  HintAndWait(*store, ns, {&a});
   EXPECT_EQ(TiersOf(*store, ns, a), "HHHHDD");
   EXPECT_EQ(store->Stats().prefetches, 4u);
 
@@ -280,8 +281,7 @@ TEST(Hint, PrefetchStopsAtTheBudgetAndResumesWhenChunksAreRead) {
   Hint(*store, ns, {});
   PutFlushed(*store, ns, Chain(3, 16));
   ASSERT_EQ(TiersOf(*store, ns, a), "DDDDDD");
-  Hint(*store, ns, {&a});
-  store->WaitForPrefetch();
+  HintAndWait(*store, ns, {&a});
   EXPECT_EQ(TiersOf(*store, ns, a), "HHDDDD");
   EXPECT_EQ(store->Stats().prefetches, 6u);
   EXPECT_EQ(store->Stats().bytes_prefetched, 6 * kChunkBytes);
@@ -300,8 +300,7 @@ TEST(Hint, DefaultBudgetIsAQuarterOfDram) {
   PutFlushed(*store, ns, a);
   PutFlushed(*store, ns, Chain(2, 16));
   ASSERT_EQ(TiersOf(*store, ns, a), "DDDDDDDD");
-  Hint(*store, ns, {&a});
-  store->WaitForPrefetch();
+  HintAndWait(*store, ns, {&a});
   EXPECT_EQ(TiersOf(*store, ns, a), "HHHHDDDD");
   EXPECT_EQ(store->Stats().prefetches, 4u);
 }
@@ -387,8 +386,7 @@ TEST(Hint, PrefetchNeverEvictsADirtyEntry) {
   ASSERT_TRUE(PutChain(*store, ns, d).ok());  // queued behind X: dirty
   ASSERT_EQ(TiersOf(*store, ns, d), "HHHHHHH");
 
-  Hint(*store, ns, {&p});
-  store->WaitForPrefetch();
+  HintAndWait(*store, ns, {&p});
   EXPECT_EQ(TiersOf(*store, ns, p), "DD");
   EXPECT_EQ(TiersOf(*store, ns, d), "HHHHHHH");
   EXPECT_EQ(TiersOf(*store, ns, x), "H");
@@ -401,8 +399,7 @@ TEST(Hint, PrefetchNeverEvictsADirtyEntry) {
   EXPECT_EQ(ReadAll(*store, ns, d), "HHHHHHH");
   EXPECT_EQ(ReadAll(*store, ns, x), "H");
   // Now clean: a new hint may make room with them.
-  Hint(*store, ns, {&p});
-  store->WaitForPrefetch();
+  HintAndWait(*store, ns, {&p});
   EXPECT_EQ(TiersOf(*store, ns, p), "HH");
   EXPECT_EQ(store->Stats().prefetches, 2u);
 }
@@ -445,8 +442,7 @@ TEST(Hint, PrefetchNeverEvictsAChunkWhoseWriteFailed) {
   const StoreStats before = store->Stats();
   ASSERT_EQ(TiersOf(*store, ns, w), "HH");
 
-  Hint(*store, ns, {&p});
-  store->WaitForPrefetch();
+  HintAndWait(*store, ns, {&p});
   const StoreStats after = store->Stats();
   EXPECT_EQ(TiersOf(*store, ns, w), "HH") << "before the hint: " << before.ToJson() << "\nafter: " << after.ToJson();
   EXPECT_EQ(ReadAll(*store, ns, w), "HH");
@@ -544,8 +540,7 @@ TEST(Hint, PrefetchCoversTheStoredPartialChunkALongerPromptUses) {
   ASSERT_EQ(r.chunks.back().tokens, 5u);
   ASSERT_EQ(r.chunks.back().tier, Tier::kDisk);
 
-  Hint(*store, ns, {&next});
-  store->WaitForPrefetch();
+  HintAndWait(*store, ns, {&next});
   r = store->Lookup(ns, next);
   std::vector<Tier> tiers;
   for (const auto& c : r.chunks) tiers.push_back(c.tier);
@@ -565,8 +560,7 @@ std::string WindowSurvivesPuts(const std::string& policy, bool clear_hint, Store
   const Namespace ns = MakeNamespace(kLayout);
   const Tokens a = Chain(1, 4);
   PutFlushed(*store, ns, a);
-  Hint(*store, ns, {&a});
-  store->WaitForPrefetch();
+  HintAndWait(*store, ns, {&a});
   if (clear_hint) Hint(*store, ns, {});
   for (int i = 0; i < 6; ++i) PutFlushed(*store, ns, Chain(10 + i, 2));
   *stats = store->Stats();
@@ -685,8 +679,7 @@ TEST(Hint, HintsForUncachedChunksAreHarmless) {
   Hint(*store, ns, {&never});
   Hint(*store, ns, {&empty});
   Hint(*store, ns, {&empty, &never, &gap, &other_chain});  // other_chain under the wrong ns
-  Hint(*store, ns, many);
-  store->WaitForPrefetch();
+  HintAndWait(*store, ns, many);
   EXPECT_EQ(store->Stats().hints, 4u);
   EXPECT_EQ(store->Stats().prefetches, 0u) << store->Stats().ToJson();
   EXPECT_EQ(TiersOf(*store, other, other_chain), "DD");
@@ -696,8 +689,7 @@ TEST(Hint, HintsForUncachedChunksAreHarmless) {
   EXPECT_EQ(r.chunks[1].tier, Tier::kDisk);
 
   // Still a working store: the other namespace's hint prefetches its chain.
-  Hint(*store, other, {&other_chain});
-  store->WaitForPrefetch();
+  HintAndWait(*store, other, {&other_chain});
   EXPECT_EQ(TiersOf(*store, other, other_chain), "HH");
   EXPECT_EQ(ReadAll(*store, other, other_chain), "HH");
   const Tokens fresh = Chain(5, 2);
@@ -718,13 +710,11 @@ TEST(Hint, StoreWithoutDiskTierAcceptsHints) {
   const Namespace ns = MakeNamespace(kLayout);
   const Tokens a = Chain(1, 4), never = Chain(2, 2);
   ASSERT_TRUE(PutChain(*store, ns, a).ok());
-  Hint(*store, ns, {&a, &never});
-  store->WaitForPrefetch();
+  HintAndWait(*store, ns, {&a, &never});
   for (int i = 0; i < 6; ++i) ASSERT_TRUE(PutChain(*store, ns, Chain(10 + i, 2)).ok());
   EXPECT_EQ(TiersOf(*store, ns, a), "HHHH");
   EXPECT_EQ(ReadAll(*store, ns, a), "HHHH");
-  Hint(*store, ns, {});
-  store->WaitForPrefetch();
+  HintAndWait(*store, ns, {});
   const StoreStats st = store->Stats();
   EXPECT_EQ(st.hints, 2u);
   EXPECT_EQ(st.prefetches, 0u);

@@ -1,7 +1,5 @@
 // `kvault serve`: the OpenAI-compatible server (src/serve/server.h) with its model, tokenizer,
 // chat template and store.
-#include <signal.h>
-
 #include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -15,6 +13,7 @@
 #include "kvault/client.h"
 #include "serve/byte_tokenizer.h"
 #include "serve/server.h"
+#include "server/stop_signals.h"
 
 namespace kvault::cli {
 namespace {
@@ -46,6 +45,9 @@ int RunServe(const ServeFlags& f) {
     std::cerr << "kvault serve: give exactly one of --model DIR or --random-model tiny\n";
     return 2;
   }
+  // Before any thread exists (LibTorch's pools, the engine's loader and saver, the server's):
+  // they inherit the mask, so SIGTERM reaches the wait below and nowhere else.
+  const sigset_t stop = BlockStopSignals();
   torch::NoGradGuard no_grad;
   const int threads = engine::SetComputeThreads(f.threads);
   const torch::ScalarType dtype = f.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
@@ -135,12 +137,6 @@ int RunServe(const ServeFlags& f) {
   so.max_context = f.ctx_size;
   so.default_max_tokens = f.default_max_tokens;
   so.http_threads = f.http_threads;
-  sigset_t stop;
-  sigemptyset(&stop);
-  sigaddset(&stop, SIGTERM);
-  sigaddset(&stop, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
-  signal(SIGPIPE, SIG_IGN);
   serve::ServeServer server(&engine, store.get(), tokenizer, *chat, so);
   if (Status st = server.Start(); !st.ok()) {
     std::cerr << "kvault serve: " << st.ToString() << "\n";
@@ -155,8 +151,7 @@ int RunServe(const ServeFlags& f) {
   ready["store"] = store_desc;
   ready["threads"] = threads;
   std::cout << ready.dump() << std::endl;
-  int sig = 0;
-  sigwait(&stop, &sig);
+  WaitForStopSignal(stop);
   std::cerr << "kvault serve: stopping\n";
   server.Stop();
   return 0;

@@ -10,6 +10,7 @@
 
 #include "server/protocol.h"
 #include "server/socket_io.h"
+#include "store/byte_ranges.h"
 
 namespace kvault {
 
@@ -60,31 +61,11 @@ void ForPieces(std::byte* base, const std::vector<Piece>& pieces, size_t offset,
   }
 }
 
-// Sorted, merged byte ranges [first, second) a writer has filled.
-class WrittenRanges {
- public:
-  void Add(uint64_t lo, uint64_t hi) {
-    auto it = std::lower_bound(r_.begin(), r_.end(), std::make_pair(lo, uint64_t{0}));
-    if (it != r_.begin() && std::prev(it)->second >= lo) --it;
-    auto last = it;
-    while (last != r_.end() && last->first <= hi) {
-      lo = std::min(lo, last->first);
-      hi = std::max(hi, last->second);
-      ++last;
-    }
-    it = r_.erase(it, last);
-    r_.insert(it, {lo, hi});
-  }
-  bool Covers(uint64_t bytes) const { return bytes == 0 || (r_.size() == 1 && r_[0] == std::make_pair(uint64_t{0}, bytes)); }
-  std::vector<Piece> AsPieces() const {
-    std::vector<Piece> out;
-    for (auto [lo, hi] : r_) out.push_back({lo, hi - lo});
-    return out;
-  }
-
- private:
-  std::vector<std::pair<uint64_t, uint64_t>> r_;
-};
+std::vector<Piece> AsPieces(const ByteRanges& r) {
+  std::vector<Piece> out;
+  for (auto [lo, hi] : r.ranges()) out.push_back({lo, hi - lo});
+  return out;
+}
 
 }  // namespace
 
@@ -157,18 +138,20 @@ class SharedReader final : public ChunkReaderBackend {
   uint64_t handle_;
 };
 
+// The payload as it arrived: the reply frame itself, kept (no copy) with the payload's place.
 class InlineReader final : public ChunkReaderBackend {
  public:
-  explicit InlineReader(std::vector<std::byte> data) : data_(std::move(data)) {}
+  InlineReader(std::vector<std::byte> frame, size_t payload_at) : frame_(std::move(frame)), at_(payload_at) {}
   void Read(size_t offset, std::span<std::byte> dst) const override {
-    std::memcpy(dst.data(), data_.data() + offset, dst.size());
+    std::memcpy(dst.data(), frame_.data() + at_ + offset, dst.size());
   }
   void ForEachPiece(size_t offset, size_t size, const std::function<void(std::span<const std::byte>)>& fn) const override {
-    fn({data_.data() + offset, size});
+    fn({frame_.data() + at_ + offset, size});
   }
 
  private:
-  std::vector<std::byte> data_;
+  std::vector<std::byte> frame_;
+  size_t at_;
 };
 
 // Writes into the daemon's T1 slot directly; Commit tells the daemon which bytes were written.
@@ -193,7 +176,7 @@ class SharedWriter final : public ChunkWriterBackend {
   void MarkWritten(size_t offset, size_t size) override { written_.Add(offset, offset + size); }
   Status Commit() override {
     committed_ = true;  // the daemon drops the slot on any failure
-    return c_->Commit(handle_, conn_.get(), written_.AsPieces(), {});
+    return c_->Commit(handle_, conn_.get(), AsPieces(written_), {});
   }
 
  private:
@@ -201,7 +184,7 @@ class SharedWriter final : public ChunkWriterBackend {
   std::shared_ptr<Connection> conn_;  // keeps the slot (the socket) and the mapping
   std::vector<Piece> pieces_;
   uint64_t handle_;
-  WrittenRanges written_;
+  ByteRanges written_;
   bool committed_ = false;
 };
 
@@ -234,7 +217,7 @@ class InlineWriter final : public ChunkWriterBackend {
   std::shared_ptr<Connection> conn_;
   std::vector<std::byte> data_;
   uint64_t handle_;
-  WrittenRanges written_;
+  ByteRanges written_;
   bool committed_ = false;
 };
 
@@ -451,7 +434,8 @@ Result<ChunkReader> ClientImpl::OpenChunk(const Namespace& ns, const ChunkKey& k
       DropLocked();
       return Status::NotFound("chunk " + key.ShortHex() + ": inline payload has the wrong size");
     }
-    backend = std::make_unique<InlineReader>(std::vector<std::byte>(r.payload.begin(), r.payload.end()));
+    const size_t at = static_cast<size_t>(r.payload.data() - reply.data());
+    backend = std::make_unique<InlineReader>(std::move(reply), at);  // r.payload points into it
   }
   local_.bytes_loaded += bytes;
   return ChunkReader(key, r.tokens, ns.layout(), r.tier, std::move(backend));

@@ -118,6 +118,9 @@ class Daemon::Impl {
   Status OnCommitPut(Connection* c, std::span<const std::byte> payload);
   Status OnOpen(Connection* c, std::span<const std::byte> payload);
   Status OnHint(Connection* c, std::span<const std::byte> payload);
+  // kAbortPut / kRelease: drops the handle (a writer aborts, a reader unpins).
+  template <typename Map>
+  Status DropHandle(Map& handles, std::span<const std::byte> payload);
   // Replaces connection c's look-ahead window (nullopt: c is gone) and hints the store with
   // every client's window merged: first prompts of all clients, then second ones, and so on,
   // so that each engine's next request ranks alike. A store has one window; without the merge
@@ -320,20 +323,12 @@ Status Daemon::Impl::Dispatch(Connection* c, MsgType type, std::span<const std::
       return OnBeginPut(c, payload);
     case MsgType::kCommitPut:
       return OnCommitPut(c, payload);
-    case MsgType::kAbortPut: {
-      wire::HandleRequest m;
-      KVAULT_RETURN_IF_ERROR(wire::Decode(payload, &m));
-      if (c->writers.erase(m.handle) == 0) ++counters_.handle_errors;
-      return Status::OK();
-    }
+    case MsgType::kAbortPut:
+      return DropHandle(c->writers, payload);
     case MsgType::kOpen:
       return OnOpen(c, payload);
-    case MsgType::kRelease: {
-      wire::HandleRequest m;
-      KVAULT_RETURN_IF_ERROR(wire::Decode(payload, &m));
-      if (c->readers.erase(m.handle) == 0) ++counters_.handle_errors;
-      return Status::OK();
-    }
+    case MsgType::kRelease:
+      return DropHandle(c->readers, payload);
     case MsgType::kHint:
       return OnHint(c, payload);
     case MsgType::kFlush:
@@ -352,6 +347,14 @@ Status Daemon::Impl::Dispatch(Connection* c, MsgType type, std::span<const std::
     default:
       return Status::InvalidArgument("unexpected message");
   }
+}
+
+template <typename Map>
+Status Daemon::Impl::DropHandle(Map& handles, std::span<const std::byte> payload) {
+  wire::HandleRequest m;
+  KVAULT_RETURN_IF_ERROR(wire::Decode(payload, &m));
+  if (handles.erase(m.handle) == 0) ++counters_.handle_errors;  // one-way: nothing to answer
+  return Status::OK();
 }
 
 Status Daemon::Impl::OnHello(Connection* c, std::span<const std::byte> payload) {

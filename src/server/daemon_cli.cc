@@ -1,7 +1,5 @@
 #include "server/daemon_cli.h"
 
-#include <signal.h>
-
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -10,6 +8,7 @@
 #include <sstream>
 
 #include "server/daemon.h"
+#include "server/stop_signals.h"
 
 namespace kvault {
 namespace {
@@ -55,13 +54,7 @@ int RunDaemon(DaemonFlags& f) {
     o.tokens = std::move(tokens.value());
   }
 
-  // Block the stop signals in every thread; the main thread waits for them below.
-  sigset_t stop;
-  sigemptyset(&stop);
-  sigaddset(&stop, SIGTERM);
-  sigaddset(&stop, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  const sigset_t stop = BlockStopSignals();  // before the daemon starts its threads
 
   auto daemon = Daemon::Start(o);
   if (!daemon.ok()) {
@@ -78,8 +71,7 @@ int RunDaemon(DaemonFlags& f) {
   ready["pid"] = getpid();
   std::cout << ready.dump() << std::endl;
 
-  int sig = 0;
-  sigwait(&stop, &sig);
+  const int sig = WaitForStopSignal(stop);
   std::cerr << "kvaultd: " << (sig == SIGTERM ? "SIGTERM" : "SIGINT") << ": flushing and stopping\n";
   Status st = (*daemon)->Stop();
   nlohmann::ordered_json done;

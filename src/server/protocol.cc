@@ -5,11 +5,7 @@
 namespace kvault::wire {
 namespace {
 
-// Bounds of what a message may carry beyond the frame limit itself (protocol.h).
-constexpr size_t kMaxTokens = kMaxTokensPerRequest;
-constexpr size_t kMaxPrompts = kMaxPromptsPerHint;
-constexpr size_t kMaxPieces = kMaxPiecesPerMessage;
-constexpr size_t kMaxChunks = 1u << 20;      // chunks in one lookup reply
+constexpr size_t kMaxReplyChunks = 1u << 20;  // chunks in one lookup reply
 
 void PutStatus(WireWriter& w, const Status& st) {
   w.U8(static_cast<uint8_t>(st.code()));
@@ -60,7 +56,7 @@ void PutPieces(WireWriter& w, const std::vector<Piece>& pieces) {
 // Pieces of at most `total` bytes in all; each inside [0, arena_bytes) when arena_bytes > 0.
 std::vector<Piece> GetPieces(WireReader& r, uint64_t arena_bytes) {
   uint32_t n = r.U32();
-  if (n > kMaxPieces || uint64_t{n} * 16 > r.left()) r.Fail();
+  if (n > kMaxPiecesPerMessage || uint64_t{n} * 16 > r.left()) r.Fail();
   std::vector<Piece> pieces;
   if (!r.ok()) return pieces;
   pieces.resize(n);
@@ -303,7 +299,7 @@ Status Decode(std::span<const std::byte> payload, LookupRequest* m) {
   m->ns = GetNamespace(r);
   m->has_parent = r.Bool();
   if (m->has_parent) m->parent = r.Key();
-  m->tokens = r.U32Array(kMaxTokens);
+  m->tokens = r.U32Array(kMaxTokensPerRequest);
   return Finish(r, "lookup");
 }
 
@@ -313,7 +309,7 @@ Status Decode(std::span<const std::byte> payload, LookupReply* m) {
   m->result.cached_tokens = r.U32();
   m->result.total_tokens = r.U32();
   const uint32_t n = r.U32();
-  if (n > kMaxChunks || uint64_t{n} * (32 + 9) > r.left()) r.Fail();
+  if (n > kMaxReplyChunks || uint64_t{n} * (32 + 9) > r.left()) r.Fail();
   m->result.chunks.clear();
   for (uint32_t i = 0; r.ok() && i < n; ++i) {
     CachedChunk c;
@@ -333,7 +329,7 @@ Status Decode(std::span<const std::byte> payload, BeginPutRequest* m) {
   WireReader r(payload);
   m->ns = GetNamespace(r);
   m->parent = r.Key();
-  m->tokens = r.U32Array(kMaxTokens);
+  m->tokens = r.U32Array(kMaxTokensPerRequest);
   if (r.ok() && (m->tokens.empty() || m->tokens.size() > m->ns.layout.chunk_tokens)) r.Fail();
   return Finish(r, "begin-put");
 }
@@ -395,9 +391,9 @@ Status Decode(std::span<const std::byte> payload, HintRequest* m) {
   WireReader r(payload);
   m->ns = GetNamespace(r);
   const uint32_t n = r.U32();
-  if (n > kMaxPrompts || uint64_t{n} * 4 > r.left()) r.Fail();
+  if (n > kMaxPromptsPerHint || uint64_t{n} * 4 > r.left()) r.Fail();
   m->prompts.clear();
-  for (uint32_t i = 0; r.ok() && i < n; ++i) m->prompts.push_back(r.U32Array(kMaxTokens));
+  for (uint32_t i = 0; r.ok() && i < n; ++i) m->prompts.push_back(r.U32Array(kMaxTokensPerRequest));
   return Finish(r, "hint");
 }
 

@@ -11,6 +11,7 @@
 
 #include "kvault/key.h"
 #include "kvault/layout.h"
+#include "store/byte_ranges.h"
 #include "store/host_arena.h"
 #include "store/record_format.h"
 #include "store/segment_log.h"
@@ -32,7 +33,7 @@ struct Entry {
   uint64_t hashed_upto = 0;
   // While uncommitted: the byte ranges written so far, merged and sorted. Commit requires
   // [0, bytes): a page's stale bytes (another chunk's, maybe another tenant's) never publish.
-  std::vector<std::pair<uint64_t, uint64_t>> written;
+  ByteRanges written;
 
   bool committed = false;  // visible to lookups
 

@@ -376,7 +376,7 @@ void StoreImpl::CopyIn(Entry* e, size_t offset, std::span<const std::byte> data)
     }
   });
   if (hash) e->hashed_upto += data.size();
-  RecordWrittenRange(e, offset, data.size());
+  e->written.Add(offset, offset + data.size());
 }
 
 void StoreImpl::MarkWritten(Entry* e, size_t offset, size_t size) {
@@ -386,7 +386,7 @@ void StoreImpl::MarkWritten(Entry* e, size_t offset, size_t size) {
   } else if (offset < e->hashed_upto) {
     e->hashed_upto = UINT64_MAX;  // rewrote hashed bytes: rehash at write-behind
   }
-  RecordWrittenRange(e, offset, size);
+  e->written.Add(offset, offset + size);
 }
 
 void StoreImpl::ForEachWritablePiece(Entry* e, size_t offset, size_t size,
@@ -394,28 +394,12 @@ void StoreImpl::ForEachWritablePiece(Entry* e, size_t offset, size_t size,
   arena_->ForEachPiece(e->pages, offset, size, [&](std::byte* p, size_t n) { fn({p, n}); });
 }
 
-void StoreImpl::RecordWrittenRange(Entry* e, uint64_t offset, uint64_t size) {
-  // Record [offset, end) and merge it with the ranges it touches.
-  uint64_t lo = offset, hi = offset + size;
-  auto& w = e->written;
-  auto it = std::lower_bound(w.begin(), w.end(), std::make_pair(lo, uint64_t{0}));
-  if (it != w.begin() && std::prev(it)->second >= lo) --it;
-  auto last = it;
-  while (last != w.end() && last->first <= hi) {
-    lo = std::min(lo, last->first);
-    hi = std::max(hi, last->second);
-    ++last;
-  }
-  it = w.erase(it, last);
-  w.insert(it, {lo, hi});
-}
-
 Status StoreImpl::Commit(Entry* e, const std::vector<ChunkKey>& superseded) {
-  if (e->written.size() != 1 || e->written[0] != std::make_pair(uint64_t{0}, e->bytes)) {
+  if (!e->written.Covers(e->bytes)) {
     Abort(e);
     return Status::InvalidArgument("commit of a chunk whose payload was not completely written");
   }
-  e->written.clear();
+  e->written.Clear();
   if (e->hashed_upto == e->bytes) {  // written in order: the checksum is already known
     e->payload_checksum = e->hasher->Digest();
     e->checksum_valid = true;

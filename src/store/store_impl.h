@@ -82,7 +82,6 @@ class StoreImpl {
   explicit StoreImpl(const StoreOptions& options);
   void OnRecordFound(const RecordHeader& h, DiskLocation loc);  // while opening
   ChunkReader MakeReader(Entry* e, Tier from);  // REQUIRES: e pinned for the reader
-  void RecordWrittenRange(Entry* e, uint64_t offset, uint64_t size);  // REQUIRES: e pinned by its writer
 
   Entry* FindLocked(const ChunkKey& key) const;                  // REQUIRES: mu_ held
   Tier TierOfLocked(const Entry* e, const Namespace& ns) const;  // REQUIRES: mu_ held
