@@ -310,9 +310,8 @@ TEST(AwarePolicyTest, ParentBecomesALeafWithItsOwnLastUse) {
   // A parent that arrives after its child is not a leaf either.
   Entry* orphan = es.Add(4, other->key);
   AwarePolicy q(nullptr);
-  q.Insert(orphan);
   q.Insert(other);
-  q.Touch(orphan);
+  q.Insert(orphan);
   q.Insert(parent);
   EXPECT_EQ(q.PickVictim(kAll), orphan);  // other is older but not a leaf
   q.Remove(orphan);
@@ -350,6 +349,50 @@ TEST(AwarePolicyTest, WindowEntriesNeededLatestGoFirst) {
   p.Touch(chain[2]);
   // The second request's chunk first, then the first request's from its tail to its head.
   EXPECT_EQ(Drain(p), (std::vector<Entry*>{k4, chain[2], chain[1], chain[0]}));
+}
+
+TEST(AwarePolicyTest, EntriesUsedOnceGoBeforeReusedOnes) {
+  Entries es;
+  Entry* reused_leaf = es.Add(1);
+  Entry* once_leaf = es.Add(2);
+  std::vector<Entry*> chain = es.Chain(10, 2);  // a -> b, both used once
+  AwarePolicy p(nullptr);
+  p.Insert(reused_leaf);
+  p.Touch(reused_leaf);  // older than everything else below, but used twice
+  p.Insert(chain[0]);
+  p.Insert(chain[1]);
+  p.Insert(once_leaf);
+  EXPECT_EQ(p.PickVictim(kAll), chain[1]);
+  // The older inner a waits while a leaf used once is eligible; the reused entry waits for both.
+  EXPECT_EQ(p.PickVictim([&](const Entry* x) { return x != chain[1]; }), once_leaf);
+  EXPECT_EQ(p.PickVictim([&](const Entry* x) { return x == chain[0] || x == reused_leaf; }), chain[0]);
+  EXPECT_EQ(Drain(p), (std::vector<Entry*>{chain[1], chain[0], once_leaf, reused_leaf}));
+}
+
+TEST(AwarePolicyTest, UseCountsOutliveRemovalThenAreForgotten) {
+  Entries es;
+  Entry* e = es.Add(1);
+  Entry* fresh = es.Add(2);
+  AwarePolicy p(nullptr);
+  p.Insert(e);
+  p.Remove(e);
+  EXPECT_EQ(p.UsesOf(e->key), 1u);  // a ghost
+  p.Insert(e);  // stored again: its second use
+  p.Insert(fresh);
+  EXPECT_EQ(p.UsesOf(e->key), 2u);
+  EXPECT_EQ(p.PickVictim(kAll), fresh);  // e is older but reused
+  p.Remove(e);
+  p.Remove(fresh);
+  // kMinGhosts later removals push e's record out.
+  for (uint32_t i = 0; i < AwarePolicy::kMinGhosts; ++i) {
+    Entry* x = es.Add(100 + i);
+    p.Insert(x);
+    p.Remove(x);
+  }
+  EXPECT_EQ(p.UsesOf(e->key), 0u);
+  EXPECT_EQ(p.UsesOf(fresh->key), 0u);
+  p.Insert(e);
+  EXPECT_EQ(p.UsesOf(e->key), 1u);
 }
 
 TEST(AwarePolicyTest, WindowChangedMovesEntriesOutOfAndIntoProtection) {
@@ -531,6 +574,18 @@ TEST_P(EveryPolicyTest, RandomOperationsAgainstAModel) {
   }
 
   std::unordered_map<Entry*, uint64_t> last_use, inserted;  // the model: held entries
+  // aware's use counts: kept after removal while the removal is among the last kMinGhosts
+  // (the limit while at most kMinGhosts / kGhostsPerEntry entries are held).
+  std::unordered_map<Entry*, uint32_t> uses;
+  std::unordered_map<Entry*, uint64_t> removed_at;
+  uint64_t removals = 0;
+  static_assert(kChains * kChainLength * AwarePolicy::kGhostsPerEntry <= AwarePolicy::kMinGhosts);
+  auto remove = [&](Entry* e) {
+    if (last_use.count(e)) removed_at[e] = ++removals;
+    last_use.erase(e);
+    inserted.erase(e);
+    p->Remove(e);
+  };
   uint64_t clock = 0;
   std::vector<bool> ok(all.size());
   const Eligible eligible = [&](const Entry* e) { return bool(ok[e->tokens]); };
@@ -551,10 +606,14 @@ TEST_P(EveryPolicyTest, RandomOperationsAgainstAModel) {
     }
     ASSERT_TRUE(last_use.count(v)) << name << ": victim not held";
     ASSERT_TRUE(ok[v->tokens]) << name << ": victim not eligible";
-    // Victim order classes of `aware`: 0 = out-of-window leaf, 1 = out-of-window inner, 2 = window.
+    // Victim order classes of `aware`: out of the window 0 = used once and a leaf, 1 = used
+    // once and inner, 2 = reused leaf, 3 = reused inner; 4 = in the window.
     std::unordered_set<ChunkKey, DigestHash> parents;
     for (const auto& [f, t] : last_use) parents.insert(f->parent);
-    auto aware_class = [&](const Entry* x) { return window_.Contains(x->key) ? 2 : parents.count(x->key) ? 1 : 0; };
+    auto aware_class = [&](const Entry* x) {
+      if (window_.Contains(x->key)) return 4;
+      return (uses[const_cast<Entry*>(x)] >= 2 ? 2 : 0) + (parents.count(x->key) ? 1 : 0);
+    };
     for (Entry* e : candidates) {
       if (name == "lru") {
         EXPECT_LE(last_use[v], last_use[e]);
@@ -565,7 +624,7 @@ TEST_P(EveryPolicyTest, RandomOperationsAgainstAModel) {
       } else if (name == "aware") {
         const int cv = aware_class(v), ce = aware_class(e);
         EXPECT_LE(cv, ce);
-        if (cv == ce && cv < 2) {
+        if (cv == ce && cv < 4) {
           EXPECT_LE(last_use[v], last_use[e]);
         } else if (cv == ce) {
           EXPECT_GE(rank_of(v), rank_of(e));
@@ -581,31 +640,30 @@ TEST_P(EveryPolicyTest, RandomOperationsAgainstAModel) {
     if (kind < 35) {
       ++clock;
       if (!last_use.count(e)) {
+        if (removed_at.count(e) && removals - removed_at[e] >= AwarePolicy::kMinGhosts) uses[e] = 0;  // forgotten
         inserted[e] = clock;
         last_use[e] = clock;
       } else if (name != "fifo") {
         last_use[e] = clock;
       }
+      ++uses[e];
       p->Insert(e);
     } else if (kind < 55) {
       ++clock;
-      if (last_use.count(e)) last_use[e] = clock;  // Touch of an absent entry: nothing
+      if (last_use.count(e)) {  // Touch of an absent entry: nothing
+        last_use[e] = clock;
+        ++uses[e];
+      }
       p->Touch(e);
     } else if (kind < 65) {
-      last_use.erase(e);
-      inserted.erase(e);
-      p->Remove(e);
+      remove(e);
     } else if (kind < 95) {
       const unsigned mode = rng() % 4;  // all, none, or a random share
       const unsigned share = rng() % 100;
       for (size_t i = 0; i < ok.size(); ++i) ok[i] = mode == 0 || (mode > 1 && rng() % 100 < share);
       Entry* v = p->PickVictim(eligible);
       check_victim(v);
-      if (v != nullptr && rng() % 2 == 0) {
-        last_use.erase(v);
-        inserted.erase(v);
-        p->Remove(v);
-      }
+      if (v != nullptr && rng() % 2 == 0) remove(v);
     } else {
       // A new window: up to three queued requests, each a prefix of a chain.
       std::vector<std::vector<ChunkKey>> requests(rng() % 4);
