@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <future>
 #include <random>
 #include <thread>
 
@@ -139,7 +140,14 @@ struct Engine::Impl {
         opt(o),
         ns(n),
         pool(model->config(), model->dtype(), model->device(), o.chunk_tokens,
-             std::max<int64_t>(1, o.kv_pool_tokens / o.chunk_tokens)) {}
+             std::max<int64_t>(1, o.kv_pool_tokens / o.chunk_tokens)),
+        planner(PlannerOptions(o, model->config())) {}
+
+  static planner::LoadPlanner::Options PlannerOptions(const EngineOptions& o, const ModelConfig& config) {
+    planner::LoadPlanner::Options p = o.planner;
+    p.layers = static_cast<int>(config.num_layers);
+    return p;
+  }
 
   Status Prefill(Sequence& s);
   std::vector<CachedChunk> CachedPages(const Sequence& s, int64_t dropped);
@@ -160,7 +168,8 @@ struct Engine::Impl {
   uint64_t next_id = 1;                          // GUARDED_BY(queue_mu)
   std::vector<std::unique_ptr<Sequence>> running;  // engine loop thread only
 
-  Worker loader;  // copies cached KV into pages, layer by layer
+  planner::LoadPlanner planner;  // before the workers: their jobs report to it
+  Worker loader;  // opens the chunks to load, copies them into pages, layer by layer
   Worker saver;   // copies new KV out of pages into the store, layer by layer
 };
 
@@ -194,24 +203,118 @@ Status Engine::Impl::Prefill(Sequence& s) {
   s.kv = std::make_unique<SequenceKv>(std::make_shared<PageLease>(&pool, std::move(*pages)));
 
   // The longest cached prefix, in new positions: page j holds original chunk OrigChunk(j).
-  int64_t cached = 0;
-  auto readers = std::make_shared<std::vector<std::pair<ChunkReader, int32_t>>>();
-  std::vector<std::pair<Tier, int64_t>> served;  // tier and tokens of each loaded chunk
   const auto lookup_start = Clock::now();
-  if (opt.store != nullptr && opt.load) {
-    const std::vector<CachedChunk> page_chunks = CachedPages(s, dropped);
-    for (size_t j = 0; j < page_chunks.size() && static_cast<int64_t>(j) * c < m; ++j) {
-      const CachedChunk& ch = page_chunks[j];
-      auto r = opt.store->OpenChunk(s.ns, ch.key);
-      if (!r.ok()) break;  // gone or unreadable since the lookup: recompute from here
-      const int64_t t = std::min<int64_t>(ch.tokens, m - static_cast<int64_t>(j) * c);
-      served.emplace_back(r->served_from(), t);
-      readers->emplace_back(std::move(r.value()), s.kv->lease()->pages()[j]);
-      cached = static_cast<int64_t>(j) * c + t;
-      if (ch.tokens < c) break;
-    }
+  std::vector<CachedChunk> page_chunks;
+  if (opt.store != nullptr && opt.load) page_chunks = CachedPages(s, dropped);
+  // Chunks that start inside the kept prompt; a stored partial chunk ends the chain.
+  std::vector<planner::PlanChunk> plan_chunks;
+  int64_t found = 0;  // cached tokens found by the lookup
+  for (size_t j = 0; j < page_chunks.size() && static_cast<int64_t>(j) * c < m; ++j) {
+    const int64_t t = std::min<int64_t>(page_chunks[j].tokens, m - static_cast<int64_t>(j) * c);
+    plan_chunks.push_back({page_chunks[j].tier, t, s.ns.layout().chunk_bytes(page_chunks[j].tokens)});
+    found += t;
+    if (page_chunks[j].tokens < c) break;
+  }
+  page_chunks.resize(plan_chunks.size());
+
+  // What to load and what to recompute.
+  switch (opt.plan) {
+    case PlanMode::kAuto: s.result.plan = planner.Plan(plan_chunks, std::max<int64_t>(1, m - found)); break;
+    case PlanMode::kLoad: s.result.plan.reason = "planner off: load"; break;
+    case PlanMode::kRecompute:
+      s.result.plan.kind = plan_chunks.empty() ? planner::PlanKind::kLoad : planner::PlanKind::kRecompute;
+      s.result.plan.recompute_chunks = plan_chunks.size();
+      s.result.plan.recompute_tokens = found;
+      s.result.plan.reason = "planner off: recompute";
+      break;
+  }
+  const size_t first_loaded = s.result.plan.recompute_chunks;
+  // A prefix recomputed whole is just a longer forward pass below; a head recomputed while
+  // the tail loads is a forward pass of its own first.
+  const int64_t head = first_loaded < plan_chunks.size() ? static_cast<int64_t>(first_loaded) * c : 0;
+
+  // Loader: open the chunks to load (T2/T3 ones are read into T1 here, while the head
+  // computes), report them, then copy each one's layers straight into its page, in layer
+  // order.
+  struct Opened {
+    std::vector<std::pair<Tier, int64_t>> served;  // tier and tokens of each opened chunk
+    int64_t tokens = 0;                            // contiguous from `head`
+  };
+  auto loaded = std::make_shared<LayerProgress>();
+  std::future<Opened> opened;
+  if (first_loaded >= plan_chunks.size()) {
+    loaded->Set(layers);
+  } else {
+    std::vector<std::pair<ChunkKey, int64_t>> to_open;  // key, tokens used
+    for (size_t j = first_loaded; j < plan_chunks.size(); ++j) to_open.emplace_back(page_chunks[j].key, plan_chunks[j].tokens);
+    auto promise = std::make_shared<std::promise<Opened>>();
+    opened = promise->get_future();
+    const std::vector<int32_t> pages(s.kv->lease()->pages().begin() + static_cast<long>(first_loaded),
+                                     s.kv->lease()->pages().end());
+    loader.Post([this, ns = s.ns, to_open, pages, promise, loaded, layers] {
+      std::vector<std::pair<ChunkReader, int32_t>> readers;
+      Opened o;
+      for (size_t i = 0; i < to_open.size(); ++i) {
+        const auto t0 = Clock::now();
+        auto r = opt.store->OpenChunk(ns, to_open[i].first);
+        if (!r.ok()) break;  // gone or unreadable since the lookup: recompute from here
+        if (r->served_from() == Tier::kDisk || r->served_from() == Tier::kCluster) {
+          planner.ObserveRead(r->served_from(), r->size(), MsSince(t0) / 1e3);
+        }
+        o.served.emplace_back(r->served_from(), to_open[i].second);
+        o.tokens += to_open[i].second;
+        readers.emplace_back(std::move(r.value()), pages[i]);
+      }
+      promise->set_value(o);
+      const auto copy_start = Clock::now();
+      uint64_t bytes = 0;
+      const KvLayout layout = ns.layout();
+      for (int64_t l = 0; l < layers; ++l) {
+        for (auto& [r, page] : readers) {
+          const size_t half = r.size() / layers / 2;  // K (or V) bytes of this chunk's layer
+          const size_t off = layout.layer_range(static_cast<uint32_t>(l), r.tokens()).offset;
+          if (!r.ReadRange(off, {pool.KPage(l, page), half}).ok() ||
+              !r.ReadRange(off + half, {pool.VPage(l, page), half}).ok()) {
+            readers.clear();
+            loaded->Fail(layers);
+            return;
+          }
+          bytes += 2 * half;
+        }
+        if (l + 1 == layers) readers.clear();  // unpin before the compute may finish
+        loaded->Set(l + 1);
+      }
+      planner.ObserveCopy(bytes, MsSince(copy_start) / 1e3);
+    });
   }
   s.result.lookup_ms = MsSince(lookup_start);
+
+  // The head: recomputed while the tail loads (its chunks are stored: nothing to save).
+  torch::Tensor head_logits;
+  double head_ms = 0;
+  if (head > 0) {
+    std::vector<int64_t> head_ids(head);
+    for (int64_t p = 0; p < head; ++p) head_ids[p] = s.TokenAt(p, c);
+    const auto t0 = Clock::now();
+    try {
+      head_logits = model->Forward(torch::tensor(head_ids, torch::kInt64), 0, *s.kv, s.params.return_prompt_logits);
+    } catch (...) {
+      if (opened.valid()) opened.wait();
+      loaded->WaitFor(layers - 1);
+      throw;
+    }
+    head_ms = MsSince(t0);
+    planner.ObservePrefill(head, 0, head_ms / 1e3);
+  }
+  int64_t cached = head;
+  std::vector<std::pair<Tier, int64_t>> served;  // tier and tokens of each loaded chunk
+  if (opened.valid()) {
+    const auto t0 = Clock::now();
+    Opened o = opened.get();
+    s.result.lookup_ms += MsSince(t0);
+    served = std::move(o.served);
+    cached += o.tokens;
+  }
   // The last prompt token is always computed: its logits give the first output token.
   const int64_t start = std::min(cached, m - 1);
   if (start < cached) served.back().second -= cached - start;
@@ -222,32 +325,7 @@ Status Engine::Impl::Prefill(Sequence& s) {
     // The slowest tier: t3, then t2, then t1 (the enum's order).
     if (static_cast<uint8_t>(tier) > static_cast<uint8_t>(s.result.tier)) s.result.tier = tier;
   }
-  s.result.hit_tokens = start;
-
-  // Loader: copy each cached chunk's layer straight from the store into its page.
-  auto loaded = std::make_shared<LayerProgress>();
-  if (readers->empty()) {
-    loaded->Set(layers);
-  } else {
-    const KvLayout layout = s.ns.layout();
-    KvPool* p = &pool;
-    loader.Post([readers, loaded, layout, p, layers] {
-      for (int64_t l = 0; l < layers; ++l) {
-        for (auto& [r, page] : *readers) {
-          const size_t half = r.size() / layers / 2;  // K (or V) bytes of this chunk's layer
-          const size_t off = layout.layer_range(static_cast<uint32_t>(l), r.tokens()).offset;
-          if (!r.ReadRange(off, {p->KPage(l, page), half}).ok() ||
-              !r.ReadRange(off + half, {p->VPage(l, page), half}).ok()) {
-            readers->clear();
-            loaded->Fail(layers);
-            return;
-          }
-        }
-        if (l + 1 == layers) readers->clear();  // unpin before the compute may finish
-        loaded->Set(l + 1);
-      }
-    });
-  }
+  s.result.hit_tokens = start - std::min(head, start);
 
   // Saver: the prompt's new KV, chunk by chunk, as each layer is computed.
   auto computed = std::make_shared<LayerProgress>();
@@ -276,6 +354,8 @@ Status Engine::Impl::Prefill(Sequence& s) {
   }
   s.kv->SetHooks(nullptr, nullptr);
   s.result.forward_ms = MsSince(forward_start);
+  planner.ObservePrefill(m - start, start, (s.result.forward_ms - wait_ms) / 1e3);
+  s.result.forward_ms += head_ms;
   if (load_failed) {  // never happens with a pinned reader; save nothing computed over it
     computed->Fail(layers);
     return Status::Corruption("cached KV could not be copied");
@@ -284,12 +364,12 @@ Status Engine::Impl::Prefill(Sequence& s) {
   s.length = m;
   s.result.load_wait_ms = wait_ms;
   s.result.prompt_tokens = m;
-  s.result.computed_tokens = m - start;
+  s.result.computed_tokens = m - start + std::min(head, start);
   s.result.dropped_tokens = dropped;
   s.next_token = Sample(s, logits[logits.size(0) - 1]);
   s.result.output_tokens.push_back(s.next_token);
   s.result.ttft_ms = MsSince(s.submitted);
-  s.result.prompt_logits = logits;
+  s.result.prompt_logits = head_logits.defined() && s.params.return_prompt_logits ? torch::cat({head_logits, logits}) : logits;
   Emitted(s);
   return Status::OK();
 }
@@ -439,6 +519,8 @@ Engine::Engine(std::shared_ptr<const LlamaModel> model, EngineOptions options)
 }
 
 Engine::~Engine() { WaitForSaves(); }
+
+const planner::LoadPlanner& Engine::load_planner() const { return impl_->planner; }
 
 uint64_t Engine::Submit(std::vector<uint32_t> prompt, SamplingParams params, std::function<void(RequestResult)> done) {
   auto s = std::make_unique<Sequence>(params.tenant.empty() || params.tenant == ns_.tenant()

@@ -20,8 +20,16 @@
 
 #include "engine/model.h"
 #include "kvault/store.h"
+#include "planner/load_planner.h"
 
 namespace kvault::engine {
+
+// How a prefill treats the cached prefix its lookup found.
+enum class PlanMode : uint8_t {
+  kAuto,       // the LoadPlanner decides per request: load, recompute, or both split (default)
+  kLoad,       // always load what is cached
+  kRecompute,  // never load (benchmarks; a store used for saving only)
+};
 
 struct EngineOptions {
   int64_t max_context = 4096;       // context window; longer prompts are truncated
@@ -37,6 +45,9 @@ struct EngineOptions {
   // Before each prefill, hint the store with the prompts of this many queued requests
   // (scheduler-aware eviction and prefetch; Store::Hint). 0: no hints.
   size_t hint_window = 8;
+  PlanMode plan = PlanMode::kAuto;
+  // The planner's options; `layers` is set from the model. Fixed rates pin it for tests.
+  planner::LoadPlanner::Options planner;
 };
 
 struct SamplingParams {
@@ -64,15 +75,18 @@ struct RequestResult {
   Status status;
   double ttft_ms = 0, total_ms = 0;
   double lookup_ms = 0;          // lookup + pinning the cached prefix (T2 hits: read and verified)
-  double forward_ms = 0;         // the prefill forward pass (its waits for loaded KV included)
+  double forward_ms = 0;         // the prefill forward passes (a recomputed head and the rest, its waits for loaded KV included)
   double load_wait_ms = 0;       // time the compute waited for cached KV to land
   int64_t prompt_tokens = 0;     // after truncation
   int64_t hit_tokens = 0;        // cached prefix reused (loaded, not recomputed)
   int64_t hit_tokens_t1 = 0, hit_tokens_t2 = 0, hit_tokens_t3 = 0;  // by the tier that served them
-  int64_t computed_tokens = 0;   // prefilled
+  int64_t computed_tokens = 0;   // prefilled (a recomputed cached head included)
   int64_t dropped_tokens = 0;    // removed by context overflow
   Tier tier = Tier::kNone;       // the slowest tier that served the prefix
-  torch::Tensor prompt_logits;   // [computed_tokens, vocab] fp32 when asked, else [1, vocab]
+  // [computed_tokens, vocab] fp32 when asked, else [1, vocab]. Rows are positions in order:
+  // a head the planner recomputed ([0, plan.recompute_tokens) on a split), then the rest.
+  torch::Tensor prompt_logits;
+  planner::LoadPlan plan;        // what the planner chose for the cached prefix, and why
 };
 
 class Engine {
@@ -96,6 +110,8 @@ class Engine {
   void WaitForSaves();
 
   const Namespace& ns() const { return ns_; }
+  // The planner with the rates it measured so far (thread-safe).
+  const planner::LoadPlanner& load_planner() const;
   const EngineOptions& options() const { return options_; }
 
  private:

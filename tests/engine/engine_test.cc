@@ -165,6 +165,84 @@ TEST_F(EngineTest, SsdHitAfterStoreRestart) {
   EXPECT_EQ(r.tier, Tier::kDisk);
   EXPECT_EQ(r.hit_tokens_t2, 70);
   ExpectMatchesRecompute(longer, r);
+  // The engine measured what the planner needs: the SSD reads, the copies, the prefills.
+  auto rates = e.load_planner().Plan({}, 1);
+  EXPECT_GT(rates.t2_read_gbps, 0);
+  EXPECT_GT(rates.copy_gbps, 0);
+  EXPECT_TRUE(e.load_planner().prefill_model().known());
+}
+
+// The planner over a prefix on SSD only (after a restart), with fixed rates: a prefill costs
+// 1 ms per token (16 ms a chunk) and reading a chunk `chunk_read_ms`.
+class EnginePlannerTest : public EngineTest {
+ protected:
+  RequestResult SsdHit(double chunk_read_ms, const std::vector<uint32_t>& history,
+                       const std::vector<uint32_t>& prompt) {
+    {
+      Engine e(model_, Options());
+      EXPECT_TRUE(e.Generate(history, Params(1)).status.ok());
+      e.WaitForSaves();
+      EXPECT_TRUE(store_->Flush().ok());
+    }
+    store_.reset();
+    OpenStore();
+    EngineOptions o = Options();
+    o.hint_window = 0;
+    const double chunk_bytes = static_cast<double>(LayoutFor(config_, torch::kFloat32, 16).chunk_bytes(16));
+    o.planner.fixed_prefill.per_token_s = 1e-3;
+    o.planner.fixed_t2_read_gbps = chunk_bytes / (chunk_read_ms / 1e3) / 1e9;
+    o.planner.fixed_copy_gbps = 100;
+    Engine e(model_, o);
+    return e.Generate(prompt, Params(1, true));
+  }
+  // prompt_logits rows are positions [0, head) then [start, end): both equal a full recompute.
+  void ExpectRowsMatchRecompute(const std::vector<uint32_t>& prompt, const RequestResult& r, int64_t head) {
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+    std::vector<int64_t> ids(prompt.begin(), prompt.end());
+    auto full = model_->ForwardNoCache(torch::tensor(ids, torch::kInt64));
+    const int64_t rest = r.computed_tokens - head;
+    auto rows = torch::cat({full.narrow(0, 0, head), full.narrow(0, r.prompt_tokens - rest, rest)});
+    ASSERT_EQ(r.prompt_logits.sizes(), rows.sizes());
+    EXPECT_LT((r.prompt_logits - rows).abs().max().item<float>(), 1e-4);
+  }
+};
+
+TEST_F(EnginePlannerTest, SplitRecomputesTheHeadWhileTheTailLoads) {
+  // 5 chunks, 16 ms to compute and 15 ms to read each, then 9 new tokens: recompute 2 while
+  // 3 load (54 ms predicted, against 84 ms to load all and 89 ms to recompute all).
+  auto history = RandomTokens(50, 80);
+  auto prompt = Concat(history, RandomTokens(51, 9));
+  auto r = SsdHit(15, history, prompt);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(r.plan.kind, kvault::planner::PlanKind::kSplit) << r.plan.ToJson();
+  EXPECT_EQ(r.plan.recompute_tokens, 32);
+  EXPECT_NEAR(r.plan.predicted_ms, 54, 0.5);
+  EXPECT_NEAR(r.plan.load_all_ms, 84, 0.5);
+  EXPECT_NEAR(r.plan.recompute_all_ms, 89, 0.5);
+  EXPECT_EQ(r.hit_tokens, 48);
+  EXPECT_EQ(r.hit_tokens_t2, 48);
+  EXPECT_EQ(r.computed_tokens, 32 + 9);
+  ExpectRowsMatchRecompute(prompt, r, r.plan.recompute_tokens);
+}
+
+TEST_F(EnginePlannerTest, RecomputesInsteadOfReadingASlowDisk) {
+  auto history = RandomTokens(52, 80);
+  auto prompt = Concat(history, RandomTokens(53, 9));
+  auto r = SsdHit(1000, history, prompt);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(r.plan.kind, kvault::planner::PlanKind::kRecompute) << r.plan.ToJson();
+  EXPECT_EQ(r.hit_tokens, 0);
+  EXPECT_EQ(r.computed_tokens, 89);
+  ExpectRowsMatchRecompute(prompt, r, 0);
+}
+
+TEST_F(EnginePlannerTest, LoadsAFastDisk) {
+  auto history = RandomTokens(54, 80);
+  auto prompt = Concat(history, RandomTokens(55, 9));
+  auto r = SsdHit(0.1, history, prompt);
+  EXPECT_EQ(r.plan.kind, kvault::planner::PlanKind::kLoad) << r.plan.ToJson();
+  EXPECT_EQ(r.hit_tokens, 80);
+  ExpectRowsMatchRecompute(prompt, r, 0);
 }
 
 // Scheduler-aware prefetch: while request B prefills, the engine hints the store with the

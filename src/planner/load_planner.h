@@ -1,0 +1,120 @@
+// LoadPlanner: for a prefill whose prompt starts with a cached prefix, chooses what to load
+// from the store and what to recompute, from rates measured while the engine runs.
+//
+// Options, for a prefix of n cached chunks: load all of it; recompute all of it; or split at
+// chunk k — recompute the head [0, k) while the tail [k, n) is read from its tiers and copied
+// into the engine's KV pages, the new tokens then computing layer by layer as the tail's
+// layers land. The predicted time of split k (k = 0 is "load", k = n "recompute"):
+//
+//   read  = sum over the tail's T2/T3 chunks of bytes / that tier's read rate (into T1)
+//   copy  = tail bytes / copy rate (T1 -> engine pages: memcpy on a CPU, PCIe on a GPU)
+//   head  = prefill(head tokens, 0 cached);  new = prefill(new tokens, all cached)
+//   T(k)  = max(head + new,  read + copy/L + new,  read + copy + new/L)    (L = layers)
+//
+// i.e. the slower of the compute path and the load path of a two-stage layer pipeline. The
+// planner picks the k of least T(k), preferring the fewest recomputed chunks among ties.
+// prefill(n, c) = n * (per_token + per_pair * (c + n/2)) (weights' GEMMs plus causal
+// attention over c cached and n new tokens), fitted by least squares over the forward passes
+// the engine observed, recent ones weighing more. Until a rate is measured the planner
+// assumes it is fast enough to load (loading is the default), and it recomputes anything
+// only when that is predicted to beat loading all by `min_gain` (model error and the
+// compute's own cost make a marginal win not worth it).
+//
+// Thread-safety: every method may be called from any thread (one mutex).
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kvault/store.h"
+
+namespace kvault::planner {
+
+struct PlanChunk {
+  Tier tier = Tier::kHost;    // where the chunk is now (a lookup's CachedChunk::tier)
+  int64_t tokens = 0;
+  uint64_t bytes = 0;
+};
+
+enum class PlanKind : uint8_t { kLoad, kRecompute, kSplit };
+const char* PlanKindName(PlanKind kind);  // "load", "recompute", "split"
+
+// The decision and its inputs, as logged and exported.
+struct LoadPlan {
+  PlanKind kind = PlanKind::kLoad;
+  size_t recompute_chunks = 0;    // head chunks recomputed; the ones after them are loaded
+  int64_t recompute_tokens = 0;   // their tokens
+  double predicted_ms = 0;        // T(k) of the choice
+  double load_all_ms = 0;         // T(0)
+  double recompute_all_ms = 0;    // T(n)
+  // Inputs: the rates used (0 = not measured yet) and the prefill model.
+  double t2_read_gbps = 0, t3_read_gbps = 0, copy_gbps = 0;
+  double prefill_per_token_us = 0, prefill_per_pair_ns = 0;
+  std::string reason;  // why, in words (e.g. "no prefill measured yet: load")
+  std::string ToJson() const;
+};
+
+// Prefill time model: seconds(n new, c cached) = n * (per_token + per_pair * (c + n/2)).
+struct PrefillModel {
+  double per_token_s = 0;
+  double per_pair_s = 0;
+  bool known() const { return per_token_s > 0 || per_pair_s > 0; }
+  double Seconds(int64_t n, int64_t cached) const;
+};
+
+class LoadPlanner {
+ public:
+  struct Options {
+    int layers = 1;                // the model's layers (L above)
+    double recent_weight = 0.1;    // weight of the newest observation in the running averages
+    double min_gain = 0.05;        // least predicted gain over loading all to recompute anything
+    // Fixed rates and prefill model for tests and benchmarks; 0 / unknown = measured.
+    double fixed_t2_read_gbps = 0, fixed_t3_read_gbps = 0, fixed_copy_gbps = 0;
+    PrefillModel fixed_prefill;
+  };
+  explicit LoadPlanner(Options options);
+
+  // The plan for a prefix of `chunks` (head first) followed by `new_tokens` to compute (>= 1).
+  LoadPlan Plan(std::span<const PlanChunk> chunks, int64_t new_tokens) const;
+  // T(k) for one split point, as Plan() predicts it (seconds).
+  double PredictSeconds(std::span<const PlanChunk> chunks, int64_t new_tokens, size_t recompute_chunks) const;
+
+  // Measurements. A forward pass of `n` new tokens after `cached` ones took `seconds` of
+  // compute (its waits for loads excluded).
+  void ObservePrefill(int64_t n, int64_t cached, double seconds);
+  // `bytes` read from `tier` (kDisk or kCluster) into T1 in `seconds`.
+  void ObserveRead(Tier tier, uint64_t bytes, double seconds);
+  // `bytes` copied from T1 into engine pages in `seconds`.
+  void ObserveCopy(uint64_t bytes, double seconds);
+
+  PrefillModel prefill_model() const;
+  const Options& options() const { return options_; }
+
+ private:
+  struct Rate {  // exponentially weighted bytes/s
+    double bytes_per_s = 0;
+    void Add(double sample, double weight) { bytes_per_s = bytes_per_s == 0 ? sample : bytes_per_s + weight * (sample - bytes_per_s); }
+  };
+  struct Split {  // recompute chunks [0, k), load the rest
+    int64_t head_tokens = 0;
+    double tail_bytes = 0;
+    double tail_read_s = 0;  // the tail's T2/T3 reads at the measured rates
+  };
+  double ReadRateLocked(Tier tier) const;
+  double CopyRateLocked() const;
+  PrefillModel PrefillModelLocked() const;
+  std::vector<Split> SplitsLocked(std::span<const PlanChunk> chunks) const;  // [0, n]
+  double PredictLocked(const Split& split, int64_t cached, int64_t new_tokens, bool all_recomputed,
+                       const PrefillModel& m) const;
+
+  const Options options_;
+  mutable std::mutex mu_;
+  Rate t2_, t3_, copy_;  // GUARDED_BY(mu_)
+  // Decayed normal equations of seconds = a*x1 + b*x2 with x1 = n, x2 = n*(c + n/2).
+  double s11_ = 0, s12_ = 0, s22_ = 0, s1y_ = 0, s2y_ = 0, sy_ = 0, sx1_ = 0;  // GUARDED_BY(mu_)
+};
+
+}  // namespace kvault::planner
