@@ -1134,14 +1134,35 @@ void StoreImpl::CompactSegment(uint32_t id) {
     }
   }
   ReclaimSegment(id);
+  // The copies cost what they kept in the old segment, plus a trailer and an index area for
+  // every roll of the active segment they cause: the copies that would take the tier past
+  // its cap are dropped instead, the last ones first (the cap holds at every moment).
+  std::vector<uint64_t> sizes;
+  for (Move& m : moves) {
+    if (m.ok) sizes.push_back(kBlockBytes + RoundUpToBlock(m.header.payload_bytes));
+  }
+  while (!sizes.empty() && log_->UsedBytes() + log_->BytesNeeded(sizes) > options_.ssd_bytes) sizes.pop_back();
   std::vector<AppendItem> items;
   for (Move& m : moves) {
-    if (m.ok) items.push_back(std::move(m.item));
+    if (!m.ok) continue;
+    if (items.size() == sizes.size()) {
+      m.item.status = Status::Unavailable("no room to keep it while compacting");
+      m.ok = false;
+      continue;
+    }
+    items.push_back(std::move(m.item));
   }
   if (!items.empty()) log_->Append(items);
   std::lock_guard<std::mutex> lock(mu_);
   size_t j = 0;
   for (Move& m : moves) {
+    if (!m.ok && !m.item.status.ok()) {  // dropped for room: as if its copy failed
+      m.e->moving = false;
+      ++stats_.t2_evictions;
+      DropT2CopyLocked(m.e);
+      if (m.e->pins == 0 && !m.e->in_t1) EraseLocked(m.e);
+      continue;
+    }
     if (!m.ok) continue;
     const AppendItem& item = items[j++];
     Entry* e = m.e;
