@@ -184,6 +184,11 @@ class Store {
   virtual void WaitForPrefetch() = 0;
 
   virtual StoreStats Stats() const = 0;
+
+  // The host memory T1 chunks live in, for page-locking by a GPU engine (so its DMA reads and
+  // writes chunks in place at PCIe speed). Valid while the store lives; empty when the memory
+  // can change under the caller (a kvaultd client remaps it on reconnect).
+  virtual std::vector<std::span<std::byte>> HostMemory() const { return {}; }
 };
 
 }  // namespace kvault

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "engine/kv_pool.h"
+#include "engine/kv_transfer.h"
 
 namespace kvault::engine {
 namespace {
@@ -141,7 +142,11 @@ struct Engine::Impl {
         ns(n),
         pool(model->config(), model->dtype(), model->device(), o.chunk_tokens,
              std::max<int64_t>(1, o.kv_pool_tokens / o.chunk_tokens)),
-        planner(PlannerOptions(o, model->config())) {}
+        planner(PlannerOptions(o, model->config())) {
+    auto t = MakeKvTransfer(pool, n.layout(), o.store);
+    if (!t.ok()) throw std::invalid_argument("the KV pool's device: " + t.status().ToString());
+    transfer = std::move(t.value());
+  }
 
   static planner::LoadPlanner::Options PlannerOptions(const EngineOptions& o, const ModelConfig& config) {
     planner::LoadPlanner::Options p = o.planner;
@@ -169,6 +174,7 @@ struct Engine::Impl {
   std::vector<std::unique_ptr<Sequence>> running;  // engine loop thread only
 
   planner::LoadPlanner planner;  // before the workers: their jobs report to it
+  std::unique_ptr<KvTransfer> transfer;  // store memory <-> pool pages; before the workers too
   Worker loader;  // opens the chunks to load, copies them into pages, layer by layer
   Worker saver;   // copies new KV out of pages into the store, layer by layer
 };
@@ -267,21 +273,21 @@ Status Engine::Impl::Prefill(Sequence& s) {
       }
       promise->set_value(o);
       const auto copy_start = Clock::now();
+      std::vector<LoadItem> items;
       uint64_t bytes = 0;
-      const KvLayout layout = ns.layout();
+      for (const auto& [r, page] : readers) {
+        items.push_back({&r, page});
+        bytes += r.size();
+      }
       for (int64_t l = 0; l < layers; ++l) {
-        for (auto& [r, page] : readers) {
-          const size_t half = r.size() / layers / 2;  // K (or V) bytes of this chunk's layer
-          const size_t off = layout.layer_range(static_cast<uint32_t>(l), r.tokens()).offset;
-          if (!r.ReadRange(off, {pool.KPage(l, page), half}).ok() ||
-              !r.ReadRange(off + half, {pool.VPage(l, page), half}).ok()) {
-            readers.clear();
-            loaded->Fail(layers);
-            return;
-          }
-          bytes += 2 * half;
+        const bool last = l + 1 == layers;
+        if (!transfer->LoadLayer(l, items).ok() || (last && !transfer->LoadsLanded().ok())) {
+          (void)transfer->LoadsLanded();  // nothing in flight reads a reader about to unpin
+          readers.clear();
+          loaded->Fail(layers);
+          return;
         }
-        if (l + 1 == layers) readers.clear();  // unpin before the compute may finish
+        if (last) readers.clear();  // landed: unpin before the compute may finish
         loaded->Set(l + 1);
       }
       planner.ObserveCopy(bytes, MsSince(copy_start) / 1e3);
@@ -333,13 +339,20 @@ Status Engine::Impl::Prefill(Sequence& s) {
 
   double wait_ms = 0;
   bool load_failed = false;
+  const bool saves_follow_layers = transfer->SavesFollowLayers();
   s.kv->SetHooks(
       [&](int64_t l) {
         auto t0 = Clock::now();
-        if (!loaded->WaitFor(l)) load_failed = true;
+        if (!loaded->WaitFor(l)) {
+          load_failed = true;
+        } else {
+          transfer->ComputeAfterLoad(l);
+        }
         wait_ms += MsSince(t0);
       },
-      [&](int64_t l) { computed->Set(l + 1); });
+      [&](int64_t l) {
+        if (saves_follow_layers) computed->Set(l + 1);
+      });
   std::vector<int64_t> ids(m - start);
   for (int64_t p = start; p < m; ++p) ids[p - start] = s.TokenAt(p, c);
   torch::Tensor logits;
@@ -359,6 +372,13 @@ Status Engine::Impl::Prefill(Sequence& s) {
   if (load_failed) {  // never happens with a pinned reader; save nothing computed over it
     computed->Fail(layers);
     return Status::Corruption("cached KV could not be copied");
+  }
+  if (!saves_follow_layers) {  // the pages hold the new KV once the device has computed it
+    Status st = transfer->ComputeFinished();
+    if (!st.ok()) {
+      computed->Fail(layers);
+      return st;
+    }
   }
   computed->Set(layers);
   s.length = m;
@@ -419,21 +439,17 @@ void Engine::Impl::ScheduleSave(Sequence& s, int64_t from, int64_t to, std::shar
     items->push_back({std::move(w.value()), s.kv->lease()->pages()[j], t});
   }
   if (items->empty()) return;
-  const KvLayout layout = s.ns.layout();
   const int64_t layers = model->config().num_layers;
-  KvPool* p = &pool;
-  saver.Post([items, computed, lease = s.kv->lease(), layout, p, layers] {
+  saver.Post([this, items, computed, lease = s.kv->lease(), layers] {
+    std::vector<SaveItem> batch;
+    for (Item& it : *items) batch.push_back({&it.writer, it.page, it.tokens});
     for (int64_t l = 0; l < layers; ++l) {
-      if (!computed->WaitFor(l)) return;  // the prefill failed: drop the writers uncommitted
-      for (Item& it : *items) {
-        const ByteRange r = layout.layer_range(static_cast<uint32_t>(l), it.tokens);
-        const size_t half = r.size / 2;
-        if (!it.writer.WriteRange(r.offset, {p->KPage(l, it.page), half}).ok() ||
-            !it.writer.WriteRange(r.offset + half, {p->VPage(l, it.page), half}).ok()) {
-          return;  // the writers drop uncommitted
-        }
+      if (!computed->WaitFor(l) || !transfer->SaveLayer(l, batch).ok()) {
+        (void)transfer->SavesLanded();  // nothing in flight writes a slot about to be dropped
+        return;  // the prefill failed, or a copy did: the writers drop uncommitted
       }
     }
+    if (!transfer->SavesLanded().ok()) return;
     for (Item& it : *items) (void)it.writer.Commit();
   });
 }
@@ -509,11 +525,6 @@ Engine::Engine(std::shared_ptr<const LlamaModel> model, EngineOptions options)
       options_(options) {
   if (options.chunk_tokens <= 0 || options.max_context <= 0 || options.kv_pool_tokens < options.chunk_tokens) {
     throw std::invalid_argument("EngineOptions: chunk_tokens, max_context and kv_pool_tokens must be positive");
-  }
-  if (options.store != nullptr && !model->device().is_cpu()) {
-    // Loads and saves copy between store memory and pool pages with memcpy; GPU pages need
-    // pinned staging and stream ordering (the GPU path issue).
-    throw std::invalid_argument("the store path is CPU-only for now; run the model on the CPU or turn the store off");
   }
   impl_ = std::make_unique<Impl>(std::move(model), options_, ns_);
 }

@@ -50,7 +50,7 @@ torch::Tensor InverseFrequencies(const ModelConfig& c) {
 }  // namespace
 
 LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights, torch::Device device)
-    : config_(std::move(config)), weights_(std::move(weights)), device_(device) {
+    : config_(std::move(config)), weights_(ToDevice(std::move(weights), device)), device_(device) {
   inv_freq_ = InverseFrequencies(config_).to(torch::kFloat32).to(device_);
 }
 

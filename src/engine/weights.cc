@@ -272,6 +272,27 @@ ModelWeights RandomWeights(const ModelConfig& config, uint64_t seed, torch::Scal
   return w;
 }
 
+ModelWeights ToDevice(ModelWeights w, torch::Device device) {
+  const bool tied = w.lm_head.defined() && w.lm_head.is_same(w.embed);
+  auto move = [&](torch::Tensor& t) {
+    if (t.defined() && t.device() != device) t = t.to(device);
+  };
+  move(w.embed);
+  move(w.final_norm);
+  for (LayerWeights& l : w.layers) {
+    for (torch::Tensor* t : {&l.input_norm, &l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.post_norm,
+                             &l.gate_proj, &l.up_proj, &l.down_proj, &l.q_bias, &l.k_bias, &l.v_bias}) {
+      move(*t);
+    }
+  }
+  if (tied) {
+    w.lm_head = w.embed;
+  } else {
+    move(w.lm_head);
+  }
+  return w;
+}
+
 Status SaveWeights(const ModelConfig& config, const ModelWeights& weights, const std::string& dir) {
   try {
     KVAULT_RETURN_IF_ERROR(config.Validate());

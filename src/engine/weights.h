@@ -41,6 +41,10 @@ Result<ModelWeights> LoadWeights(const ModelConfig& config, const std::string& d
 // activations stay in range: for tests, benchmarks and the demo.
 ModelWeights RandomWeights(const ModelConfig& config, uint64_t seed, torch::ScalarType dtype);
 
+// The same weights on `device` (a tied lm_head stays the embedding's tensor); the
+// fingerprint is kept, since it names the values, not where they live.
+ModelWeights ToDevice(ModelWeights weights, torch::Device device);
+
 // Writes `weights` as a single model.safetensors (+ config.json) into `dir` with Hugging
 // Face's names: used by tests and `kvault demo --save-model`.
 Status SaveWeights(const ModelConfig& config, const ModelWeights& weights, const std::string& dir);

@@ -36,6 +36,9 @@ class EmbeddedStore final : public Store {
   Status Flush() override { return impl_->Flush(); }
   void WaitForPrefetch() override { impl_->WaitForPrefetch(); }
   StoreStats Stats() const override { return impl_->Stats(); }
+  std::vector<std::span<std::byte>> HostMemory() const override {
+    return {{impl_->arena().base(), impl_->arena().map_bytes()}};
+  }
 
   // The cluster tier's (T3) own counters (kvaultd reports them); nullopt when T3 is off.
   std::optional<RemoteTierStats> ClusterStats() const { return impl_->ClusterStats(); }

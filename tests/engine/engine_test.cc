@@ -245,6 +245,61 @@ TEST_F(EnginePlannerTest, LoadsAFastDisk) {
   ExpectRowsMatchRecompute(prompt, r, 0);
 }
 
+// The GPU path (skipped without a CUDA device): the pool on the GPU, loads and saves by DMA
+// between the store's page-locked DRAM and the GPU pages, layer by layer on side streams.
+// Turn 2 hits T1, turn 3 (after a restart) hits T2, turn 4 splits (head recomputed on the
+// GPU while the tail loads); every computed row equals a full recompute on the CPU.
+TEST_F(EnginePlannerTest, CudaPoolLoadsAndSavesThroughPinnedMemory) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "needs a CUDA GPU (LibTorch sees none)";
+  auto gpu_model = std::make_shared<LlamaModel>(config_, RandomWeights(config_, 7, torch::kFloat32), torch::kCUDA);
+  auto expect_rows = [&](const std::vector<uint32_t>& prompt, const RequestResult& r, int64_t head) {
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+    std::vector<int64_t> ids(prompt.begin(), prompt.end());
+    auto full = model_->ForwardNoCache(torch::tensor(ids, torch::kInt64));
+    const int64_t rest = r.computed_tokens - head;
+    auto rows = torch::cat({full.narrow(0, 0, head), full.narrow(0, r.prompt_tokens - rest, rest)});
+    ASSERT_EQ(r.prompt_logits.sizes(), rows.sizes());
+    EXPECT_LT((r.prompt_logits.cpu() - rows).abs().max().item<float>(), 2e-3);
+  };
+  auto history = RandomTokens(60, 70);
+  auto prompt = Concat(history, RandomTokens(61, 9));
+  EngineOptions o = Options();
+  o.plan = PlanMode::kLoad;
+  o.hint_window = 0;
+  {
+    Engine e(gpu_model, o);
+    auto first = e.Generate(history, Params(4, true));
+    expect_rows(history, first, 0);
+    e.WaitForSaves();
+    auto r = e.Generate(prompt, Params(1, true));
+    EXPECT_EQ(r.hit_tokens_t1, 70);
+    expect_rows(prompt, r, 0);
+    e.WaitForSaves();
+    ASSERT_TRUE(store_->Flush().ok());
+  }
+  store_.reset();
+  OpenStore();
+  {
+    Engine e(gpu_model, o);
+    auto r = e.Generate(prompt, Params(1, true));
+    EXPECT_EQ(r.hit_tokens_t2, 70);
+    expect_rows(prompt, r, 0);
+  }
+  store_.reset();
+  OpenStore();
+  EngineOptions split = o;
+  split.plan = PlanMode::kAuto;
+  split.planner.fixed_prefill.per_token_s = 1e-3;
+  split.planner.fixed_t2_read_gbps =
+      static_cast<double>(LayoutFor(config_, torch::kFloat32, 16).chunk_bytes(16)) / 15e-3 / 1e9;
+  split.planner.fixed_copy_gbps = 100;
+  Engine e(gpu_model, split);
+  auto r = e.Generate(prompt, Params(1, true));
+  EXPECT_EQ(r.plan.kind, kvault::planner::PlanKind::kSplit) << r.plan.ToJson();
+  EXPECT_GT(r.hit_tokens_t2, 0);
+  expect_rows(prompt, r, r.plan.recompute_tokens);
+}
+
 // Scheduler-aware prefetch: while request B prefills, the engine hints the store with the
 // queued request A2; its history, on SSD only after a restart, is in DRAM when A2 runs.
 TEST_F(EngineTest, QueuedRequestsHistoryIsPrefetched) {
