@@ -1,4 +1,5 @@
 #include "cli/commands.h"
+#include "gpu_ttft_bench.h"
 #include "share_bench.h"
 #include "store_bench.h"
 
@@ -26,6 +27,21 @@ void AddBenchCommand(CLI::App& app) {
   share->add_option("--role", so->role, "Internal: the role of a child process")->group("");
   share->add_option("--socket", so->socket, "Internal: the daemon's socket")->group("");
   share->callback([so] { SetExitCode(RunShareBench(*so)); });
+
+  auto go = std::make_shared<GpuTtftBenchOptions>();
+  CLI::App* gpu = bench->add_subcommand(
+      "gpu-ttft", "TTFT of a returning conversation: recompute, T1 hit, cold T2 hit, planner, vs the copy peak");
+  gpu->add_option("--preset", go->preset, "Model shape with random weights: llama3-8b or tiny")->capture_default_str();
+  gpu->add_option("--device", go->device, "cuda or cpu (default: cuda when LibTorch sees a GPU)");
+  gpu->add_option("--dtype", go->dtype, "bf16 or fp32 (default: bf16 on cuda, fp32 on cpu)");
+  gpu->add_option("--histories", go->histories, "History lengths in tokens")->delimiter(',')->capture_default_str();
+  gpu->add_option("--new-tokens", go->new_tokens, "New tokens after the history")->capture_default_str();
+  gpu->add_option("--repeats", go->repeats, "Timed runs per measurement (median reported)")->capture_default_str();
+  gpu->add_option("--chunk-tokens", go->chunk_tokens, "Store chunk = KV page size")->capture_default_str();
+  gpu->add_option("--dir", go->dir, "Store directory (T2; default: a fresh temporary one, removed after)");
+  gpu->add_option("--json", go->json, "Also write the JSON (indented) to this file");
+  gpu->add_option("--seed", go->seed, "Seed of the weights and tokens")->capture_default_str();
+  gpu->callback([go] { SetExitCode(RunGpuTtftBench(*go)); });
 }
 
 }  // namespace kvault::cli

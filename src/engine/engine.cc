@@ -247,6 +247,11 @@ Status Engine::Impl::Prefill(Sequence& s) {
     int64_t tokens = 0;                            // contiguous from `head`
   };
   auto loaded = std::make_shared<LayerProgress>();
+  struct CopyTiming {  // written by the loader before its last layer is marked done
+    double ms = 0;
+    uint64_t bytes = 0;
+  };
+  auto copy_timing = std::make_shared<CopyTiming>();
   std::future<Opened> opened;
   if (first_loaded >= plan_chunks.size()) {
     loaded->Set(layers);
@@ -257,7 +262,7 @@ Status Engine::Impl::Prefill(Sequence& s) {
     opened = promise->get_future();
     const std::vector<int32_t> pages(s.kv->lease()->pages().begin() + static_cast<long>(first_loaded),
                                      s.kv->lease()->pages().end());
-    loader.Post([this, ns = s.ns, to_open, pages, promise, loaded, layers] {
+    loader.Post([this, ns = s.ns, to_open, pages, promise, loaded, copy_timing, layers] {
       std::vector<std::pair<ChunkReader, int32_t>> readers;
       Opened o;
       for (size_t i = 0; i < to_open.size(); ++i) {
@@ -287,10 +292,13 @@ Status Engine::Impl::Prefill(Sequence& s) {
           loaded->Fail(layers);
           return;
         }
-        if (last) readers.clear();  // landed: unpin before the compute may finish
+        if (last) {
+          readers.clear();  // landed: unpin before the compute may finish
+          *copy_timing = {MsSince(copy_start), bytes};
+          planner.ObserveCopy(bytes, copy_timing->ms / 1e3);
+        }
         loaded->Set(l + 1);
       }
-      planner.ObserveCopy(bytes, MsSince(copy_start) / 1e3);
     });
   }
   s.result.lookup_ms = MsSince(lookup_start);
@@ -383,6 +391,8 @@ Status Engine::Impl::Prefill(Sequence& s) {
   computed->Set(layers);
   s.length = m;
   s.result.load_wait_ms = wait_ms;
+  s.result.load_copy_ms = copy_timing->ms;  // the forward waited for the last layer: written
+  s.result.loaded_bytes = copy_timing->bytes;
   s.result.prompt_tokens = m;
   s.result.computed_tokens = m - start + std::min(head, start);
   s.result.dropped_tokens = dropped;

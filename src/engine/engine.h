@@ -77,6 +77,8 @@ struct RequestResult {
   double lookup_ms = 0;          // lookup + pinning the cached prefix (T2 hits: read and verified)
   double forward_ms = 0;         // the prefill forward passes (a recomputed head and the rest, its waits for loaded KV included)
   double load_wait_ms = 0;       // time the compute waited for cached KV to land
+  double load_copy_ms = 0;       // the loader's copies into the pool, first to last landed
+  uint64_t loaded_bytes = 0;     // KV bytes those copies moved
   int64_t prompt_tokens = 0;     // after truncation
   int64_t hit_tokens = 0;        // cached prefix reused (loaded, not recomputed)
   int64_t hit_tokens_t1 = 0, hit_tokens_t2 = 0, hit_tokens_t3 = 0;  // by the tier that served them

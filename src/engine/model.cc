@@ -98,8 +98,14 @@ torch::Tensor LlamaModel::Attention(const torch::Tensor& q, const torch::Tensor&
   }
   torch::Tensor out;
 #if TORCH_VERSION_MAJOR >= 2
-  out = allowed.defined() ? at::scaled_dot_product_attention(qh, kh, vh, allowed)
-                          : at::scaled_dot_product_attention(qh, kh, vh);
+  if (t > 1 && !windowed && start == 0 && t == n) {
+    // A prefill from position 0: plain causal, so the fused (flash) kernel runs without a
+    // T x N mask in memory.
+    out = at::scaled_dot_product_attention(qh, kh, vh, {}, 0.0, /*is_causal=*/true);
+  } else {
+    out = allowed.defined() ? at::scaled_dot_product_attention(qh, kh, vh, allowed)
+                            : at::scaled_dot_product_attention(qh, kh, vh);
+  }
 #else
   // No fused attention in LibTorch 1.x: blocks of queries, each against only the keys it may
   // see, so the fp32 score matrix stays small (heads x 256 x keys) instead of heads x T x N.
