@@ -1,5 +1,7 @@
 #include "engine/kv_transfer.h"
 
+#include <map>
+#include <mutex>
 #include <stdexcept>
 #include <utility>
 #include <vector>
@@ -52,6 +54,46 @@ class HostKvTransfer final : public KvTransfer {
   const KvLayout layout_;
 };
 
+// Page-locked host regions shared by every engine of the process: a store used by two engines
+// is registered once and unregistered when the last of them goes (cudaHostRegister refuses
+// memory already registered, and unregistering under a live engine would slow its DMA).
+class PinnedRegistry {
+ public:
+  static Status Acquire(std::span<std::byte> region) {
+    std::lock_guard<std::mutex> lock(mu());
+    auto& held = map()[region.data()];
+    if (held.users == 0) {
+      auto pinned = gpu::PinnedRegion::Register(region.data(), region.size());
+      if (!pinned.ok()) {
+        map().erase(region.data());
+        return pinned.status();
+      }
+      held.region = std::move(pinned.value());
+    }
+    ++held.users;
+    return Status::OK();
+  }
+  static void Release(std::span<std::byte> region) {
+    std::lock_guard<std::mutex> lock(mu());
+    auto it = map().find(region.data());
+    if (it != map().end() && --it->second.users == 0) map().erase(it);  // unregisters
+  }
+
+ private:
+  struct Held {
+    gpu::PinnedRegion region;
+    int users = 0;
+  };
+  static std::mutex& mu() {
+    static std::mutex m;
+    return m;
+  }
+  static std::map<const void*, Held>& map() {
+    static std::map<const void*, Held> m;
+    return m;
+  }
+};
+
 class CudaKvTransfer final : public KvTransfer {
  public:
   static Result<std::unique_ptr<KvTransfer>> Create(KvPool& pool, const KvLayout& layout, Store* store) {
@@ -65,13 +107,19 @@ class CudaKvTransfer final : public KvTransfer {
     }
     if (store != nullptr) {
       for (std::span<std::byte> region : store->HostMemory()) {
-        auto pinned = gpu::PinnedRegion::Register(region.data(), region.size());
-        // Already registered (another engine over the same store): DMA runs at speed anyway.
-        if (!pinned.ok() && pinned.status().code() != Code::kInvalidArgument) return pinned.status();
-        if (pinned.ok()) t->pinned_.push_back(std::move(pinned.value()));
+        KVAULT_RETURN_IF_ERROR(PinnedRegistry::Acquire(region));
+        t->pinned_.push_back(region);
       }
     }
     return std::unique_ptr<KvTransfer>(std::move(t));
+  }
+  ~CudaKvTransfer() override {
+    // The engine's workers finished their jobs (each waits for its copies) before this; wait
+    // anyway, so that no DMA reads or writes a region after it is unregistered.
+    for (auto* stream : {load_.get(), save_.get()}) {
+      if (stream != nullptr) (void)stream->SynchronizeAll();
+    }
+    for (std::span<std::byte> region : pinned_) PinnedRegistry::Release(region);
   }
 
   Status LoadLayer(int64_t layer, std::span<const LoadItem> items) override {
@@ -141,7 +189,7 @@ class CudaKvTransfer final : public KvTransfer {
   KvPool& pool_;
   const KvLayout layout_;
   std::unique_ptr<gpu::TransferStream> load_, save_, compute_sync_;
-  std::vector<gpu::PinnedRegion> pinned_;
+  std::vector<std::span<std::byte>> pinned_;  // regions acquired from the PinnedRegistry
   std::vector<gpu::CopyRange> load_ranges_;  // loader thread's scratch
   std::vector<gpu::CopyRange> save_ranges_;  // saver thread's scratch
   std::vector<Written> written_;             // saver thread: copies enqueued, not yet marked
