@@ -196,14 +196,15 @@ class EnginePlannerTest : public EngineTest {
     return e.Generate(prompt, Params(1, true));
   }
   // prompt_logits rows are positions [0, head) then [start, end): both equal a full recompute.
-  void ExpectRowsMatchRecompute(const std::vector<uint32_t>& prompt, const RequestResult& r, int64_t head) {
+  void ExpectRowsMatchRecompute(const std::vector<uint32_t>& prompt, const RequestResult& r, int64_t head,
+                                float tolerance = 1e-4) {
     ASSERT_TRUE(r.status.ok()) << r.status.ToString();
     std::vector<int64_t> ids(prompt.begin(), prompt.end());
     auto full = model_->ForwardNoCache(torch::tensor(ids, torch::kInt64));
     const int64_t rest = r.computed_tokens - head;
     auto rows = torch::cat({full.narrow(0, 0, head), full.narrow(0, r.prompt_tokens - rest, rest)});
     ASSERT_EQ(r.prompt_logits.sizes(), rows.sizes());
-    EXPECT_LT((r.prompt_logits - rows).abs().max().item<float>(), 1e-4);
+    EXPECT_LT((r.prompt_logits.cpu() - rows).abs().max().item<float>(), tolerance);
   }
 };
 
@@ -253,13 +254,7 @@ TEST_F(EnginePlannerTest, CudaPoolLoadsAndSavesThroughPinnedMemory) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "needs a CUDA GPU (LibTorch sees none)";
   auto gpu_model = std::make_shared<LlamaModel>(config_, RandomWeights(config_, 7, torch::kFloat32), torch::kCUDA);
   auto expect_rows = [&](const std::vector<uint32_t>& prompt, const RequestResult& r, int64_t head) {
-    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
-    std::vector<int64_t> ids(prompt.begin(), prompt.end());
-    auto full = model_->ForwardNoCache(torch::tensor(ids, torch::kInt64));
-    const int64_t rest = r.computed_tokens - head;
-    auto rows = torch::cat({full.narrow(0, 0, head), full.narrow(0, r.prompt_tokens - rest, rest)});
-    ASSERT_EQ(r.prompt_logits.sizes(), rows.sizes());
-    EXPECT_LT((r.prompt_logits.cpu() - rows).abs().max().item<float>(), 2e-3);
+    ExpectRowsMatchRecompute(prompt, r, head, 2e-3);  // GPU fp32 GEMMs round differently
   };
   auto history = RandomTokens(60, 70);
   auto prompt = Concat(history, RandomTokens(61, 9));
