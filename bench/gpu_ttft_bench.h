@@ -23,6 +23,9 @@ struct GpuTtftBenchOptions {
   int64_t new_tokens = 128;
   int repeats = 3;                   // timed runs per measurement (the median is reported)
   int64_t chunk_tokens = 256;
+  // At the longest history, one more T1 hit with this many new tokens: enough compute to hide
+  // the load, so that the overlap is measured where it can show. 0: skip.
+  int64_t overlap_new_tokens = 4096;
   std::string dir;                   // the store's directory (T2); "" = a fresh temporary one
   std::string json;                  // write the JSON here ("-" = stdout only)
   uint64_t seed = 1;

@@ -41,7 +41,8 @@ ninja -C build-gpu kvault gpu_copy_test engine_test planner_test > "$OUT/build.l
 echo "run.sh: GPU tests"
 build-gpu/tests/gpu_copy_test > "$OUT/tests.log" 2>&1 || { tail -60 "$OUT/tests.log"; exit 1; }
 build-gpu/tests/engine/engine_test >> "$OUT/tests.log" 2>&1 || { tail -60 "$OUT/tests.log"; exit 1; }
-grep -E "PASSED|SKIPPED|FAILED" "$OUT/tests.log" | tail -6
+build-gpu/tests/planner_test >> "$OUT/tests.log" 2>&1 || { tail -60 "$OUT/tests.log"; exit 1; }
+grep -E "PASSED|SKIPPED|FAILED" "$OUT/tests.log" | tail -8 || true
 
 echo "run.sh: kvault bench gpu-ttft"
 build-gpu/kvault bench gpu-ttft --histories "$HISTORIES" --new-tokens "$NEW_TOKENS" --json "$OUT/kvault_ttft.json" "$@" \

@@ -38,6 +38,8 @@ void AddBenchCommand(CLI::App& app) {
   gpu->add_option("--new-tokens", go->new_tokens, "New tokens after the history")->capture_default_str();
   gpu->add_option("--repeats", go->repeats, "Timed runs per measurement (median reported)")->capture_default_str();
   gpu->add_option("--chunk-tokens", go->chunk_tokens, "Store chunk = KV page size")->capture_default_str();
+  gpu->add_option("--overlap-new-tokens", go->overlap_new_tokens,
+                  "New tokens of the overlap run at the longest history (0: none)")->capture_default_str();
   gpu->add_option("--dir", go->dir, "Store directory (T2; default: a fresh temporary one, removed after)");
   gpu->add_option("--json", go->json, "Also write the JSON (indented) to this file");
   gpu->add_option("--seed", go->seed, "Seed of the weights and tokens")->capture_default_str();

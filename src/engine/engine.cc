@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <exception>
 #include <future>
 #include <random>
 #include <thread>
@@ -264,43 +265,70 @@ Status Engine::Impl::Prefill(Sequence& s) {
                                      s.kv->lease()->pages().end());
     loader.Post([this, ns = s.ns, to_open, pages, promise, loaded, copy_timing, layers] {
       std::vector<std::pair<ChunkReader, int32_t>> readers;
-      Opened o;
-      for (size_t i = 0; i < to_open.size(); ++i) {
-        const auto t0 = Clock::now();
-        auto r = opt.store->OpenChunk(ns, to_open[i].first);
-        if (!r.ok()) break;  // gone or unreadable since the lookup: recompute from here
-        if (r->served_from() == Tier::kDisk || r->served_from() == Tier::kCluster) {
-          planner.ObserveRead(r->served_from(), r->size(), MsSince(t0) / 1e3);
+      bool promised = false;
+      try {
+        Opened o;
+        for (size_t i = 0; i < to_open.size(); ++i) {
+          const auto t0 = Clock::now();
+          auto r = opt.store->OpenChunk(ns, to_open[i].first);
+          if (!r.ok()) break;  // gone or unreadable since the lookup: recompute from here
+          if (r->served_from() == Tier::kDisk || r->served_from() == Tier::kCluster) {
+            planner.ObserveRead(r->served_from(), r->size(), MsSince(t0) / 1e3);
+          }
+          o.served.emplace_back(r->served_from(), to_open[i].second);
+          o.tokens += to_open[i].second;
+          readers.emplace_back(std::move(r.value()), pages[i]);
         }
-        o.served.emplace_back(r->served_from(), to_open[i].second);
-        o.tokens += to_open[i].second;
-        readers.emplace_back(std::move(r.value()), pages[i]);
-      }
-      promise->set_value(o);
-      const auto copy_start = Clock::now();
-      std::vector<LoadItem> items;
-      uint64_t bytes = 0;
-      for (const auto& [r, page] : readers) {
-        items.push_back({&r, page});
-        bytes += r.size();
-      }
-      for (int64_t l = 0; l < layers; ++l) {
-        const bool last = l + 1 == layers;
-        if (!transfer->LoadLayer(l, items).ok() || (last && !transfer->LoadsLanded().ok())) {
-          (void)transfer->LoadsLanded();  // nothing in flight reads a reader about to unpin
-          readers.clear();
-          loaded->Fail(layers);
-          return;
+        promise->set_value(o);
+        promised = true;
+        const auto copy_start = Clock::now();
+        std::vector<LoadItem> items;
+        uint64_t bytes = 0;
+        for (const auto& [r, page] : readers) {
+          items.push_back({&r, page});
+          bytes += r.size();
         }
-        if (last) {
-          readers.clear();  // landed: unpin before the compute may finish
-          *copy_timing = {MsSince(copy_start), bytes};
-          planner.ObserveCopy(bytes, copy_timing->ms / 1e3);
+        for (int64_t l = 0; l < layers; ++l) {
+          const bool last = l + 1 == layers;
+          if (!transfer->LoadLayer(l, items).ok() || (last && !transfer->LoadsLanded().ok())) {
+            (void)transfer->LoadsLanded();  // nothing in flight reads a reader about to unpin
+            readers.clear();
+            loaded->Fail(layers);
+            return;
+          }
+          if (last) {
+            readers.clear();  // landed: unpin before the compute may finish
+            *copy_timing = {MsSince(copy_start), bytes};
+            planner.ObserveCopy(bytes, copy_timing->ms / 1e3);
+          }
+          loaded->Set(l + 1);
         }
-        loaded->Set(l + 1);
+      } catch (...) {  // (out of memory): the prefill fails, nothing waits forever
+        (void)transfer->LoadsLanded();
+        readers.clear();
+        if (!promised) promise->set_value(Opened{});
+        loaded->Fail(layers);
       }
     });
   }
+  // Leaving by an exception from here on: the loader has finished with the pages before they
+  // can be freed, no save waits forever for a compute that will not come, and the device has
+  // finished the compute that writes the pages.
+  std::shared_ptr<LayerProgress> computed;
+  const int unwinding = std::uncaught_exceptions();
+  auto cleanup = [&] {
+    if (computed) computed->Fail(layers);
+    if (opened.valid()) opened.wait();
+    loaded->WaitFor(layers - 1);
+    (void)transfer->ComputeFinished();
+  };
+  struct OnUnwind {
+    std::function<void()> fn;
+    int count;
+    ~OnUnwind() {
+      if (std::uncaught_exceptions() > count) fn();
+    }
+  } on_unwind{cleanup, unwinding};
   s.result.lookup_ms = MsSince(lookup_start);
 
   // The head: recomputed while the tail loads (its chunks are stored: nothing to save).
@@ -310,13 +338,7 @@ Status Engine::Impl::Prefill(Sequence& s) {
     std::vector<int64_t> head_ids(head);
     for (int64_t p = 0; p < head; ++p) head_ids[p] = s.TokenAt(p, c);
     const auto t0 = Clock::now();
-    try {
-      head_logits = model->Forward(torch::tensor(head_ids, torch::kInt64), 0, *s.kv, s.params.return_prompt_logits);
-    } catch (...) {
-      if (opened.valid()) opened.wait();
-      loaded->WaitFor(layers - 1);
-      throw;
-    }
+    head_logits = model->Forward(torch::tensor(head_ids, torch::kInt64), 0, *s.kv, s.params.return_prompt_logits);
     head_ms = MsSince(t0);
     planner.ObservePrefill(head, 0, head_ms / 1e3);
   }
@@ -342,7 +364,7 @@ Status Engine::Impl::Prefill(Sequence& s) {
   s.result.hit_tokens = start - std::min(head, start);
 
   // Saver: the prompt's new KV, chunk by chunk, as each layer is computed.
-  auto computed = std::make_shared<LayerProgress>();
+  computed = std::make_shared<LayerProgress>();
   if (opt.store != nullptr && opt.save_prompt) ScheduleSave(s, start, m, computed);
 
   double wait_ms = 0;
@@ -368,14 +390,16 @@ Status Engine::Impl::Prefill(Sequence& s) {
   try {
     logits = model->Forward(torch::tensor(ids, torch::kInt64), start, *s.kv, s.params.return_prompt_logits);
   } catch (...) {
-    computed->Fail(layers);
-    loaded->WaitFor(layers - 1);
     s.kv->SetHooks(nullptr, nullptr);
     throw;
   }
   s.kv->SetHooks(nullptr, nullptr);
   s.result.forward_ms = MsSince(forward_start);
-  planner.ObservePrefill(m - start, start, (s.result.forward_ms - wait_ms) / 1e3);
+  // A forward that waited for loads measures compute; on a device whose copies run beside the
+  // compute its stalls are inside forward_ms, so only a pass with nothing loaded says.
+  if (!transfer->asynchronous() || copy_timing->bytes == 0) {
+    planner.ObservePrefill(m - start, start, (s.result.forward_ms - wait_ms) / 1e3);
+  }
   s.result.forward_ms += head_ms;
   if (load_failed) {  // never happens with a pinned reader; save nothing computed over it
     computed->Fail(layers);

@@ -1,5 +1,6 @@
 #include "engine/kv_transfer.h"
 
+#include <cstdio>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -47,6 +48,7 @@ class HostKvTransfer final : public KvTransfer {
     return Status::OK();
   }
   Status SavesLanded() override { return Status::OK(); }
+  bool asynchronous() const override { return false; }
   const char* name() const override { return "host"; }
 
  private:
@@ -98,6 +100,11 @@ class CudaKvTransfer final : public KvTransfer {
  public:
   static Result<std::unique_ptr<KvTransfer>> Create(KvPool& pool, const KvLayout& layout, Store* store) {
     if (!gpu::CudaAvailable()) return Status::Unavailable("the KV pool is on a GPU but " + gpu::CudaDescription());
+    // Streams, events and "the compute stream" (the legacy default stream) are those of the
+    // current device, which is device 0 unless the process chose another.
+    if (pool.k(0).device().index() > 0) {
+      return Status::InvalidArgument("a KV pool on " + pool.k(0).device().str() + ": the store path runs on cuda:0 only");
+    }
     const int slots = static_cast<int>(pool.num_layers());
     auto t = std::unique_ptr<CudaKvTransfer>(new CudaKvTransfer(pool, layout));
     for (auto [stream, slot_count] : {std::pair{&t->load_, slots}, {&t->save_, 1}, {&t->compute_sync_, 1}}) {
@@ -105,10 +112,15 @@ class CudaKvTransfer final : public KvTransfer {
       if (!created.ok()) return created.status();
       *stream = std::move(created.value());
     }
-    if (store != nullptr) {
-      for (std::span<std::byte> region : store->HostMemory()) {
-        KVAULT_RETURN_IF_ERROR(PinnedRegistry::Acquire(region));
+    // The pool was zero-filled on the compute stream: the first load must land after that.
+    KVAULT_RETURN_IF_ERROR(t->load_->WaitForStream(nullptr));
+    for (std::span<std::byte> region : store->HostMemory()) {
+      Status st = PinnedRegistry::Acquire(region);
+      if (st.ok()) {
         t->pinned_.push_back(region);
+      } else {  // still correct, at pageable-copy speed
+        std::fprintf(stderr, "kvault engine: T1 memory not page-locked (%s): KV copies run at pageable speed\n",
+                     st.ToString().c_str());
       }
     }
     return std::unique_ptr<KvTransfer>(std::move(t));
@@ -162,6 +174,7 @@ class CudaKvTransfer final : public KvTransfer {
     written_.clear();
     return st;
   }
+  bool asynchronous() const override { return true; }
   const char* name() const override { return "cuda"; }
 
  private:
@@ -198,7 +211,10 @@ class CudaKvTransfer final : public KvTransfer {
 }  // namespace
 
 Result<std::unique_ptr<KvTransfer>> MakeKvTransfer(KvPool& pool, const KvLayout& layout, Store* store) {
-  if (pool.k(0).device().is_cpu()) return std::unique_ptr<KvTransfer>(std::make_unique<HostKvTransfer>(pool, layout));
+  // Without a store nothing is ever loaded or saved: any device will do.
+  if (pool.k(0).device().is_cpu() || store == nullptr) {
+    return std::unique_ptr<KvTransfer>(std::make_unique<HostKvTransfer>(pool, layout));
+  }
   if (!pool.k(0).device().is_cuda()) return Status::InvalidArgument("KV pools live on the CPU or a CUDA GPU");
   return CudaKvTransfer::Create(pool, layout, store);
 }

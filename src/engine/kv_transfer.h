@@ -61,12 +61,19 @@ class KvTransfer {
   // bytes written, so that the writers may commit.
   virtual Status SavesLanded() = 0;
 
+  // Whether copies run on the device beside the compute: the compute's stalls on them then
+  // show in the forward pass's time, not in the host's waits.
+  virtual bool asynchronous() const = 0;
   virtual const char* name() const = 0;  // "host" or "cuda"
 };
 
-// The transfer for `pool`'s device: host for a CPU pool; CUDA for a GPU pool, which page-locks
-// `store`'s HostMemory() (once, for the engine's life). Unavailable when the pool is on a GPU
-// and CUDA cannot be used (a build without the toolkit, no device).
+// The transfer for `pool`'s device: host for a CPU pool (or when there is no store: nothing
+// moves); CUDA for a GPU pool, which page-locks `store`'s HostMemory() (shared by every engine
+// of the process, released with the last; when that fails copies still work, at pageable
+// speed, and a warning says so). Unavailable when the pool is on a GPU and CUDA cannot be used
+// (a build without the toolkit, no device); InvalidArgument for a pool on a GPU other than
+// cuda:0. The CUDA path orders its copies against the legacy default stream, LibTorch's
+// compute stream unless the caller set another current stream.
 Result<std::unique_ptr<KvTransfer>> MakeKvTransfer(KvPool& pool, const KvLayout& layout, Store* store);
 
 }  // namespace kvault::engine

@@ -90,7 +90,14 @@ torch::Tensor LlamaModel::Attention(const torch::Tensor& q, const torch::Tensor&
   // window, > start + t - window).
   torch::Tensor allowed;
   const bool windowed = config_.sliding_window && n > *config_.sliding_window;
-  if (t > 1 || windowed) {
+#if TORCH_VERSION_MAJOR >= 2
+  // A prefill from position 0 is plain causal: the fused (flash) kernel runs with no T x N
+  // mask in memory.
+  const bool plain_causal = t > 1 && !windowed && start == 0 && t == n;
+#else
+  const bool plain_causal = false;
+#endif
+  if ((t > 1 || windowed) && !plain_causal) {
     auto qpos = torch::arange(start, start + t, torch::TensorOptions().dtype(torch::kInt64).device(q.device())).unsqueeze(1);
     auto kpos = torch::arange(0, n, torch::TensorOptions().dtype(torch::kInt64).device(q.device())).unsqueeze(0);
     allowed = kpos <= qpos;
@@ -98,9 +105,7 @@ torch::Tensor LlamaModel::Attention(const torch::Tensor& q, const torch::Tensor&
   }
   torch::Tensor out;
 #if TORCH_VERSION_MAJOR >= 2
-  if (t > 1 && !windowed && start == 0 && t == n) {
-    // A prefill from position 0: plain causal, so the fused (flash) kernel runs without a
-    // T x N mask in memory.
+  if (plain_causal) {
     out = at::scaled_dot_product_attention(qh, kh, vh, {}, 0.0, /*is_causal=*/true);
   } else {
     out = allowed.defined() ? at::scaled_dot_product_attention(qh, kh, vh, allowed)
