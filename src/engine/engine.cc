@@ -227,8 +227,12 @@ Status Engine::Impl::Prefill(Sequence& s) {
   // What to load and what to recompute.
   switch (opt.plan) {
     case PlanMode::kAuto: s.result.plan = planner.Plan(plan_chunks, std::max<int64_t>(1, m - found)); break;
-    case PlanMode::kLoad: s.result.plan.reason = "planner off: load"; break;
+    case PlanMode::kLoad:
+      s.result.plan.cached_chunks = plan_chunks.size();
+      s.result.plan.reason = "planner off: load";
+      break;
     case PlanMode::kRecompute:
+      s.result.plan.cached_chunks = plan_chunks.size();
       s.result.plan.kind = plan_chunks.empty() ? planner::PlanKind::kLoad : planner::PlanKind::kRecompute;
       s.result.plan.recompute_chunks = plan_chunks.size();
       s.result.plan.recompute_tokens = found;

@@ -19,6 +19,7 @@ const char* PlanKindName(PlanKind kind) {
 
 std::string LoadPlan::ToJson() const {
   nlohmann::json j = {{"plan", PlanKindName(kind)},
+                      {"cached_chunks", cached_chunks},
                       {"recompute_chunks", recompute_chunks},
                       {"recompute_tokens", recompute_tokens},
                       {"predicted_ms", predicted_ms},
@@ -154,6 +155,7 @@ LoadPlan LoadPlanner::Plan(std::span<const PlanChunk> chunks, int64_t new_tokens
   plan.copy_gbps = CopyRateLocked() / 1e9;
   plan.prefill_per_token_us = m.per_token_s * 1e6;
   plan.prefill_per_pair_ns = m.per_pair_s * 1e9;
+  plan.cached_chunks = chunks.size();
   if (chunks.empty()) {
     plan.reason = "nothing cached";
     return plan;

@@ -45,6 +45,7 @@ const char* PlanKindName(PlanKind kind);  // "load", "recompute", "split"
 // The decision and its inputs, as logged and exported.
 struct LoadPlan {
   PlanKind kind = PlanKind::kLoad;
+  size_t cached_chunks = 0;       // chunks of the cached prefix planned for (0: nothing cached)
   size_t recompute_chunks = 0;    // head chunks recomputed; the ones after them are loaded
   int64_t recompute_tokens = 0;   // their tokens
   double predicted_ms = 0;        // T(k) of the choice

@@ -147,6 +147,10 @@ class ServeServer::Impl {
   // Counters for /metrics.
   std::atomic<uint64_t> requests_{0}, errors_4xx_{0}, errors_5xx_{0}, prompt_tokens_{0}, cached_tokens_{0},
       completion_tokens_{0}, active_{0};
+  // The planner's decisions for requests with a cached prefix, by kind (load, recompute,
+  // split), and the cached tokens it chose to recompute.
+  std::atomic<uint64_t> plans_[3] = {0, 0, 0};
+  std::atomic<uint64_t> recomputed_cached_tokens_{0};
   LatencyHistogram ttft_seconds_, request_seconds_;
 };
 
@@ -314,6 +318,14 @@ void ServeServer::Impl::Generate(const httplib::Request& req, httplib::Response&
   };
   auto finish = [this, state, start, usage_of]() {
     const Usage u = usage_of();
+    {
+      std::lock_guard<std::mutex> lock(state->mu);
+      const planner::LoadPlan& plan = state->result.plan;
+      if (plan.cached_chunks > 0) {
+        ++plans_[static_cast<int>(plan.kind)];
+        recomputed_cached_tokens_ += static_cast<uint64_t>(plan.recompute_tokens);
+      }
+    }
     prompt_tokens_ += static_cast<uint64_t>(u.prompt_tokens);
     cached_tokens_ += static_cast<uint64_t>(u.cached_tokens);
     completion_tokens_ += static_cast<uint64_t>(u.completion_tokens);
@@ -390,6 +402,13 @@ std::string ServeServer::Impl::Metrics() const {
   w.AddCounter("kvault_serve_prompt_tokens_total", "Prompt tokens of finished requests.", {}, prompt_tokens_.load());
   w.AddCounter("kvault_serve_cached_prompt_tokens_total", "Prompt tokens served from the cache.", {}, cached_tokens_.load());
   w.AddCounter("kvault_serve_completion_tokens_total", "Tokens generated.", {}, completion_tokens_.load());
+  for (auto kind : {planner::PlanKind::kLoad, planner::PlanKind::kRecompute, planner::PlanKind::kSplit}) {
+    w.AddCounter("kvault_serve_plans_total", "Requests with a cached prefix, by what the planner chose for it.",
+                 {{"plan", planner::PlanKindName(kind)}}, plans_[static_cast<int>(kind)].load());
+  }
+  w.AddCounter("kvault_serve_recomputed_cached_tokens_total",
+               "Cached prompt tokens the planner chose to recompute rather than load.", {},
+               recomputed_cached_tokens_.load());
   w.AddGauge("kvault_serve_active_requests", "Requests in progress.", {}, active_.load());
   w.AddHistogram("kvault_serve_ttft_seconds", "Time to first token.", {}, ttft_seconds_.Snapshot());
   w.AddHistogram("kvault_serve_request_seconds", "Time to the last token.", {}, request_seconds_.Snapshot());

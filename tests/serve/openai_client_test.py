@@ -104,6 +104,13 @@ def test_multi_turn(cached, plain):
         check(a == b, f"turn {i + 1}: the same answer as with the cache off ({len(a)} chars)")
         check(ub.prompt_tokens_details.cached_tokens == 0, f"turn {i + 1}: cache-off server reports no cached tokens")
         check(ua.prompt_tokens == ub.prompt_tokens, f"turn {i + 1}: same prompt_tokens ({ua.prompt_tokens})")
+    # The planner's decisions are exported: turns 2 and 3 had a cached prefix to plan for.
+    c = http.client.HTTPConnection("127.0.0.1", cached.port, timeout=60)
+    c.request("GET", "/metrics")
+    metrics = c.getresponse().read().decode()
+    plans = sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("kvault_serve_plans_total{"))
+    check(plans >= len(USER_TURNS) - 1, f"/metrics: {plans:.0f} planned requests with a cached prefix")
+    check("kvault_serve_recomputed_cached_tokens_total" in metrics, "/metrics: recomputed cached tokens exported")
 
 
 def test_streaming(server):
