@@ -343,6 +343,7 @@ Status Engine::Impl::Prefill(Sequence& s) {
     for (int64_t p = 0; p < head; ++p) head_ids[p] = s.TokenAt(p, c);
     const auto t0 = Clock::now();
     head_logits = model->Forward(torch::tensor(head_ids, torch::kInt64), 0, *s.kv, s.params.return_prompt_logits);
+    if (transfer->asynchronous()) (void)transfer->ComputeFinished();  // time the device's work
     head_ms = MsSince(t0);
     planner.ObservePrefill(head, 0, head_ms / 1e3);
   }
@@ -373,7 +374,9 @@ Status Engine::Impl::Prefill(Sequence& s) {
 
   double wait_ms = 0;
   bool load_failed = false;
-  const bool saves_follow_layers = transfer->SavesFollowLayers();
+  // Where copies run on the device beside the compute, a layer's new KV is in its pages only
+  // once the device has computed it: saves start after the whole pass (below).
+  const bool saves_follow_layers = !transfer->asynchronous();
   s.kv->SetHooks(
       [&](int64_t l) {
         auto t0 = Clock::now();
@@ -398,6 +401,8 @@ Status Engine::Impl::Prefill(Sequence& s) {
     throw;
   }
   s.kv->SetHooks(nullptr, nullptr);
+  // On a device the pass is done when the device says so (time it; saves wait for it too).
+  const Status device_done = transfer->asynchronous() ? transfer->ComputeFinished() : Status::OK();
   s.result.forward_ms = MsSince(forward_start);
   // A forward that waited for loads measures compute; on a device whose copies run beside the
   // compute its stalls are inside forward_ms, so only a pass with nothing loaded says.
@@ -405,16 +410,9 @@ Status Engine::Impl::Prefill(Sequence& s) {
     planner.ObservePrefill(m - start, start, (s.result.forward_ms - wait_ms) / 1e3);
   }
   s.result.forward_ms += head_ms;
-  if (load_failed) {  // never happens with a pinned reader; save nothing computed over it
+  if (load_failed || !device_done.ok()) {  // save nothing computed over a failed copy
     computed->Fail(layers);
-    return Status::Corruption("cached KV could not be copied");
-  }
-  if (!saves_follow_layers) {  // the pages hold the new KV once the device has computed it
-    Status st = transfer->ComputeFinished();
-    if (!st.ok()) {
-      computed->Fail(layers);
-      return st;
-    }
+    return load_failed ? Status::Corruption("cached KV could not be copied") : device_done;
   }
   computed->Set(layers);
   s.length = m;

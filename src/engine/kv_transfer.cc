@@ -36,7 +36,6 @@ class HostKvTransfer final : public KvTransfer {
   }
   Status LoadsLanded() override { return Status::OK(); }
   void ComputeAfterLoad(int64_t) override {}
-  bool SavesFollowLayers() const override { return true; }
   Status ComputeFinished() override { return Status::OK(); }
 
   Status SaveLayer(int64_t layer, std::span<const SaveItem> items) override {
@@ -150,7 +149,6 @@ class CudaKvTransfer final : public KvTransfer {
     Status st = load_->MakeStreamWait(static_cast<int>(layer), nullptr);
     if (!st.ok()) throw std::runtime_error("ordering the compute after the KV load: " + st.ToString());
   }
-  bool SavesFollowLayers() const override { return false; }
   Status ComputeFinished() override {
     KVAULT_RETURN_IF_ERROR(compute_sync_->WaitForStream(nullptr));
     return compute_sync_->SynchronizeAll();

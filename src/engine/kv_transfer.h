@@ -49,9 +49,6 @@ class KvTransfer {
   // Before layer `layer` computes, once LoadLayer(layer) has returned: orders the compute
   // after that layer's copies (nothing to do on the host).
   virtual void ComputeAfterLoad(int64_t layer) = 0;
-  // Whether a layer's new KV may be saved as soon as its compute was issued (host: the pages
-  // hold it then). When false, the engine calls ComputeFinished before letting saves start.
-  virtual bool SavesFollowLayers() const = 0;
   // Returns when every compute issued so far has finished (CUDA; the host: at once).
   virtual Status ComputeFinished() = 0;
 
@@ -61,8 +58,10 @@ class KvTransfer {
   // bytes written, so that the writers may commit.
   virtual Status SavesLanded() = 0;
 
-  // Whether copies run on the device beside the compute: the compute's stalls on them then
-  // show in the forward pass's time, not in the host's waits.
+  // Whether copies and compute run on the device, apart from the host (CUDA): the compute's
+  // stalls on loads then show in the forward pass's time, not in the host's waits, and a
+  // layer's new KV is in its pages only once ComputeFinished says so (the engine saves after
+  // it). False (host): a layer's KV may be saved as soon as its compute returned.
   virtual bool asynchronous() const = 0;
   virtual const char* name() const = 0;  // "host" or "cuda"
 };
