@@ -45,7 +45,11 @@ build-gpu/tests/planner_test >> "$OUT/tests.log" 2>&1 || { tail -60 "$OUT/tests.
 grep -E "PASSED|SKIPPED|FAILED" "$OUT/tests.log" | tail -8 || true
 
 echo "run.sh: kvault bench gpu-ttft"
-build-gpu/kvault bench gpu-ttft --histories "$HISTORIES" --new-tokens "$NEW_TOKENS" --json "$OUT/kvault_ttft.json" "$@" \
+# The store on the checkout's file system (not /tmp, which may refuse O_DIRECT): the JSON's
+# t2_direct_io says whether the cold T2 reads really bypassed the page cache.
+rm -rf build-gpu/ttft-store
+build-gpu/kvault bench gpu-ttft --histories "$HISTORIES" --new-tokens "$NEW_TOKENS" --dir "$PWD/build-gpu/ttft-store" \
+  --json "$OUT/kvault_ttft.json" "$@" \
   2> "$OUT/kvault_ttft.log" > /dev/null || { tail -30 "$OUT/kvault_ttft.log"; exit 1; }
 echo "run.sh: transformers baseline"
 python3 bench/gpu_ttft/hf_baseline.py --preset llama3-8b --histories "$HISTORIES" --new-tokens "$NEW_TOKENS" \
