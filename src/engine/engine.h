@@ -74,7 +74,7 @@ struct RequestResult {
   std::vector<uint32_t> output_tokens;
   Status status;
   double ttft_ms = 0, total_ms = 0;
-  double lookup_ms = 0;          // lookup + pinning the cached prefix (T2 hits: read and verified)
+  double lookup_ms = 0;          // lookup, then waiting for the loader to open (pin; T2/T3: read and verify) the chunks to load, beyond a recomputed head
   double forward_ms = 0;         // the prefill forward passes (a recomputed head and the rest, its waits for loaded KV included)
   double load_wait_ms = 0;       // time the compute waited for cached KV to land
   double load_copy_ms = 0;       // the loader's copies into the pool, first to last landed
