@@ -1,6 +1,8 @@
 #include "fault_env.h"
 
 #include <cerrno>
+#include <chrono>
+#include <thread>
 #include <vector>
 
 namespace kvtest {
@@ -36,6 +38,11 @@ class FaultFile final : public kvault::File {
     if (int err = env_->read_errno_.load(); err != 0) {
       ++env_->reads_failed_;
       return Status::FromErrno(err, "injected read fault on " + path_);
+    }
+    if (const double bps = env_->read_bytes_per_s_.load(); bps > 0) {  // a slow disk
+      uint64_t bytes = 0;
+      for (const kvault::IoSlice& sl : slices) bytes += sl.size;
+      std::this_thread::sleep_for(std::chrono::duration<double>(static_cast<double>(bytes) / bps));
     }
     return base_->Read(offset, slices);
   }

@@ -8,7 +8,8 @@
 //    quota is raised or files are removed. Ops before it in the same batch are written, as
 //    a real disk would;
 //  - force_no_direct: files are opened without O_DIRECT, as on a file system that refuses it,
-//    so the store runs its buffered + fdatasync fallback.
+//    so the store runs its buffered + fdatasync fallback;
+//  - a slow disk: every File::Read takes (bytes / read bandwidth) longer.
 //
 // Thread-safe: the store calls it from its writer thread and from readers at once.
 #pragma once
@@ -34,6 +35,7 @@ class FaultEnv final : public kvault::Env {
   void SetWriteError(int err) { write_errno_ = err; }  // 0: writes succeed
   void SetQuota(uint64_t bytes);                       // kNoQuota: unlimited
   void SetForceNoDirect(bool on) { force_no_direct_ = on; }
+  void SetReadBandwidth(double bytes_per_s) { read_bytes_per_s_ = bytes_per_s; }  // 0: full speed
   static constexpr uint64_t kNoQuota = std::numeric_limits<uint64_t>::max();
 
   // Bytes of the files this env knows about (the quota's measure).
@@ -59,6 +61,7 @@ class FaultEnv final : public kvault::Env {
   std::atomic<int> read_errno_{0};
   std::atomic<int> write_errno_{0};
   std::atomic<bool> force_no_direct_{false};
+  std::atomic<double> read_bytes_per_s_{0};
   std::atomic<uint64_t> reads_failed_{0}, writes_failed_{0}, files_opened_direct_{0};
 
   mutable std::mutex mu_;

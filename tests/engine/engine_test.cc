@@ -8,6 +8,7 @@
 #include "engine/engine.h"
 #include "engine/model.h"
 #include "engine/weights.h"
+#include "fault_env.h"
 
 namespace kvault::engine {
 namespace {
@@ -54,8 +55,9 @@ class EngineTest : public ::testing::Test {
     store_.reset();
     std::filesystem::remove_all(dir_);
   }
-  void OpenStore(uint64_t dram = 64ull << 20) {
+  void OpenStore(uint64_t dram = 64ull << 20, kvault::Env* env = nullptr) {
     StoreOptions o;
+    if (env != nullptr) o.env = env;
     o.dir = dir_.string();
     o.dram_bytes = dram;
     o.ssd_bytes = 256ull << 20;
@@ -91,6 +93,7 @@ class EngineTest : public ::testing::Test {
   std::filesystem::path dir_;
   ModelConfig config_;
   std::shared_ptr<LlamaModel> model_;
+  std::unique_ptr<kvtest::FaultEnv> env_;  // a store's env when a test sets one: outlives store_
   std::unique_ptr<Store> store_;
 };
 
@@ -244,6 +247,40 @@ TEST_F(EnginePlannerTest, LoadsAFastDisk) {
   EXPECT_EQ(r.plan.kind, kvault::planner::PlanKind::kLoad) << r.plan.ToJson();
   EXPECT_EQ(r.hit_tokens, 80);
   ExpectRowsMatchRecompute(prompt, r, 0);
+}
+
+// The planner on its own measurements: over a disk reading 0.25 MB/s (about 25 ms per
+// chunk here, against well under a millisecond to compute one), the first SSD hit is loaded
+// (nothing measured yet) and teaches the planner the disk's rate and the prefill speed; the
+// second conversation's history, also on the SSD only, is then recomputed, with the same output.
+TEST_F(EnginePlannerTest, LearnsASlowDiskAndRecomputes) {
+  auto a = RandomTokens(70, 80), b = RandomTokens(71, 80);
+  {
+    Engine e(model_, Options());
+    ASSERT_TRUE(e.Generate(a, Params(1)).status.ok());
+    ASSERT_TRUE(e.Generate(b, Params(1)).status.ok());
+    e.WaitForSaves();
+    ASSERT_TRUE(store_->Flush().ok());
+  }
+  store_.reset();
+  env_ = std::make_unique<kvtest::FaultEnv>();
+  env_->SetReadBandwidth(0.25e6);
+  OpenStore(64ull << 20, env_.get());  // DRAM empty: both histories on the slow SSD only
+  EngineOptions o = Options();
+  o.hint_window = 0;  // no prefetch: every T2 chunk is read by the request itself
+  Engine e(model_, o);
+  auto first = e.Generate(Concat(a, RandomTokens(72, 9)), Params(1, true));
+  ASSERT_TRUE(first.status.ok()) << first.status.ToString();
+  EXPECT_EQ(first.plan.kind, kvault::planner::PlanKind::kLoad) << first.plan.ToJson();
+  EXPECT_EQ(first.hit_tokens_t2, 80);
+  auto prompt = Concat(b, RandomTokens(73, 9));
+  auto second = e.Generate(prompt, Params(1, true));
+  ASSERT_TRUE(second.status.ok()) << second.status.ToString();
+  EXPECT_EQ(second.plan.kind, kvault::planner::PlanKind::kRecompute) << second.plan.ToJson();
+  EXPECT_GT(second.plan.load_all_ms, 10 * second.plan.recompute_all_ms) << second.plan.ToJson();
+  EXPECT_LT(second.plan.t2_read_gbps, 0.001) << second.plan.ToJson();
+  EXPECT_EQ(second.hit_tokens, 0);
+  ExpectRowsMatchRecompute(prompt, second, 0);
 }
 
 // The GPU path (skipped without a CUDA device): the pool on the GPU, loads and saves by DMA
