@@ -236,11 +236,23 @@ Status Bench(const GpuTtftBenchOptions& o) {
     return eo;
   };
 
+  // The conversation of history `h`, and its prompts: the history plus `n` new tokens drawn
+  // by `salt`. Every measurement of repeat r uses the prompt the recompute's repeat r used.
+  const int64_t vocab = config->vocab_size;
+  auto history_of = [&](int64_t h) { return RandomTokens(o.seed * 1000 + static_cast<uint64_t>(h), h, vocab); };
+  auto prompt_of = [&](const std::vector<uint32_t>& history, uint64_t salt, int64_t n) {
+    auto prompt = history;
+    const auto fresh = RandomTokens(salt, n, vocab);
+    prompt.insert(prompt.end(), fresh.begin(), fresh.end());
+    return prompt;
+  };
+  auto repeat_salt = [&](int64_t h, int r) { return o.seed * 7777 + static_cast<uint64_t>(h) * 31 + r; };
+
   // Warm-up: CUDA context, cuBLAS handles, kernels.
   {
     Progress("warm-up");
     Engine e(model, options_for(nullptr, PlanMode::kRecompute, 1024));
-    (void)Generate(e, RandomTokens(o.seed + 99, std::min<int64_t>(1024, longest), config->vocab_size));
+    (void)Generate(e, RandomTokens(o.seed + 99, std::min<int64_t>(1024, longest), vocab));
   }
 
   // (a) Full recompute for every history first: the planner's prefill model is fitted on them.
@@ -248,12 +260,10 @@ Status Bench(const GpuTtftBenchOptions& o) {
   std::vector<Measured> recompute(o.histories.size());
   for (size_t i = 0; i < o.histories.size(); ++i) {
     const int64_t h = o.histories[i];
-    const auto history = RandomTokens(o.seed * 1000 + static_cast<uint64_t>(h), h, config->vocab_size);
+    const auto history = history_of(h);
     Engine e(model, options_for(nullptr, PlanMode::kRecompute, h));
     for (int r = 0; r < o.repeats; ++r) {
-      auto prompt = history;
-      const auto fresh = RandomTokens(o.seed * 7777 + static_cast<uint64_t>(h) * 31 + r, o.new_tokens, config->vocab_size);
-      prompt.insert(prompt.end(), fresh.begin(), fresh.end());
+      const auto prompt = prompt_of(history, repeat_salt(h, r), o.new_tokens);
       Progress("history " + std::to_string(h) + ": full recompute, run " + std::to_string(r + 1));
       Run run = Generate(e, prompt);
       if (!run.r.status.ok()) return Status(run.r.status.code(), "recompute: " + run.r.status.message());
@@ -269,13 +279,8 @@ Status Bench(const GpuTtftBenchOptions& o) {
   nlohmann::json rows = nlohmann::json::array();
   for (size_t i = 0; i < o.histories.size(); ++i) {
     const int64_t h = o.histories[i];
-    const auto history = RandomTokens(o.seed * 1000 + static_cast<uint64_t>(h), h, config->vocab_size);
-    auto prompt_for = [&](int r) {
-      auto prompt = history;
-      const auto fresh = RandomTokens(o.seed * 7777 + static_cast<uint64_t>(h) * 31 + r, o.new_tokens, config->vocab_size);
-      prompt.insert(prompt.end(), fresh.begin(), fresh.end());
-      return prompt;
-    };
+    const auto history = history_of(h);
+    auto prompt_for = [&](int r) { return prompt_of(history, repeat_salt(h, r), o.new_tokens); };
     // Turn 1 saves the history (T1, and T2 behind).
     {
       Progress("history " + std::to_string(h) + ": saving turn 1");
@@ -307,9 +312,7 @@ Status Bench(const GpuTtftBenchOptions& o) {
         Measured ov;
         ov.new_compute_ms = prefill.Seconds(o.overlap_new_tokens, h) * 1e3;
         ov.device_copies = cuda;
-        auto prompt = history;
-        const auto fresh = RandomTokens(o.seed * 4242 + static_cast<uint64_t>(h), o.overlap_new_tokens, config->vocab_size);
-        prompt.insert(prompt.end(), fresh.begin(), fresh.end());
+        const auto prompt = prompt_of(history, o.seed * 4242 + static_cast<uint64_t>(h), o.overlap_new_tokens);
         Engine e(model, options_for(store->get(), PlanMode::kLoad, h + o.overlap_new_tokens));
         Progress("history " + std::to_string(h) + ": T1 hit with " + std::to_string(o.overlap_new_tokens) + " new tokens");
         ov.Add(Generate(e, prompt));

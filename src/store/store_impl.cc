@@ -16,6 +16,21 @@ bool SameNamespace(const Entry& e, const Namespace& ns) { return e.ns_id == ns.i
 
 uint64_t RecordBytes(const Entry& e) { return kBlockBytes + RoundUpToBlock(e.bytes); }
 
+// A committed-to-be entry for the chunk a record describes (HeaderOf's inverse for the fields
+// a record carries: key, chain, namespace, layout, size and a verified checksum).
+std::unique_ptr<Entry> EntryOf(const RecordHeader& h) {
+  auto e = std::make_unique<Entry>();
+  e->key = h.key;
+  e->parent = h.parent;
+  e->ns_id = h.ns_id;
+  e->layout = h.layout;
+  e->tokens = h.tokens;
+  e->bytes = h.payload_bytes;
+  e->payload_checksum = h.payload_checksum;
+  e->checksum_valid = true;
+  return e;
+}
+
 
 // A ChunkWriter's way into an uncommitted entry's T1 pages (pinned by the writer).
 class StoreWriterBackend final : public ChunkWriterBackend {
@@ -160,15 +175,7 @@ void StoreImpl::OnRecordFound(const RecordHeader& h, DiskLocation loc) {
     }
     return;
   }
-  auto e = std::make_unique<Entry>();
-  e->key = h.key;
-  e->parent = h.parent;
-  e->ns_id = h.ns_id;
-  e->layout = h.layout;
-  e->tokens = h.tokens;
-  e->bytes = h.payload_bytes;
-  e->payload_checksum = h.payload_checksum;
-  e->checksum_valid = true;
+  std::unique_ptr<Entry> e = EntryOf(h);
   e->committed = true;
   e->on_t2 = true;
   e->location = loc;
@@ -705,16 +712,8 @@ std::optional<Result<ChunkReader>> StoreImpl::FetchFromClusterLocked(std::unique
     return room;
   }
   // Invisible (uncommitted) and pinned while its pages are filled without mu_.
-  auto owned = std::make_unique<Entry>();
+  std::unique_ptr<Entry> owned = EntryOf(h);  // h.key == key: CheckClusterValue verified it
   Entry* e = owned.get();
-  e->key = key;
-  e->parent = h.parent;
-  e->ns_id = h.ns_id;
-  e->layout = h.layout;
-  e->tokens = h.tokens;
-  e->bytes = h.payload_bytes;
-  e->payload_checksum = h.payload_checksum;
-  e->checksum_valid = true;
   e->pages = std::move(pages);
   e->in_t1 = true;
   e->pins = 1;  // the reader's

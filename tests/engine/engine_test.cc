@@ -67,6 +67,18 @@ class EngineTest : public ::testing::Test {
     ASSERT_TRUE(s.ok()) << s.status().ToString();
     store_ = std::move(s.value());
   }
+  // Saves the prompts' KV through an engine, then restarts the store (over `env`, if given):
+  // DRAM empty, the KV on the SSD only.
+  void SaveThenRestart(const std::vector<std::vector<uint32_t>>& prompts, kvault::Env* env = nullptr) {
+    {
+      Engine e(model_, Options());
+      for (const auto& p : prompts) ASSERT_TRUE(e.Generate(p, Params(1)).status.ok());
+      e.WaitForSaves();
+      ASSERT_TRUE(store_->Flush().ok());
+    }
+    store_.reset();
+    OpenStore(64ull << 20, env);
+  }
   EngineOptions Options() {
     EngineOptions o;
     o.chunk_tokens = 16;
@@ -82,12 +94,18 @@ class EngineTest : public ::testing::Test {
   }
   // Logits of the prompt's computed positions must equal rows of a full recompute.
   void ExpectMatchesRecompute(const std::vector<uint32_t>& prompt, const RequestResult& r) {
+    ExpectRowsMatchRecompute(prompt, r, 0);
+  }
+  // prompt_logits rows are positions [0, head) then [start, end): both equal a full recompute.
+  void ExpectRowsMatchRecompute(const std::vector<uint32_t>& prompt, const RequestResult& r, int64_t head,
+                                float tolerance = 1e-4) {
     ASSERT_TRUE(r.status.ok()) << r.status.ToString();
     std::vector<int64_t> ids(prompt.begin(), prompt.end());
     auto full = model_->ForwardNoCache(torch::tensor(ids, torch::kInt64));
-    auto rows = full.narrow(0, r.prompt_tokens - r.computed_tokens, r.computed_tokens);
+    const int64_t rest = r.computed_tokens - head;
+    auto rows = torch::cat({full.narrow(0, 0, head), full.narrow(0, r.prompt_tokens - rest, rest)});
     ASSERT_EQ(r.prompt_logits.sizes(), rows.sizes());
-    EXPECT_LT((r.prompt_logits - rows).abs().max().item<float>(), 1e-4);
+    EXPECT_LT((r.prompt_logits.cpu() - rows).abs().max().item<float>(), tolerance);
   }
 
   std::filesystem::path dir_;
@@ -151,14 +169,7 @@ TEST_F(EngineTest, SharedSystemPromptAcrossSessions) {
 
 TEST_F(EngineTest, SsdHitAfterStoreRestart) {
   auto prompt = RandomTokens(20, 70);
-  {
-    Engine e(model_, Options());
-    ASSERT_TRUE(e.Generate(prompt, Params(1)).status.ok());
-    e.WaitForSaves();
-    ASSERT_TRUE(store_->Flush().ok());
-  }
-  store_.reset();
-  OpenStore();
+  ASSERT_NO_FATAL_FAILURE(SaveThenRestart({prompt}));
   EngineOptions o = Options();
   o.hint_window = 0;  // no prefetch racing the lookup: every chunk comes from the SSD
   Engine e(model_, o);
@@ -181,14 +192,8 @@ class EnginePlannerTest : public EngineTest {
  protected:
   RequestResult SsdHit(double chunk_read_ms, const std::vector<uint32_t>& history,
                        const std::vector<uint32_t>& prompt) {
-    {
-      Engine e(model_, Options());
-      EXPECT_TRUE(e.Generate(history, Params(1)).status.ok());
-      e.WaitForSaves();
-      EXPECT_TRUE(store_->Flush().ok());
-    }
-    store_.reset();
-    OpenStore();
+    SaveThenRestart({history});
+    if (HasFatalFailure()) return {};
     EngineOptions o = Options();
     o.hint_window = 0;
     const double chunk_bytes = static_cast<double>(LayoutFor(config_, torch::kFloat32, 16).chunk_bytes(16));
@@ -197,17 +202,6 @@ class EnginePlannerTest : public EngineTest {
     o.planner.fixed_copy_gbps = 100;
     Engine e(model_, o);
     return e.Generate(prompt, Params(1, true));
-  }
-  // prompt_logits rows are positions [0, head) then [start, end): both equal a full recompute.
-  void ExpectRowsMatchRecompute(const std::vector<uint32_t>& prompt, const RequestResult& r, int64_t head,
-                                float tolerance = 1e-4) {
-    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
-    std::vector<int64_t> ids(prompt.begin(), prompt.end());
-    auto full = model_->ForwardNoCache(torch::tensor(ids, torch::kInt64));
-    const int64_t rest = r.computed_tokens - head;
-    auto rows = torch::cat({full.narrow(0, 0, head), full.narrow(0, r.prompt_tokens - rest, rest)});
-    ASSERT_EQ(r.prompt_logits.sizes(), rows.sizes());
-    EXPECT_LT((r.prompt_logits.cpu() - rows).abs().max().item<float>(), tolerance);
   }
 };
 
@@ -255,17 +249,10 @@ TEST_F(EnginePlannerTest, LoadsAFastDisk) {
 // second conversation's history, also on the SSD only, is then recomputed, with the same output.
 TEST_F(EnginePlannerTest, LearnsASlowDiskAndRecomputes) {
   auto a = RandomTokens(70, 80), b = RandomTokens(71, 80);
-  {
-    Engine e(model_, Options());
-    ASSERT_TRUE(e.Generate(a, Params(1)).status.ok());
-    ASSERT_TRUE(e.Generate(b, Params(1)).status.ok());
-    e.WaitForSaves();
-    ASSERT_TRUE(store_->Flush().ok());
-  }
-  store_.reset();
   env_ = std::make_unique<kvtest::FaultEnv>();
   env_->SetReadBandwidth(0.25e6);
-  OpenStore(64ull << 20, env_.get());  // DRAM empty: both histories on the slow SSD only
+  // DRAM empty: both histories on the slow SSD only.
+  ASSERT_NO_FATAL_FAILURE(SaveThenRestart({a, b}, env_.get()));
   EngineOptions o = Options();
   o.hint_window = 0;  // no prefetch: every T2 chunk is read by the request itself
   Engine e(model_, o);
@@ -336,14 +323,7 @@ TEST_F(EnginePlannerTest, CudaPoolLoadsAndSavesThroughPinnedMemory) {
 // queued request A2; its history, on SSD only after a restart, is in DRAM when A2 runs.
 TEST_F(EngineTest, QueuedRequestsHistoryIsPrefetched) {
   auto history = RandomTokens(40, 64);  // 4 chunks
-  {
-    Engine e(model_, Options());
-    ASSERT_TRUE(e.Generate(history, Params(1)).status.ok());
-    e.WaitForSaves();
-    ASSERT_TRUE(store_->Flush().ok());
-  }
-  store_.reset();
-  OpenStore();  // DRAM empty: the history is on SSD only
+  ASSERT_NO_FATAL_FAILURE(SaveThenRestart({history}));  // DRAM empty: the history is on SSD only
   EngineOptions o = Options();
   o.max_batch = 1;  // B decodes alone first, so A2 waits in the queue
   Engine e(model_, o);
