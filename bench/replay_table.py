@@ -2,8 +2,8 @@
 """Runs `kvault replay` over capacities x policies and prints a Markdown table.
 
 Usage: bench/replay_table.py [--kvault build/kvault] [--trace FILE] [--engines N ...] [-- extra replay flags]
-Each row: token hit rate (all tiers, T1, T2), TTFT p50/p90/p99, throughput; for `aware`, the
-share of the lru -> opt hit-rate gap it closes.
+Each row: token hit rate (all tiers, T1, T2), TTFT p50/p90/p99, throughput; for `aware` and
+the `aware-oracle` bound, the share of the lru -> opt hit-rate gap it closes.
 """
 import argparse
 import json
@@ -23,7 +23,7 @@ def main():
     ap.add_argument("--kvault", default="build/kvault")
     ap.add_argument("--trace", default="../shared/traces/synthetic_trace.jsonl")
     ap.add_argument("--fractions", default="0.05,0.1,0.2,0.3")
-    ap.add_argument("--policies", default="lru,fifo,s3fifo,aware,opt")
+    ap.add_argument("--policies", default="lru,fifo,s3fifo,aware,aware-oracle,opt")
     ap.add_argument("--engines", default="2,4")
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("extra", nargs="*")
@@ -36,7 +36,7 @@ def main():
             rows = {p: run(a.kvault, a.trace, float(f), p, int(engines), a.window, a.extra) for p in a.policies.split(",")}
             for p, j in rows.items():
                 gap = ""
-                if p == "aware" and "lru" in rows and "opt" in rows:
+                if p in ("aware", "aware-oracle") and "lru" in rows and "opt" in rows:
                     lo, hi = rows["lru"]["token_hit_rate"], rows["opt"]["token_hit_rate"]
                     gap = f"{(j['token_hit_rate'] - lo) / (hi - lo) * 100:.0f}%" if hi > lo else "-"
                 t = j["token_hit_rate_by_tier"]

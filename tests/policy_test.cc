@@ -149,7 +149,7 @@ TEST(AccessWindowTest, RanksAreFirstNeedAndSetReturnsTheDifference) {
 // MakePolicy
 
 TEST(MakePolicyTest, NamesAndErrors) {
-  EXPECT_EQ(kvault::PolicyNames(), (std::vector<std::string>{"lru", "fifo", "s3fifo", "aware", "opt"}));
+  EXPECT_EQ(kvault::PolicyNames(), (std::vector<std::string>{"lru", "fifo", "s3fifo", "aware", "opt", "aware-oracle"}));
   AccessWindow window;
   FakeOracle oracle;
   for (const std::string& name : kvault::PolicyNames()) {
@@ -167,9 +167,11 @@ TEST(MakePolicyTest, NamesAndErrors) {
   EXPECT_NE(unknown.status().message().find("lru, fifo, s3fifo, aware, opt"), std::string::npos)
       << unknown.status().message();
 
-  auto opt = kvault::MakePolicy("opt", {&window, nullptr});
-  ASSERT_FALSE(opt.ok());
-  EXPECT_EQ(opt.status().code(), kvault::Code::kInvalidArgument);
+  for (const char* replay_only : {"opt", "aware-oracle"}) {
+    auto p = kvault::MakePolicy(replay_only, {&window, nullptr});
+    ASSERT_FALSE(p.ok()) << replay_only;
+    EXPECT_EQ(p.status().code(), kvault::Code::kInvalidArgument);
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -369,6 +371,27 @@ TEST(AwarePolicyTest, EntriesUsedOnceGoBeforeReusedOnes) {
   EXPECT_EQ(Drain(p), (std::vector<Entry*>{chain[1], chain[0], once_leaf, reused_leaf}));
 }
 
+// aware-oracle: the same victim order, with "reused" meaning "will be read again".
+TEST(AwarePolicyTest, OracleDecidesReuseAndItsConsumedUsesAreRefiled) {
+  Entries es;
+  Entry *a = es.Add(1), *b = es.Add(2), *c = es.Add(3);
+  FakeOracle oracle;
+  oracle.Use(a->key, 3);  // read once more, at 3; b and c never again
+  AwarePolicy p(nullptr, &oracle);
+  EXPECT_STREQ(p.name(), "aware-oracle");
+  p.Insert(a);  // the oldest: plain aware (all used once) would pick it first
+  p.Insert(b);
+  p.Insert(c);
+  p.Touch(c);  // used twice, but never again: no protection here
+  EXPECT_EQ(p.PickVictim(kAll), b);
+  EXPECT_EQ(p.PickVictim([&](const Entry* x) { return x != b; }), c);
+  oracle.now = 3;  // a's use is now: still protected
+  EXPECT_EQ(p.PickVictim([&](const Entry* x) { return x != b; }), c);
+  oracle.now = 4;  // past it: a is never read again, and the oldest
+  EXPECT_EQ(p.PickVictim(kAll), a);
+  EXPECT_EQ(Drain(p), (std::vector<Entry*>{a, b, c}));
+}
+
 TEST(AwarePolicyTest, UseCountsOutliveRemovalThenAreForgotten) {
   Entries es;
   Entry* e = es.Add(1);
@@ -554,7 +577,7 @@ TEST_P(EveryPolicyTest, RemoveOfAnAbsentEntryIsANoOp) {
 
 // Random inserts, uses, removals, window changes and time steps over chained entries. After
 // every pick: the victim is held and eligible, or nothing held is eligible; for lru, fifo,
-// aware and opt it is also the one their order defines. At the end the policy holds exactly
+// aware, opt and aware-oracle it is also the one their order defines. At the end the policy holds exactly
 // the entries the model holds.
 TEST_P(EveryPolicyTest, RandomOperationsAgainstAModel) {
   const std::string name = GetParam();
@@ -612,7 +635,8 @@ TEST_P(EveryPolicyTest, RandomOperationsAgainstAModel) {
     for (const auto& [f, t] : last_use) parents.insert(f->parent);
     auto aware_class = [&](const Entry* x) {
       if (window_.Contains(x->key)) return 4;
-      return (uses[const_cast<Entry*>(x)] >= 2 ? 2 : 0) + (parents.count(x->key) ? 1 : 0);
+      const bool reused = name == "aware-oracle" ? oracle_.NextUse(x->key) != UINT64_MAX : uses[const_cast<Entry*>(x)] >= 2;
+      return (reused ? 2 : 0) + (parents.count(x->key) ? 1 : 0);
     };
     for (Entry* e : candidates) {
       if (name == "lru") {
@@ -621,7 +645,7 @@ TEST_P(EveryPolicyTest, RandomOperationsAgainstAModel) {
         EXPECT_LE(inserted[v], inserted[e]);
       } else if (name == "opt") {
         EXPECT_GE(oracle_.NextUse(v->key), oracle_.NextUse(e->key));
-      } else if (name == "aware") {
+      } else if (name == "aware" || name == "aware-oracle") {
         const int cv = aware_class(v), ce = aware_class(e);
         EXPECT_LE(cv, ce);
         if (cv == ce && cv < 4) {
@@ -690,7 +714,11 @@ TEST_P(EveryPolicyTest, RandomOperationsAgainstAModel) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Policies, EveryPolicyTest, ::testing::ValuesIn(kvault::PolicyNames()),
-                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           std::string name = info.param;  // test names take no '-'
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
 
 }  // namespace
 }  // namespace kvtest

@@ -156,6 +156,24 @@ TEST(SimulatorTest, HandMadeTraceWithAKnownOptimum) {
   EXPECT_EQ(hits("opt"), 3u * 512u);
 }
 
+// Requests a, b, c, a over a cache of two chunks, no window: at c, "aware" (both used once)
+// and lru evict the older a and miss it next; "aware-oracle" knows b is never read again.
+TEST(SimulatorTest, AwareOracleKnowsWhichChunksAreReadAgain) {
+  std::string text;
+  const int ids[] = {10, 11, 12, 10};
+  for (int i = 0; i < 4; ++i) text += MooncakeLine(i * 1000.0, 512, {ids[i]});
+  Trace t = MustParse(text);
+  auto hits = [&](const std::string& policy) {
+    auto r = RunReplay(t, SmallOptions(policy, 2));
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? r->hit_tokens_t1 + r->hit_tokens_t2 : 0;
+  };
+  EXPECT_EQ(hits("lru"), 0u);
+  EXPECT_EQ(hits("aware"), 0u);
+  EXPECT_EQ(hits("aware-oracle"), 512u);
+  EXPECT_EQ(hits("opt"), 512u);
+}
+
 // With every request queued at once, the window shows the future to "aware": on the cyclic
 // trace it then evicts like Belady.
 TEST(SimulatorTest, AwareWithAWindowMatchesTheOptimumOnTheCyclicTrace) {

@@ -14,7 +14,8 @@ void AwarePolicy::File(Entry* e, Slot& s) {
     window_order_.emplace(s.rank.request, s.rank.chunk, e);
     return;
   }
-  const bool reused = history_.at(e->key).uses >= 2;
+  const bool reused = Reused(e->key, &s.next);
+  if (reused && oracle_ != nullptr) due_.emplace(s.next, e);
   const bool inner = children_.count(e->key) > 0;
   s.group = reused ? (inner ? kReusedInner : kReusedLeaf) : (inner ? kOnceInner : kOnceLeaf);
   outside_.emplace(s.group, s.tick, e);
@@ -25,6 +26,22 @@ void AwarePolicy::Unfile(Entry* e, const Slot& s) {
     window_order_.erase({s.rank.request, s.rank.chunk, e});
   } else {
     outside_.erase({s.group, s.tick, e});
+    if (oracle_ != nullptr && (s.group == kReusedLeaf || s.group == kReusedInner)) due_.erase({s.next, e});
+  }
+}
+
+bool AwarePolicy::Reused(const ChunkKey& key, uint64_t* next) const {
+  if (oracle_ == nullptr) return history_.at(key).uses >= 2;
+  *next = oracle_->NextUse(key);
+  return *next != UINT64_MAX;
+}
+
+void AwarePolicy::RefileConsumedUses() {
+  while (!due_.empty() && due_.begin()->first < oracle_->Now()) {
+    Entry* e = due_.begin()->second;
+    Slot& s = slots_.at(e);
+    Unfile(e, s);  // erases it from due_
+    File(e, s);
   }
 }
 
@@ -105,6 +122,7 @@ uint32_t AwarePolicy::UsesOf(const ChunkKey& key) const {
 }
 
 Entry* AwarePolicy::PickVictim(const std::function<bool(const Entry*)>& eligible, size_t max_scan) {
+  if (oracle_ != nullptr) RefileConsumedUses();
   for (auto it = outside_.begin(); it != outside_.end() && max_scan > 0; ++it, --max_scan) {
     if (eligible(std::get<2>(*it))) return std::get<2>(*it);
   }

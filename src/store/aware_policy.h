@@ -15,6 +15,12 @@
 // most) the last max(kMinGhosts, kGhostsPerEntry x held) removals, so a chunk that left the
 // tier and is stored again (recomputed, or promoted back) keeps its record of reuse.
 // Keys are assumed unique among held entries (the store holds one entry per key).
+//
+// "aware-oracle" (replay only) is the same policy with the use counts replaced by the truth:
+// given a FutureOracle, an out-of-window entry counts as reused when it will be read again
+// (NextUse), and as used once when it never will. It is a bound, not a policy one could
+// ship: what aware would reach with a perfect prediction of reuse beyond the window, so any
+// better guess (features, learned classes) can be judged against it (docs/REPLAY.md).
 #pragma once
 
 #include <cstdint>
@@ -36,6 +42,8 @@ class AwarePolicy final : public EvictionPolicy {
 
   // `window` may be null: an empty window (the policy is then use count, leaves, LRU).
   explicit AwarePolicy(const AccessWindow* window) : window_(window) {}
+  // The "aware-oracle" bound: `oracle` (not null) decides reuse instead of the use counts.
+  AwarePolicy(const AccessWindow* window, const FutureOracle* oracle) : window_(window), oracle_(oracle) {}
 
   void Insert(Entry* e) override;
   void Touch(Entry* e) override;
@@ -43,7 +51,7 @@ class AwarePolicy final : public EvictionPolicy {
   using EvictionPolicy::PickVictim;
   Entry* PickVictim(const std::function<bool(const Entry*)>& eligible, size_t max_scan) override;
   void WindowChanged(Entry* e) override;
-  const char* name() const override { return "aware"; }
+  const char* name() const override { return oracle_ != nullptr ? "aware-oracle" : "aware"; }
 
   // Uses recorded for `key` (held or a ghost); 0 when unknown. For tests.
   uint32_t UsesOf(const ChunkKey& key) const;
@@ -55,6 +63,7 @@ class AwarePolicy final : public EvictionPolicy {
     uint64_t tick = 0;  // the last Insert or Touch; kept while the entry is in the window
     Group group = kOnceLeaf;
     WindowRank rank;  // in kWindow: the rank it is filed under in window_order_
+    uint64_t next = 0;  // aware-oracle, in a reused group: the next use it was filed with
   };
   struct History {
     uint32_t uses = 0;
@@ -68,8 +77,12 @@ class AwarePolicy final : public EvictionPolicy {
   void Refile(const ChunkKey& key);  // no-op unless an entry with this key is held
   void CountUse(const ChunkKey& key);
   void ForgetOldGhosts();
+  bool Reused(const ChunkKey& key, uint64_t* next) const;
+  // aware-oracle: re-files the entries filed as reused whose next use is now past.
+  void RefileConsumedUses();
 
   const AccessWindow* window_;
+  const FutureOracle* oracle_ = nullptr;
   uint64_t tick_ = 0;
   std::unordered_map<Entry*, Slot> slots_;
   std::unordered_map<ChunkKey, Entry*, DigestHash> by_key_;  // held entries
@@ -85,6 +98,9 @@ class AwarePolicy final : public EvictionPolicy {
   std::unordered_map<ChunkKey, History, DigestHash> history_;
   std::deque<std::pair<uint64_t, ChunkKey>> ghosts_;
   uint64_t ghost_seq_ = 0;
+  // aware-oracle: the entries filed as reused, by the next use they were filed with. One whose
+  // use is past (< Now()) may never be read again and is re-filed before a victim is picked.
+  std::set<std::pair<uint64_t, Entry*>> due_;
 };
 
 }  // namespace kvault

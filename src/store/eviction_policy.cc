@@ -70,7 +70,7 @@ Entry* LruPolicy::PickVictim(const std::function<bool(const Entry*)>& eligible, 
 // Factory
 
 const std::vector<std::string>& PolicyNames() {
-  static const std::vector<std::string> names = {"lru", "fifo", "s3fifo", "aware", "opt"};
+  static const std::vector<std::string> names = {"lru", "fifo", "s3fifo", "aware", "opt", "aware-oracle"};
   return names;
 }
 
@@ -79,11 +79,12 @@ Result<std::unique_ptr<EvictionPolicy>> MakePolicy(const std::string& name, Poli
   if (name == "fifo") return std::unique_ptr<EvictionPolicy>(new FifoPolicy());
   if (name == "s3fifo") return std::unique_ptr<EvictionPolicy>(new S3FifoPolicy());
   if (name == "aware") return std::unique_ptr<EvictionPolicy>(new AwarePolicy(context.window));
-  if (name == "opt") {
+  if (name == "opt" || name == "aware-oracle") {
     if (context.oracle == nullptr) {
-      return Status::InvalidArgument("eviction policy 'opt' needs a future oracle (replay only)");
+      return Status::InvalidArgument("eviction policy '" + name + "' needs a future oracle (replay only)");
     }
-    return std::unique_ptr<EvictionPolicy>(new OptPolicy(context.oracle));
+    if (name == "opt") return std::unique_ptr<EvictionPolicy>(new OptPolicy(context.oracle));
+    return std::unique_ptr<EvictionPolicy>(new AwarePolicy(context.window, context.oracle));
   }
   std::string available;
   for (const std::string& n : PolicyNames()) available += (available.empty() ? "" : ", ") + n;

@@ -14,6 +14,8 @@
 //          recently used), then window entries needed latest (tail chunks first)
 //   opt    Belady's offline optimum: the entry whose next use is farthest in the future
 //          (needs a FutureOracle: replay only)
+//   aware-oracle  aware told by a FutureOracle which chunks will be read again: a bound on
+//          what aware's guess of reuse could reach (replay only)
 //
 // Thread-safety: none; the owner serializes every call (the store holds its mutex). The
 // AccessWindow and FutureOracle a policy reads must not change during a call.
