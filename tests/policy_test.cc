@@ -353,36 +353,28 @@ TEST(AwarePolicyTest, WindowEntriesNeededLatestGoFirst) {
   EXPECT_EQ(Drain(p), (std::vector<Entry*>{k4, chain[2], chain[1], chain[0]}));
 }
 
-TEST(AwarePolicyTest, EntriesUsedOnceGoBeforeReusedOnes) {
+// Frequency does not matter out of the window: recency (and leaves first) does.
+TEST(AwarePolicyTest, OutOfWindowOrderIsRecencyNotFrequency) {
   Entries es;
-  Entry* reused_leaf = es.Add(1);
-  Entry* once_leaf = es.Add(2);
-  std::vector<Entry*> chain = es.Chain(10, 2);  // a -> b, both used once
+  Entry *a = es.Add(1), *b = es.Add(2);
   AwarePolicy p(nullptr);
-  p.Insert(reused_leaf);
-  p.Touch(reused_leaf);  // older than everything else below, but used twice
-  p.Insert(chain[0]);
-  p.Insert(chain[1]);
-  p.Insert(once_leaf);
-  EXPECT_EQ(p.PickVictim(kAll), chain[1]);
-  // The older inner a waits while a leaf used once is eligible; the reused entry waits for both.
-  EXPECT_EQ(p.PickVictim([&](const Entry* x) { return x != chain[1]; }), once_leaf);
-  EXPECT_EQ(p.PickVictim([&](const Entry* x) { return x == chain[0] || x == reused_leaf; }), chain[0]);
-  EXPECT_EQ(Drain(p), (std::vector<Entry*>{chain[1], chain[0], once_leaf, reused_leaf}));
+  p.Insert(a);
+  for (int i = 0; i < 10; ++i) p.Touch(a);  // a is used often, but longer ago
+  p.Insert(b);
+  EXPECT_EQ(Drain(p), (std::vector<Entry*>{a, b}));
 }
 
-// aware-oracle: the same victim order, with "reused" meaning "will be read again".
-TEST(AwarePolicyTest, OracleDecidesReuseAndItsConsumedUsesAreRefiled) {
+// aware-oracle: out of the window, entries never read again go first.
+TEST(AwarePolicyTest, OracleEvictsWhatIsNeverReadAgainFirst) {
   Entries es;
   Entry *a = es.Add(1), *b = es.Add(2), *c = es.Add(3);
   FakeOracle oracle;
   oracle.Use(a->key, 3);  // read once more, at 3; b and c never again
   AwarePolicy p(nullptr, &oracle);
   EXPECT_STREQ(p.name(), "aware-oracle");
-  p.Insert(a);  // the oldest: plain aware (all used once) would pick it first
+  p.Insert(a);  // the oldest: plain aware would pick it first
   p.Insert(b);
   p.Insert(c);
-  p.Touch(c);  // used twice, but never again: no protection here
   EXPECT_EQ(p.PickVictim(kAll), b);
   EXPECT_EQ(p.PickVictim([&](const Entry* x) { return x != b; }), c);
   oracle.now = 3;  // a's use is now: still protected
@@ -390,32 +382,6 @@ TEST(AwarePolicyTest, OracleDecidesReuseAndItsConsumedUsesAreRefiled) {
   oracle.now = 4;  // past it: a is never read again, and the oldest
   EXPECT_EQ(p.PickVictim(kAll), a);
   EXPECT_EQ(Drain(p), (std::vector<Entry*>{a, b, c}));
-}
-
-TEST(AwarePolicyTest, UseCountsOutliveRemovalThenAreForgotten) {
-  Entries es;
-  Entry* e = es.Add(1);
-  Entry* fresh = es.Add(2);
-  AwarePolicy p(nullptr);
-  p.Insert(e);
-  p.Remove(e);
-  EXPECT_EQ(p.UsesOf(e->key), 1u);  // a ghost
-  p.Insert(e);  // stored again: its second use
-  p.Insert(fresh);
-  EXPECT_EQ(p.UsesOf(e->key), 2u);
-  EXPECT_EQ(p.PickVictim(kAll), fresh);  // e is older but reused
-  p.Remove(e);
-  p.Remove(fresh);
-  // kMinGhosts later removals push e's record out.
-  for (uint32_t i = 0; i < AwarePolicy::kMinGhosts; ++i) {
-    Entry* x = es.Add(100 + i);
-    p.Insert(x);
-    p.Remove(x);
-  }
-  EXPECT_EQ(p.UsesOf(e->key), 0u);
-  EXPECT_EQ(p.UsesOf(fresh->key), 0u);
-  p.Insert(e);
-  EXPECT_EQ(p.UsesOf(e->key), 1u);
 }
 
 TEST(AwarePolicyTest, WindowChangedMovesEntriesOutOfAndIntoProtection) {
@@ -597,14 +563,7 @@ TEST_P(EveryPolicyTest, RandomOperationsAgainstAModel) {
   }
 
   std::unordered_map<Entry*, uint64_t> last_use, inserted;  // the model: held entries
-  // aware's use counts: kept after removal while the removal is among the last kMinGhosts
-  // (the limit while at most kMinGhosts / kGhostsPerEntry entries are held).
-  std::unordered_map<Entry*, uint32_t> uses;
-  std::unordered_map<Entry*, uint64_t> removed_at;
-  uint64_t removals = 0;
-  static_assert(kChains * kChainLength * AwarePolicy::kGhostsPerEntry <= AwarePolicy::kMinGhosts);
   auto remove = [&](Entry* e) {
-    if (last_use.count(e)) removed_at[e] = ++removals;
     last_use.erase(e);
     inserted.erase(e);
     p->Remove(e);
@@ -629,14 +588,14 @@ TEST_P(EveryPolicyTest, RandomOperationsAgainstAModel) {
     }
     ASSERT_TRUE(last_use.count(v)) << name << ": victim not held";
     ASSERT_TRUE(ok[v->tokens]) << name << ": victim not eligible";
-    // Victim order classes of `aware`: out of the window 0 = used once and a leaf, 1 = used
-    // once and inner, 2 = reused leaf, 3 = reused inner; 4 = in the window.
+    // Victim order classes of `aware`: out of the window 0 = never read again and a leaf, 1 =
+    // never read again and inner (both aware-oracle only), 2 = leaf, 3 = inner; 4 = in the window.
     std::unordered_set<ChunkKey, DigestHash> parents;
     for (const auto& [f, t] : last_use) parents.insert(f->parent);
     auto aware_class = [&](const Entry* x) {
       if (window_.Contains(x->key)) return 4;
-      const bool reused = name == "aware-oracle" ? oracle_.NextUse(x->key) != UINT64_MAX : uses[const_cast<Entry*>(x)] >= 2;
-      return (reused ? 2 : 0) + (parents.count(x->key) ? 1 : 0);
+      const bool dead = name == "aware-oracle" && oracle_.NextUse(x->key) == UINT64_MAX;
+      return (dead ? 0 : 2) + (parents.count(x->key) ? 1 : 0);
     };
     for (Entry* e : candidates) {
       if (name == "lru") {
@@ -664,19 +623,16 @@ TEST_P(EveryPolicyTest, RandomOperationsAgainstAModel) {
     if (kind < 35) {
       ++clock;
       if (!last_use.count(e)) {
-        if (removed_at.count(e) && removals - removed_at[e] >= AwarePolicy::kMinGhosts) uses[e] = 0;  // forgotten
         inserted[e] = clock;
         last_use[e] = clock;
       } else if (name != "fifo") {
         last_use[e] = clock;
       }
-      ++uses[e];
       p->Insert(e);
     } else if (kind < 55) {
       ++clock;
       if (last_use.count(e)) {  // Touch of an absent entry: nothing
         last_use[e] = clock;
-        ++uses[e];
       }
       p->Touch(e);
     } else if (kind < 65) {

@@ -1,7 +1,5 @@
 #include "store/aware_policy.h"
 
-#include <algorithm>
-
 #include "store/entry.h"
 
 namespace kvault {
@@ -14,26 +12,24 @@ void AwarePolicy::File(Entry* e, Slot& s) {
     window_order_.emplace(s.rank.request, s.rank.chunk, e);
     return;
   }
-  const bool reused = Reused(e->key, &s.next);
-  if (reused && oracle_ != nullptr) due_.emplace(s.next, e);
+  bool dead = false;
+  if (oracle_ != nullptr) {
+    s.next = oracle_->NextUse(e->key);
+    dead = s.next == UINT64_MAX;
+    if (!dead) due_.emplace(s.next, e);
+  }
   const bool inner = children_.count(e->key) > 0;
-  s.group = reused ? (inner ? kReusedInner : kReusedLeaf) : (inner ? kOnceInner : kOnceLeaf);
+  s.group = dead ? (inner ? kDeadInner : kDeadLeaf) : (inner ? kInner : kLeaf);
   outside_.emplace(s.group, s.tick, e);
 }
 
 void AwarePolicy::Unfile(Entry* e, const Slot& s) {
   if (s.group == kWindow) {
     window_order_.erase({s.rank.request, s.rank.chunk, e});
-  } else {
-    outside_.erase({s.group, s.tick, e});
-    if (oracle_ != nullptr && (s.group == kReusedLeaf || s.group == kReusedInner)) due_.erase({s.next, e});
+    return;
   }
-}
-
-bool AwarePolicy::Reused(const ChunkKey& key, uint64_t* next) const {
-  if (oracle_ == nullptr) return history_.at(key).uses >= 2;
-  *next = oracle_->NextUse(key);
-  return *next != UINT64_MAX;
+  outside_.erase({s.group, s.tick, e});
+  if (oracle_ != nullptr && (s.group == kLeaf || s.group == kInner)) due_.erase({s.next, e});
 }
 
 void AwarePolicy::RefileConsumedUses() {
@@ -53,26 +49,9 @@ void AwarePolicy::Refile(const ChunkKey& key) {
   File(it->second, s);
 }
 
-void AwarePolicy::CountUse(const ChunkKey& key) {
-  History& h = history_[key];
-  h.uses = std::min<uint32_t>(h.uses + 1, UINT32_MAX - 1);
-  h.ghost_seq = 0;
-}
-
-void AwarePolicy::ForgetOldGhosts() {
-  const size_t limit = std::max(kMinGhosts, kGhostsPerEntry * slots_.size());
-  while (ghosts_.size() > limit) {
-    const auto& [seq, key] = ghosts_.front();
-    auto it = history_.find(key);
-    if (it != history_.end() && it->second.ghost_seq == seq) history_.erase(it);
-    ghosts_.pop_front();
-  }
-}
-
 void AwarePolicy::Insert(Entry* e) {
   if (slots_.count(e)) return Touch(e);
   by_key_.emplace(e->key, e);
-  CountUse(e->key);
   Slot& s = slots_[e];
   s.tick = ++tick_;
   File(e, s);
@@ -84,7 +63,6 @@ void AwarePolicy::Touch(Entry* e) {
   auto it = slots_.find(e);
   if (it == slots_.end()) return;
   Unfile(e, it->second);
-  CountUse(e->key);
   it->second.tick = ++tick_;
   File(e, it->second);
 }
@@ -95,12 +73,7 @@ void AwarePolicy::Remove(Entry* e) {
   Unfile(e, it->second);
   slots_.erase(it);
   auto k = by_key_.find(e->key);
-  if (k != by_key_.end() && k->second == e) {
-    by_key_.erase(k);
-    history_.at(e->key).ghost_seq = ++ghost_seq_;
-    ghosts_.emplace_back(ghost_seq_, e->key);
-    ForgetOldGhosts();
-  }
+  if (k != by_key_.end() && k->second == e) by_key_.erase(k);
   // The parent (if held) becomes a leaf with its last held child gone, keeping its own tick.
   auto c = children_.find(e->parent);
   if (c != children_.end() && --c->second == 0) {
@@ -114,11 +87,6 @@ void AwarePolicy::WindowChanged(Entry* e) {
   if (it == slots_.end()) return;
   Unfile(e, it->second);
   File(e, it->second);
-}
-
-uint32_t AwarePolicy::UsesOf(const ChunkKey& key) const {
-  auto it = history_.find(key);
-  return it != history_.end() ? it->second.uses : 0;
 }
 
 Entry* AwarePolicy::PickVictim(const std::function<bool(const Entry*)>& eligible, size_t max_scan) {

@@ -9,9 +9,9 @@
 //   lru    least recently inserted or used first
 //   fifo   first inserted first; use does not matter
 //   s3fifo S3-FIFO (small probationary FIFO, main FIFO with reinsertion, ghost history)
-//   aware  scheduler-aware (CachedAttention): first what no queued request needs (chunks used
-//          once before reused ones, leaf chunks of a chain before their parents, then least
-//          recently used), then window entries needed latest (tail chunks first)
+//   aware  scheduler-aware (CachedAttention): first what no queued request needs (leaf chunks
+//          of a chain before their parents, then least recently used), then window entries
+//          needed latest (tail chunks first)
 //   opt    Belady's offline optimum: the entry whose next use is farthest in the future
 //          (needs a FutureOracle: replay only)
 //   aware-oracle  aware told by a FutureOracle which chunks will be read again: a bound on
