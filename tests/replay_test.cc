@@ -229,7 +229,7 @@ TEST(SimulatorTest, OptIsACeilingAndRunsAreDeterministic) {
     ReplayOptions o = SmallOptions("opt", cap);
     auto opt = RunReplay(t, o);
     ASSERT_TRUE(opt.ok());
-    for (const char* policy : {"lru", "fifo", "s3fifo", "aware"}) {
+    for (const char* policy : {"lru", "fifo", "s3fifo", "aware", "aware-oracle"}) {
       o.policy = policy;
       o.window = 8;
       auto a = RunReplay(t, o);
@@ -246,7 +246,7 @@ TEST(SimulatorTest, OptIsACeilingAndRunsAreDeterministic) {
 // turn reads. `aware` must not lose to lru there (a version that evicted chunks used once
 // before reused ones did, by 5-14 points of hit rate on bench/make_session_trace.py traces).
 TEST(SimulatorTest, AwareKeepsUpWithLruOnConversations) {
-  // 400 chats, a new one every second, each 3-8 turns 15-25 s apart (about 70 under way at
+  // 400 chats, a new one every second, each 3-8 turns 15-25 s apart (about 90 under way at
   // a time), one of three system prompts each.
   std::string text;
   uint64_t x = 7;

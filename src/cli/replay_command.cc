@@ -36,7 +36,8 @@ void AddReplayCommand(CLI::App& app) {
   for (const auto& n : PolicyNames()) names += (names.empty() ? "" : ", ") + n;
   cmd->add_option("--policy", o->policies,
                   "Eviction policy, or a comma-separated list to compare, or 'all': " + names +
-                      " (opt = Belady's offline optimum, replay only)")
+                      " (replay only: opt = Belady's offline optimum; aware-oracle = aware told which chunks are "
+                      "never read again, a bound)")
       ->capture_default_str();
   cmd->add_option("--engines", o->engines, "Prefill engines (GPUs) of the node, sharing one queue, the store and the disk")
       ->capture_default_str();

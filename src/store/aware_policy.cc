@@ -1,5 +1,7 @@
 #include "store/aware_policy.h"
 
+#include <vector>
+
 #include "store/entry.h"
 
 namespace kvault {
@@ -33,10 +35,13 @@ void AwarePolicy::Unfile(Entry* e, const Slot& s) {
 }
 
 void AwarePolicy::RefileConsumedUses() {
-  while (!due_.empty() && due_.begin()->first < oracle_->Now()) {
-    Entry* e = due_.begin()->second;
+  // Collected first, so each is asked once even if an oracle answered below Now().
+  const uint64_t now = oracle_->Now();
+  std::vector<Entry*> stale;
+  for (auto it = due_.begin(); it != due_.end() && it->first < now; ++it) stale.push_back(it->second);
+  for (Entry* e : stale) {
     Slot& s = slots_.at(e);
-    Unfile(e, s);  // erases it from due_
+    Unfile(e, s);
     File(e, s);
   }
 }

@@ -71,7 +71,7 @@ class FutureOracle {
 // outlive the policy; null when absent.
 struct PolicyContext {
   const AccessWindow* window = nullptr;  // aware
-  const FutureOracle* oracle = nullptr;  // opt (required)
+  const FutureOracle* oracle = nullptr;  // opt, aware-oracle (required)
 };
 
 class EvictionPolicy {
@@ -112,7 +112,7 @@ inline constexpr size_t kPreferenceScan = 64;
 
 // Names MakePolicy accepts, for --help and error messages.
 const std::vector<std::string>& PolicyNames();
-// kInvalidArgument for an unknown name, or "opt" without an oracle.
+// kInvalidArgument for an unknown name, or "opt" / "aware-oracle" without an oracle.
 Result<std::unique_ptr<EvictionPolicy>> MakePolicy(const std::string& name, PolicyContext context = {});
 
 }  // namespace kvault
