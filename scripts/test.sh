@@ -10,5 +10,5 @@ cd "$(dirname "$0")/.."
 if [ "${KVAULT_TSAN:-1}" != "0" ]; then
   echo "== the suite again under ThreadSanitizer"
   BUILD_DIR=build-tsan BUILD_TYPE=RelWithDebInfo ./scripts/build.sh -DKVAULT_SANITIZE=thread -DKVAULT_BUILD_ENGINE=OFF
-  (cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" ctest --output-on-failure -j "$(nproc)")
+  (cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/../tests/tsan.supp" ctest --output-on-failure -j "$(nproc)")
 fi
