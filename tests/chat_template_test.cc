@@ -149,6 +149,51 @@ TEST(ChatTemplateTest, RecognizesFamiliesAndDefaults) {
   EXPECT_STREQ(ChatFamilyName(ChatFamily::kChatML), "chatml");
 }
 
+// SmolLM2-Instruct's template (as a GGUF's tokenizer.chat_template stores it: real newlines in
+// the Jinja string literals; and as tokenizer_config.json spells it: "\n" escapes). Expected
+// renders written out by hand from the template.
+TEST(ChatTemplateTest, SmolLM2DefaultSystemPrompt) {
+  const std::string gguf_form =
+      "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+      "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+      "<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+      "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+      "{% endif %}";
+  std::string escaped_form;
+  for (char c : gguf_form) escaped_form += c == '\n' ? std::string("\\n") : std::string(1, c);
+  const std::string system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+  for (const std::string& text : {gguf_form, escaped_form}) {
+    Result<ChatTemplate> t = ChatTemplate::FromTemplateText(text, "<|im_start|>", "<|im_end|>");
+    ASSERT_TRUE(t.ok()) << t.status().ToString();
+    EXPECT_EQ(t->family(), ChatFamily::kChatML);
+    EXPECT_EQ(t->default_system_prompt(), system);
+    EXPECT_EQ(t->stop_strings(), std::vector<std::string>{"<|im_end|>"});
+
+    std::vector<ChatMessage> one = {{"user", "Hi"}};
+    EXPECT_EQ(t->Render(one, true).value(),
+              "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+              "<|im_start|>user\nHi<|im_end|>\n"
+              "<|im_start|>assistant\n");
+    EXPECT_EQ(t->Render(one, false).value(),
+              "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+              "<|im_start|>user\nHi<|im_end|>\n");
+    std::vector<ChatMessage> with_system = {
+        {"system", "Be brief."}, {"user", "Hi"}, {"assistant", "Hello!"}, {"user", "Bye"}};
+    EXPECT_EQ(t->Render(with_system, false).value(),
+              "<|im_start|>system\nBe brief.<|im_end|>\n"
+              "<|im_start|>user\nHi<|im_end|>\n"
+              "<|im_start|>assistant\nHello!<|im_end|>\n"
+              "<|im_start|>user\nBye<|im_end|>\n");
+    // Content is not stripped; the default system turn comes before a leading assistant turn too.
+    std::vector<ChatMessage> assistant_first = {{"assistant", " x "}, {"user", "\ny"}};
+    EXPECT_EQ(t->Render(assistant_first, true).value(),
+              "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+              "<|im_start|>assistant\n x <|im_end|>\n"
+              "<|im_start|>user\n\ny<|im_end|>\n"
+              "<|im_start|>assistant\n");
+  }
+}
+
 TEST(ChatTemplateTest, ConfigForms) {
   // A list of named templates (the "default" one is used) and AddedToken objects.
   json config = {{"bos_token", {{"content", "<|begin_of_text|>"}, {"lstrip", false}}},

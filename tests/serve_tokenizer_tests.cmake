@@ -7,3 +7,15 @@ if(TARGET kvault_tokenizer)
     KVAULT_TOKENIZER_FIXTURES="${CMAKE_CURRENT_SOURCE_DIR}/fixtures/tokenizers")
   gtest_discover_tests(tokenizer_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 240)
 endif()
+
+# GGUF tokenizers and chat templates (serve/gguf_tokenizer.h): hand-built vocabularies, GGUF
+# files built in memory (gguf_writer.h), and the SmolLM2 GGUF (smollm2_locator.h: skipped
+# without it, failed under CI) with llama.cpp's recorded ids when fixtures/llamacpp has them.
+if(TARGET kvault_tokenizer AND TARGET kvault_gguf)
+  add_executable(gguf_tokenizer_test gguf_tokenizer_test.cc)
+  target_include_directories(gguf_tokenizer_test PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
+  target_link_libraries(gguf_tokenizer_test PRIVATE kvault_tokenizer kvault_gguf GTest::gtest_main)
+  target_compile_definitions(gguf_tokenizer_test PRIVATE
+    KVAULT_LLAMACPP_FIXTURES="${CMAKE_CURRENT_SOURCE_DIR}/fixtures/llamacpp")
+  gtest_discover_tests(gguf_tokenizer_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 240)
+endif()

@@ -182,6 +182,45 @@ TEST(TokenizerSpecialTokens, SentencePiece) {
   EXPECT_EQ(converted->Encode("Hello world, 你好 😀!", true), t->Encode("Hello world, 你好 😀!", true));
 }
 
+// tokenizer.json's Digits pre-tokenizer (as in SmolLM2's Sequence[Digits, ByteLevel]): with
+// individual_digits every digit (any \p{N}: Arabic-Indic, superscripts) is its own piece; without,
+// a run of digits is one piece. Either way no merge crosses a digit/non-digit border.
+TEST(TokenizerPreTokenizers, Digits) {
+  const json base = json::parse(R"({
+    "model": {"type": "BPE",
+              "vocab": {"a": 0, "b": 1, "c": 2, "1": 3, "2": 4, "3": 5, " ": 6, "ab": 7, "c1": 8, "12": 9,
+                        "\u0663": 10, "\u00b2": 11, "\u0663\u00b2": 12},
+              "merges": ["c 1", "1 2", "a b", "\u0663 \u00b2"]},
+    "decoder": {"type": "Fuse"}})");
+  auto load = [&](const json& pre) {
+    json j = base;
+    j["pre_tokenizer"] = pre;
+    auto t = LoadTokenizerJson(j.dump(), "");
+    EXPECT_TRUE(t.ok()) << t.status().message();
+    return t.ok() ? std::move(t.value()) : nullptr;
+  };
+  auto none = load(nullptr);
+  auto individual = load(json{{"type", "Digits"}, {"individual_digits", true}});
+  auto runs = load(json{{"type", "Digits"}, {"individual_digits", false}});
+  auto by_default = load(json{{"type", "Digits"}});  // individual_digits defaults to false
+  const json digits = {{"type", "Digits"}, {"individual_digits", true}};
+  auto in_sequence = load(json{{"type", "Sequence"}, {"pretokenizers", json::array({digits})}});
+  ASSERT_TRUE(none && individual && runs && by_default && in_sequence);
+  using Ids = std::vector<uint32_t>;
+  EXPECT_EQ(none->Encode("abc123", false), (Ids{7, 8, 4, 5}));
+  EXPECT_EQ(runs->Encode("abc123", false), (Ids{7, 2, 9, 5}));
+  EXPECT_EQ(by_default->Encode("abc123", false), (Ids{7, 2, 9, 5}));
+  EXPECT_EQ(individual->Encode("abc123", false), (Ids{7, 2, 3, 4, 5}));
+  EXPECT_EQ(in_sequence->Encode("abc123", false), (Ids{7, 2, 3, 4, 5}));
+  // U+0663 ARABIC-INDIC DIGIT THREE (Nd) and U+00B2 SUPERSCRIPT TWO (No) are digits too.
+  EXPECT_EQ(runs->Encode("a\u0663\u00b2b", false), (Ids{0, 12, 1}));
+  EXPECT_EQ(individual->Encode("a\u0663\u00b2b", false), (Ids{0, 10, 11, 1}));
+  EXPECT_EQ(none->Encode("a\u0663\u00b2b", false), (Ids{0, 12, 1}));
+  for (const auto* t : {none.get(), individual.get(), runs.get()}) {
+    EXPECT_EQ(t->Decode(t->Encode("ab c123 321\u0663\u00b2", false), false), "ab c123 321\u0663\u00b2");
+  }
+}
+
 TEST(StreamDecoder, NeverSplitsACharacter) {
   auto t = Load("sp_bpe");
   ASSERT_NE(t, nullptr);

@@ -1,5 +1,6 @@
 #include "cli/commands.h"
 #include "gpu_ttft_bench.h"
+#include "model_bench.h"
 #include "share_bench.h"
 #include "store_bench.h"
 
@@ -44,6 +45,23 @@ void AddBenchCommand(CLI::App& app) {
   gpu->add_option("--json", go->json, "Also write the JSON (indented) to this file");
   gpu->add_option("--seed", go->seed, "Seed of the weights and tokens")->capture_default_str();
   gpu->callback([go] { SetExitCode(RunGpuTtftBench(*go)); });
+
+  auto mo = std::make_shared<ModelBenchOptions>();
+  CLI::App* model = bench->add_subcommand(
+      "model", "A real model on this CPU: load, GEMM peer, prefill, decode, returning turn vs its floor (--profile: where the time goes)");
+  model->add_option("--model", mo->model, "smollm2, a .gguf file or a Hugging Face model directory")->capture_default_str();
+  model->add_option("--threads", mo->threads, "Compute threads (0: every core but one)")->capture_default_str();
+  model->add_option("--dtype", mo->dtype, "fp32 or bf16")->capture_default_str();
+  model->add_option("--prompt-tokens", mo->prompt_tokens, "Prompt of the prefill and of turn 1")->capture_default_str();
+  model->add_option("--decode-tokens", mo->decode_tokens, "Greedy steps timed after the first token")->capture_default_str();
+  model->add_option("--new-tokens", mo->new_tokens, "Turn 2's new tokens after turn 1's prompt and answer")->capture_default_str();
+  model->add_option("--answer-tokens", mo->answer_tokens, "Turn 1's answer")->capture_default_str();
+  model->add_option("--chunk-tokens", mo->chunk_tokens, "Store chunk = KV page size")->capture_default_str();
+  model->add_option("--repeats", mo->repeats, "Timed runs per figure (medians reported)")->capture_default_str();
+  model->add_option("--text", mo->text, "Text file the prompt is tokenized from (default: a license text)");
+  model->add_flag("--profile", mo->profile, "Also break a prefill, a returning turn and a decode step down by category");
+  model->add_flag("--json", mo->json, "Print one JSON object instead of a summary");
+  model->callback([mo] { SetExitCode(RunModelBench(*mo)); });
 }
 
 }  // namespace kvault::cli

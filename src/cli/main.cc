@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   kvault::cli::AddDemoCommand(app);
   kvault::cli::AddReplayCommand(app);
   kvault::cli::AddServeCommand(app);
+  kvault::cli::AddTokenizeCommand(app);
   int daemon_exit = 0;
   CLI::App* daemon = app.add_subcommand("daemon", "kvaultd: the node's shared store, in the foreground until SIGTERM");
   kvault::AddDaemonFlags(*daemon, &daemon_exit);

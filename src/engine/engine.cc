@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <exception>
 #include <future>
+#include <limits>
+#include <numeric>
 #include <random>
 #include <thread>
 
@@ -161,6 +164,8 @@ struct Engine::Impl {
   void Finish(Sequence& s);
   // After s.next_token joined the output: streams it, and decides whether s stops.
   void Emitted(Sequence& s);
+  // Samples the next token from one row of logits; records its log-probabilities in s.result
+  // when the request asked for them.
   uint32_t Sample(Sequence& s, const torch::Tensor& logits);
   void ScheduleSave(Sequence& s, int64_t from, int64_t to, std::shared_ptr<LayerProgress> computed);
 
@@ -490,23 +495,58 @@ void Engine::Impl::ScheduleSave(Sequence& s, int64_t from, int64_t to, std::shar
   });
 }
 
-uint32_t Engine::Impl::Sample(Sequence& s, const torch::Tensor& logits) {
-  auto row = logits.to(torch::kCPU, torch::kFloat32).contiguous();
-  if (s.params.temperature <= 0.0f) return static_cast<uint32_t>(row.argmax().item<int64_t>());
-  auto probs = torch::softmax(row / s.params.temperature, -1);
+namespace {
+
+// Samples from one fp32 CPU row of logits: argmax at temperature 0, else top_p (nucleus)
+// sampling from the softmax at the temperature.
+uint32_t SampleFrom(const torch::Tensor& row, const SamplingParams& params, std::mt19937_64& rng) {
+  if (params.temperature <= 0.0f) return static_cast<uint32_t>(row.argmax().item<int64_t>());
+  auto probs = torch::softmax(row / params.temperature, -1);
   auto [sorted, order] = probs.sort(/*dim=*/-1, /*descending=*/true);
   auto cum = sorted.cumsum(-1);
   const float* p = sorted.data_ptr<float>();
   const float* cp = cum.data_ptr<float>();
   int64_t keep = 1;
-  while (keep < sorted.size(0) && cp[keep - 1] < s.params.top_p) ++keep;
+  while (keep < sorted.size(0) && cp[keep - 1] < params.top_p) ++keep;
   const double total = cp[keep - 1];
-  double u = std::uniform_real_distribution<double>(0.0, total)(s.rng);
+  double u = std::uniform_real_distribution<double>(0.0, total)(rng);
   for (int64_t i = 0; i < keep; ++i) {
     u -= p[i];
     if (u <= 0) return static_cast<uint32_t>(order[i].item<int64_t>());
   }
   return static_cast<uint32_t>(order[keep - 1].item<int64_t>());
+}
+
+// The model's log-probabilities at one step (log_softmax of the fp32 CPU row of logits): the
+// sampled token's and the k most likely, ties ordered by id (NaN ranks last).
+TokenLogprobs LogprobsOf(const torch::Tensor& row, uint32_t token, int k) {
+  const torch::Tensor lp = torch::log_softmax(row, -1).contiguous();
+  const float* p = lp.data_ptr<float>();
+  const int64_t n = lp.size(0);
+  TokenLogprobs out;
+  out.token = token;
+  out.logprob = static_cast<int64_t>(token) < n ? p[token] : -std::numeric_limits<float>::infinity();
+  const int64_t top = std::min<int64_t>(k, n);
+  if (top == 0) return out;
+  auto key = [p](uint32_t id) { return std::isnan(p[id]) ? -std::numeric_limits<float>::infinity() : p[id]; };
+  std::vector<uint32_t> ids(static_cast<size_t>(n));
+  std::iota(ids.begin(), ids.end(), 0u);
+  std::partial_sort(ids.begin(), ids.begin() + top, ids.end(), [&](uint32_t a, uint32_t b) {
+    const float ka = key(a), kb = key(b);
+    return ka > kb || (ka == kb && a < b);
+  });
+  out.top.reserve(static_cast<size_t>(top));
+  for (int64_t i = 0; i < top; ++i) out.top.emplace_back(ids[i], p[ids[i]]);
+  return out;
+}
+
+}  // namespace
+
+uint32_t Engine::Impl::Sample(Sequence& s, const torch::Tensor& logits) {
+  auto row = logits.to(torch::kCPU, torch::kFloat32).contiguous();
+  const uint32_t token = SampleFrom(row, s.params, s.rng);
+  if (s.params.top_logprobs >= 0) s.result.logprobs.push_back(LogprobsOf(row, token, s.params.top_logprobs));
+  return token;
 }
 
 void Engine::Impl::DecodeStep() {
@@ -537,6 +577,7 @@ void Engine::Impl::DecodeStep() {
 }
 
 void Engine::Impl::Emitted(Sequence& s) {
+  if (s.params.on_logprobs && s.params.top_logprobs >= 0) s.params.on_logprobs(s.result.logprobs.back());
   if (s.params.on_token) s.params.on_token(s.next_token);
   const auto& stop = s.params.stop_tokens;
   s.stopped = std::find(stop.begin(), stop.end(), s.next_token) != stop.end() ||

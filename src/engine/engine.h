@@ -16,6 +16,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/model.h"
@@ -50,6 +51,15 @@ struct EngineOptions {
   planner::LoadPlanner::Options planner;
 };
 
+// One output token's log-probabilities (natural log) under the model's distribution at that
+// step: log_softmax of the raw fp32 logits, before temperature and top_p.
+struct TokenLogprobs {
+  uint32_t token = 0;   // the sampled token
+  float logprob = 0;    // its log-probability
+  // The top_logprobs most likely tokens, most likely first; equal log-probabilities by id.
+  std::vector<std::pair<uint32_t, float>> top;
+};
+
 struct SamplingParams {
   int64_t max_new_tokens = 16;
   float temperature = 0.0f;  // 0: greedy
@@ -58,9 +68,16 @@ struct SamplingParams {
   bool fixed_seed = false;  // true: sample with exactly `seed` (reproducible); else seed ^ request id
   std::vector<uint32_t> stop_tokens;
   bool return_prompt_logits = false;  // RequestResult::prompt_logits of the computed positions
+  // Log-probabilities of the output tokens (RequestResult::logprobs): -1 off (no cost); k >= 0
+  // the sampled token's and the k most likely tokens' (capped at the vocabulary). They are the
+  // model's own: log_softmax of the step's fp32 logits, before temperature and top_p.
+  int top_logprobs = -1;
   // Streaming: called on the engine loop's thread with each output token as it is sampled
   // (the stop token included), before the request's `done`.
   std::function<void(uint32_t token)> on_token;
+  // With top_logprobs >= 0: called on the same thread with each output token's
+  // log-probabilities, just before on_token for that token.
+  std::function<void(const TokenLogprobs&)> on_logprobs;
   // Set (from any thread) to stop the request after its current step: it finishes with the
   // tokens so far (a client that went away).
   std::shared_ptr<const std::atomic<bool>> cancel;
@@ -89,6 +106,8 @@ struct RequestResult {
   // a head the planner recomputed ([0, plan.recompute_tokens) on a split), then the rest.
   torch::Tensor prompt_logits;
   planner::LoadPlan plan;        // what the planner chose for the cached prefix, and why
+  // With SamplingParams::top_logprobs >= 0: one per output token, in order; else empty.
+  std::vector<TokenLogprobs> logprobs;
 };
 
 class Engine {

@@ -1,5 +1,7 @@
 #include "engine/kv_pool.h"
 
+#include <cstring>
+
 namespace kvault::engine {
 
 KvPool::KvPool(const ModelConfig& config, torch::ScalarType dtype, torch::Device device, int64_t page_tokens,
@@ -49,6 +51,26 @@ void SequenceKv::Append(int64_t layer, int64_t start, const torch::Tensor& k, co
   const int64_t pt = pool->page_tokens();
   const auto& pages = lease_->pages();
   const int64_t t = k.size(0);
+  const auto& pk = pool->k(layer);
+  // On the CPU, each token's [kv_heads, head_dim] row is copied with memcpy (LibTorch's
+  // narrow + copy_ per page cost more than the copy itself for a decode step's one token).
+  if (pk.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu() && k.scalar_type() == pk.scalar_type() &&
+      v.scalar_type() == pk.scalar_type() && k.dim() == 3 && v.dim() == 3 && k.stride(2) == 1 &&
+      v.stride(2) == 1 && k.stride(1) == k.size(2) && v.stride(1) == v.size(2) &&
+      static_cast<size_t>(k.size(1) * k.size(2) * k.element_size()) == pool->token_bytes() &&
+      static_cast<size_t>(v.size(1) * v.size(2) * v.element_size()) == pool->token_bytes()) {
+    const size_t tb = pool->token_bytes();
+    const auto* kp = static_cast<const std::byte*>(k.data_ptr());
+    const auto* vp = static_cast<const std::byte*>(v.data_ptr());
+    for (int64_t i = 0; i < t; ++i) {
+      const int64_t pos = start + i;
+      const int32_t page = pages[pos / pt];
+      const size_t off = static_cast<size_t>(pos % pt) * tb;
+      std::memcpy(pool->KPage(layer, page) + off, kp + i * k.stride(0) * k.element_size(), tb);
+      std::memcpy(pool->VPage(layer, page) + off, vp + i * v.stride(0) * v.element_size(), tb);
+    }
+    return;
+  }
   for (int64_t i = 0; i < t;) {
     const int64_t pos = start + i;
     const int64_t page = pages[pos / pt], off = pos % pt;
@@ -70,6 +92,25 @@ std::pair<torch::Tensor, torch::Tensor> SequenceKv::Gather(int64_t layer, int64_
   auto keys = k.index_select(0, idx).view({n_pages * pt, k.size(2), k.size(3)}).narrow(0, 0, end);
   auto values = pool->v(layer).index_select(0, idx).view({n_pages * pt, k.size(2), k.size(3)}).narrow(0, 0, end);
   return {keys, values};
+}
+
+std::vector<std::pair<torch::Tensor, torch::Tensor>> SequenceKv::Blocks(int64_t layer, int64_t end) {
+  KvPool* pool = lease_->pool();
+  const int64_t pt = pool->page_tokens();
+  const auto& pages = lease_->pages();
+  const auto& k = pool->k(layer);
+  const auto& v = pool->v(layer);
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> out;
+  for (int64_t p = 0; p * pt < end;) {
+    int64_t run = 1;  // adjacent pages in the pool: one piece
+    while ((p + run) * pt < end && pages[p + run] == pages[p] + run) ++run;
+    const int64_t n = std::min(run * pt, end - p * pt);
+    const std::vector<int64_t> shape{run * pt, k.size(2), k.size(3)};
+    out.emplace_back(k.narrow(0, pages[p], run).view(shape).narrow(0, 0, n),
+                     v.narrow(0, pages[p], run).view(shape).narrow(0, 0, n));
+    p += run;
+  }
+  return out;
 }
 
 }  // namespace kvault::engine

@@ -69,6 +69,8 @@ class SequenceKv final : public KvAccess {
   explicit SequenceKv(std::shared_ptr<PageLease> lease) : lease_(std::move(lease)) {}
   void Append(int64_t layer, int64_t start, const torch::Tensor& k, const torch::Tensor& v) override;
   std::pair<torch::Tensor, torch::Tensor> Gather(int64_t layer, int64_t end) override;
+  // Views of the pages themselves (runs of adjacent pages as one piece): no copy.
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> Blocks(int64_t layer, int64_t end) override;
   void BeforeLayer(int64_t layer) override {
     if (before_) before_(layer);
   }

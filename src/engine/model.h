@@ -11,6 +11,9 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <utility>
+#include <vector>
 
 #include "engine/model_config.h"
 #include "engine/weights.h"
@@ -26,7 +29,44 @@ class KvAccess {
   virtual void BeforeLayer(int64_t layer) {}  // e.g. wait until the layer's cached KV landed
   virtual void Append(int64_t layer, int64_t start, const torch::Tensor& k, const torch::Tensor& v) = 0;
   virtual std::pair<torch::Tensor, torch::Tensor> Gather(int64_t layer, int64_t end) = 0;
+  // The same K and V as consecutive pieces, each [n_i, kv_heads, head_dim] with sum n_i = end:
+  // views of the storage where it allows (the paged pool: one per page), so that attention
+  // reads them in place. Default: one Gather.
+  virtual std::vector<std::pair<torch::Tensor, torch::Tensor>> Blocks(int64_t layer, int64_t end) {
+    return {Gather(layer, end)};
+  }
   virtual void AfterLayer(int64_t layer) {}   // e.g. let the saver copy this layer out
+};
+
+// Where a thread's forward passes spend their time, by category (wall time of the host
+// thread: exact on the CPU, where LibTorch's ops are synchronous; on a GPU only the launches
+// are timed). Collected only while a ProfileScope is active on the thread; otherwise each
+// section costs one branch.
+struct ForwardProfile {
+  double gemm_ms = 0;       // the weight GEMMs: q/k/v, o, gate/up, down (lm_head apart)
+  double lm_head_ms = 0;    // the final norm's output times the LM head
+  double attention_ms = 0;  // scores, mask, softmax, values (the score/value matmuls); on the
+                            // CPU path's flash kernel also the rotation of the keys it reads
+  double rope_ms = 0;       // rotary tables and the rotation of queries and keys
+  double norm_ms = 0;       // RMSNorm
+  double kv_ms = 0;         // KvAccess::Append, Gather, Blocks (copies into and out of the pool)
+  double kv_wait_ms = 0;    // KvAccess::BeforeLayer/AfterLayer hooks (waits for loaded KV)
+  double other_ms = 0;      // the rest: embedding, residual adds, SiLU and product, ...
+  double total_ms = 0;      // whole Forward/DecodeBatch calls
+  int64_t calls = 0;
+  ForwardProfile& operator+=(const ForwardProfile& o);
+};
+
+// While alive, this thread's LlamaModel calls add their time to `*profile`.
+class ProfileScope {
+ public:
+  explicit ProfileScope(ForwardProfile* profile);
+  ~ProfileScope();
+  ProfileScope(const ProfileScope&) = delete;
+  ProfileScope& operator=(const ProfileScope&) = delete;
+
+ private:
+  ForwardProfile* previous_;
 };
 
 class LlamaModel {
@@ -67,10 +107,39 @@ class LlamaModel {
   // RMSNorm then the q, k, v projections of hidden states [T, hidden]: [T, heads or kv_heads, D].
   std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> Projections(const LayerWeights& w, const torch::Tensor& h) const;
 
+  // The CPU path (a CPU device, float32 or bfloat16): fused projections, rotary tables
+  // computed once, and model.cc's kernels (matrix-vector products for a few rows, attention
+  // over the paged pre-RoPE KV in place, RMSNorm, SiLU). Other devices and dtypes run the
+  // LibTorch ops above.
+  struct FusedLayer {
+    torch::Tensor qkv, qkv_bias;  // [(heads + 2 kv_heads) head_dim, hidden]; bias if any
+    torch::Tensor gate_up;        // [2 intermediate, hidden]
+  };
+  struct RopeCache {
+    torch::Tensor cos, sin;  // [positions, head_dim / 2] float32, values rounded to the dtype
+    int64_t positions = 0;
+  };
+  std::shared_ptr<const RopeCache> RopeFor(int64_t positions) const;  // grows on demand
+  torch::Tensor ForwardCpu(const torch::Tensor& tokens, int64_t start, KvAccess& kv, bool all_logits) const;
+  torch::Tensor DecodeBatchCpu(const torch::Tensor& tokens, const std::vector<int64_t>& starts,
+                               const std::vector<KvAccess*>& kv) const;
+  torch::Tensor AttendCpu(const torch::Tensor& qkv, int64_t start, KvAccess& kv, int64_t layer,
+                          const RopeCache& rope) const;
+  torch::Tensor RmsNormCpu(const torch::Tensor& x, const torch::Tensor& w) const;
+  torch::Tensor SiluMulCpu(const torch::Tensor& gate_up) const;
+  torch::Tensor MlpCpu(const LayerWeights& w, const FusedLayer& f, const torch::Tensor& h) const;
+  // x W^T (+ bias) (+ residual).
+  torch::Tensor Project(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias,
+                        const torch::Tensor& residual) const;
+
   ModelConfig config_;
   ModelWeights weights_;
   torch::Device device_;
   torch::Tensor inv_freq_;  // [head_dim / 2] fp32, scaling applied
+  bool cpu_path_ = false;
+  std::vector<FusedLayer> fused_;
+  mutable std::mutex rope_mu_;
+  mutable std::shared_ptr<const RopeCache> rope_;  // GUARDED_BY(rope_mu_)
 };
 
 }  // namespace kvault::engine

@@ -155,6 +155,13 @@ Result<ModelConfig> Parse(const json& j) {
   KVAULT_RETURN_IF_ERROR(GetInt(j, "max_position_embeddings", c.max_position_embeddings));
   KVAULT_RETURN_IF_ERROR(GetDouble(j, "rms_norm_eps", c.rms_norm_eps));
   KVAULT_RETURN_IF_ERROR(ParseRope(j, c));
+  if (const json* f = Find(j, "rope_freq_factors")) {
+    if (!f->is_array()) return Invalid("\"rope_freq_factors\" must be an array of numbers");
+    for (const json& v : *f) {
+      if (!v.is_number()) return Invalid("\"rope_freq_factors\" must be an array of numbers");
+      c.rope_scaling.freq_factors.push_back(v.get<double>());
+    }
+  }
   KVAULT_RETURN_IF_ERROR(GetBool(j, "tie_word_embeddings", c.tie_word_embeddings));
   c.attention_bias = c.model_type == "qwen2";  // Qwen2's q/k/v always carry a bias
   KVAULT_RETURN_IF_ERROR(GetBool(j, "attention_bias", c.attention_bias));
@@ -249,6 +256,15 @@ Status ModelConfig::Validate() const {
     }
     KVAULT_RETURN_IF_ERROR(Positive("original_max_position_embeddings", s.original_max_position_embeddings));
   }
+  if (!s.freq_factors.empty()) {
+    if (static_cast<int64_t>(s.freq_factors.size()) != head_dim / 2) {
+      return Invalid("rope_freq_factors has " + std::to_string(s.freq_factors.size()) + " values, head_dim / 2 is " +
+                     std::to_string(head_dim / 2));
+    }
+    for (double f : s.freq_factors) {
+      if (!(f > 0) || !std::isfinite(f)) return Invalid("rope_freq_factors must be positive and finite");
+    }
+  }
   if (sliding_window && *sliding_window <= 0) return Invalid("sliding_window must be positive or null");
   if (torch_dtype != "float32" && torch_dtype != "float16" && torch_dtype != "bfloat16") {
     return Invalid("unsupported torch_dtype \"" + torch_dtype + "\" (supported: float32, float16, bfloat16)");
@@ -284,6 +300,7 @@ std::string ModelConfig::ToJson() const {
     }
     j["rope_scaling"] = r;
   }
+  if (!rope_scaling.freq_factors.empty()) j["rope_freq_factors"] = rope_scaling.freq_factors;
   j["tie_word_embeddings"] = tie_word_embeddings;
   j["attention_bias"] = attention_bias;
   j["sliding_window"] = sliding_window ? json(*sliding_window) : json(nullptr);

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "kvault/status.h"
 
@@ -16,6 +17,11 @@ struct RopeScaling {
   double low_freq_factor = 1.0;   // llama3
   double high_freq_factor = 4.0;  // llama3
   int64_t original_max_position_embeddings = 8192;  // llama3
+  // Per-frequency divisors of the inverse frequencies, applied after the scaling above: what
+  // GGUF files of Llama 3.1+ carry as the tensor rope_freqs.weight instead of the llama3
+  // parameters ([head_dim / 2] positive values; empty: none). Written to and read from
+  // config.json as kvault's own key "rope_freq_factors".
+  std::vector<double> freq_factors;
 };
 
 struct ModelConfig {

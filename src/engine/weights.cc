@@ -179,6 +179,30 @@ class ShardSet {
   std::map<std::string, std::unique_ptr<SafetensorsFile>> open_;
 };
 
+Result<ModelWeights> LoadWeightsFromImpl(const ModelConfig& config, torch::ScalarType dtype, const TensorSource& source) {
+  KVAULT_RETURN_IF_ERROR(config.Validate());
+  KVAULT_RETURN_IF_ERROR(CheckFloatDtype(dtype));
+  ModelWeights w;
+  w.layers.resize(static_cast<size_t>(config.num_layers));
+  Status status;
+  ForEachTensor(config, w, [&](const std::string& name, const std::vector<int64_t>& shape, torch::Tensor& slot) {
+    if (!status.ok()) return;
+    Result<torch::Tensor> t = source(name, shape);
+    if (!t.ok()) {
+      status = t.status();
+    } else if (t->sizes().vec() != shape) {
+      status = Status::InvalidArgument("weights: tensor " + name + " has shape " + ShapeString(t->sizes()) +
+                                       ", the config expects " + ShapeString(shape));
+    } else {
+      slot = t->scalar_type() == dtype ? std::move(t.value()) : t->to(dtype);
+    }
+  });
+  KVAULT_RETURN_IF_ERROR(status);
+  if (config.tie_word_embeddings) w.lm_head = w.embed;
+  w.fingerprint = Fingerprint(config, w);
+  return w;
+}
+
 Result<ModelWeights> LoadWeightsImpl(const ModelConfig& config, const fs::path& dir, torch::ScalarType dtype) {
   KVAULT_RETURN_IF_ERROR(config.Validate());
   KVAULT_RETURN_IF_ERROR(CheckFloatDtype(dtype));
@@ -188,19 +212,9 @@ Result<ModelWeights> LoadWeightsImpl(const ModelConfig& config, const fs::path& 
   const bool sharded = !map->empty();
   ShardSet shards(dir, std::move(map.value()), sharded ? std::string() : files[0]);
 
-  ModelWeights w;
-  w.layers.resize(static_cast<size_t>(config.num_layers));
-  Status status;
-  ForEachTensor(config, w, [&](const std::string& name, const std::vector<int64_t>& shape, torch::Tensor& slot) {
-    if (!status.ok()) return;
-    Result<torch::Tensor> t = shards.Load(name, shape, dtype);
-    if (t.ok()) slot = std::move(t.value());
-    else status = t.status();
+  return LoadWeightsFromImpl(config, dtype, [&](const std::string& name, const std::vector<int64_t>& shape) {
+    return shards.Load(name, shape, dtype);
   });
-  KVAULT_RETURN_IF_ERROR(status);
-  if (config.tie_word_embeddings) w.lm_head = w.embed;
-  w.fingerprint = Fingerprint(config, w);
-  return w;
 }
 
 // --- Random weights --------------------------------------------------------------------
@@ -252,6 +266,14 @@ Result<ModelWeights> LoadWeights(const ModelConfig& config, const std::string& d
     return LoadWeightsImpl(config, dir, dtype);
   } catch (const std::exception& e) {  // c10::Error, bad_alloc, filesystem errors
     return Status::InvalidArgument(std::string("weights: loading ") + dir + " failed: " + e.what());
+  }
+}
+
+Result<ModelWeights> LoadWeightsFrom(const ModelConfig& config, torch::ScalarType dtype, const TensorSource& source) {
+  try {
+    return LoadWeightsFromImpl(config, dtype, source);
+  } catch (const std::exception& e) {  // c10::Error, bad_alloc
+    return Status::InvalidArgument(std::string("weights: loading failed: ") + e.what());
   }
 }
 

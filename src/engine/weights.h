@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,16 @@ struct ModelWeights {
 // model.safetensors.index.json), converted to `dtype`. Missing or misshapen tensors are an
 // InvalidArgument naming the tensor.
 Result<ModelWeights> LoadWeights(const ModelConfig& config, const std::string& dir, torch::ScalarType dtype);
+
+// Where LoadWeightsFrom gets each tensor: `name` is the Hugging Face name, `shape` the shape
+// the config expects ([out, in] for linear layers). Returns a float tensor (any float dtype)
+// of exactly that shape, or a Status naming the tensor.
+using TensorSource = std::function<Result<torch::Tensor>(const std::string& name, const std::vector<int64_t>& shape)>;
+
+// Loads every tensor of `config` from `source` (e.g. a GGUF file), converted to `dtype`;
+// ties the LM head to the embedding when the config says so and computes the fingerprint,
+// as LoadWeights does. A tensor of the wrong shape is an InvalidArgument naming it.
+Result<ModelWeights> LoadWeightsFrom(const ModelConfig& config, torch::ScalarType dtype, const TensorSource& source);
 
 // Deterministic random weights (same seed, same weights on every machine), scaled so that
 // activations stay in range: for tests, benchmarks and the demo.

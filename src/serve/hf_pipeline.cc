@@ -92,6 +92,15 @@ Status AddPreTokenizer(const json& j, std::vector<PreTokenizerStep>* steps, int 
     if (!regex.ok()) return regex.status();
     step.kind = PreTokenizerStep::kSplit;
     step.regex = std::move(regex.value());
+  } else if (type == "Digits") {
+    // Digits splits on char::is_numeric (general categories Nd, Nl, No, i.e. \p{N}) with
+    // behavior Isolated (individual_digits: every digit its own piece) or Contiguous (a run of
+    // digits one piece). Both are a Split, Isolated, on a digit or a run of digits.
+    const bool individual = BoolField(j, "individual_digits", false);
+    auto regex = RegexSplitter::Compile(individual ? R"(\p{N})" : R"(\p{N}+)", "tokenizer.json pre_tokenizer Digits");
+    if (!regex.ok()) return regex.status();
+    step.kind = PreTokenizerStep::kSplit;
+    step.regex = std::move(regex.value());
   } else if (type == "ByteLevel") {
     step.kind = PreTokenizerStep::kByteLevel;
     step.add_prefix_space = BoolField(j, "add_prefix_space", false);

@@ -1,11 +1,17 @@
 #include "serve/openai_api.h"
 
+#include <cmath>
+
 #include <nlohmann/json.hpp>
+
+#include "serve/tokenizer.h"
 
 namespace kvault::serve {
 namespace {
 
-using json = nlohmann::json;
+// Insertion-ordered objects: responses list their fields in OpenAI's order, and the legacy
+// completions' top_logprobs maps keep the most likely token first.
+using json = nlohmann::ordered_json;
 
 ApiError Invalid(std::string message, std::string param = "") {
   ApiError e;
@@ -53,6 +59,50 @@ json Base(const GenerationRequest& r, const std::string& id, int64_t created, bo
 }
 
 json FinishReason(const std::string& f) { return f.empty() ? json(nullptr) : json(f); }
+
+// A log-probability for JSON, which has no infinities: OpenAI's floor stands for -inf.
+double FiniteLogprob(double lp) { return std::isfinite(lp) ? lp : -9999.0; }
+
+json ChatToken(const TokenLogprob& t) {
+  json bytes = json::array();
+  for (unsigned char b : t.bytes) bytes.push_back(b);
+  return {{"token", SanitizeUtf8(t.bytes)}, {"logprob", FiniteLogprob(t.logprob)}, {"bytes", std::move(bytes)}};
+}
+
+// choices[i].logprobs: null when not asked (or, in a stream chunk, no token to report).
+// Chat: {"content": [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}],
+// "refusal": null}; completions: {tokens, token_logprobs, top_logprobs: [{token: logprob}],
+// text_offset}.
+json LogprobsObject(const GenerationRequest& r, const std::vector<LogprobEntry>& entries, bool chunk) {
+  if (r.top_logprobs < 0 || (chunk && entries.empty())) return nullptr;
+  if (r.chat) {
+    json content = json::array();
+    for (const LogprobEntry& e : entries) {
+      json top = json::array();
+      for (const TokenLogprob& t : e.top) top.push_back(ChatToken(t));
+      json item = ChatToken(e.token);
+      item["top_logprobs"] = std::move(top);
+      content.push_back(std::move(item));
+    }
+    return {{"content", std::move(content)}, {"refusal", nullptr}};
+  }
+  json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array(), offsets = json::array();
+  for (const LogprobEntry& e : entries) {
+    tokens.push_back(SanitizeUtf8(e.token.bytes));
+    token_logprobs.push_back(FiniteLogprob(e.token.logprob));
+    json top = json::object();
+    for (const TokenLogprob& t : e.top) {
+      const std::string text = SanitizeUtf8(t.bytes);
+      if (!top.contains(text)) top[text] = FiniteLogprob(t.logprob);  // tokens that read the same: the likeliest
+    }
+    top_logprobs.push_back(std::move(top));
+    offsets.push_back(e.text_offset);
+  }
+  return {{"tokens", std::move(tokens)},
+          {"token_logprobs", std::move(token_logprobs)},
+          {"top_logprobs", std::move(top_logprobs)},
+          {"text_offset", std::move(offsets)}};
+}
 
 }  // namespace
 
@@ -137,6 +187,26 @@ std::optional<ApiError> ParseGenerationRequest(std::string_view body, bool chat,
       r.include_usage = u->get<bool>();
     }
   }
+  if (chat) {
+    bool logprobs = false;
+    if (auto it = j.find("logprobs"); it != j.end() && !it->is_null()) {
+      if (!it->is_boolean()) return Invalid("'logprobs' must be a boolean", "logprobs");
+      logprobs = it->get<bool>();
+    }
+    if (logprobs) r.top_logprobs = 0;
+    if (auto it = j.find("top_logprobs"); it != j.end() && !it->is_null()) {
+      if (!it->is_number_integer()) return Invalid("'top_logprobs' must be an integer", "top_logprobs");
+      const auto k = it->get<int64_t>();
+      if (k < 0 || k > 20) return Invalid("'top_logprobs' must be in [0, 20]", "top_logprobs");
+      if (!logprobs) return Invalid("'top_logprobs' requires 'logprobs' to be true", "top_logprobs");
+      r.top_logprobs = static_cast<int>(k);
+    }
+  } else if (auto it = j.find("logprobs"); it != j.end() && !it->is_null()) {
+    if (!it->is_number_integer()) return Invalid("'logprobs' must be an integer", "logprobs");
+    const auto k = it->get<int64_t>();
+    if (k < 0 || k > 5) return Invalid("'logprobs' must be in [0, 5]", "logprobs");
+    r.top_logprobs = static_cast<int>(k);
+  }
   if (auto it = j.find("stop"); it != j.end() && !it->is_null()) {
     if (it->is_string()) {
       r.stop.push_back(it->get<std::string>());
@@ -157,31 +227,40 @@ std::optional<ApiError> ParseGenerationRequest(std::string_view body, bool chat,
 }
 
 std::string CompletionJson(const GenerationRequest& r, const std::string& id, int64_t created, const std::string& text,
-                           const std::string& finish_reason, const Usage& usage) {
+                           const std::string& finish_reason, const Usage& usage,
+                           const std::vector<LogprobEntry>& logprobs) {
   json j = Base(r, id, created, false);
   if (r.chat) {
     j["choices"] = json::array({{{"index", 0},
                                  {"message", {{"role", "assistant"}, {"content", text}}},
-                                 {"logprobs", nullptr},
+                                 {"logprobs", LogprobsObject(r, logprobs, false)},
                                  {"finish_reason", FinishReason(finish_reason)}}});
   } else {
-    j["choices"] = json::array(
-        {{{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", FinishReason(finish_reason)}}});
+    j["choices"] = json::array({{{"index", 0},
+                                 {"text", text},
+                                 {"logprobs", LogprobsObject(r, logprobs, false)},
+                                 {"finish_reason", FinishReason(finish_reason)}}});
   }
   j["usage"] = UsageObject(usage);
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 std::string ChunkJson(const GenerationRequest& r, const std::string& id, int64_t created, const std::string& delta,
-                      bool first, const std::string& finish_reason) {
+                      bool first, const std::string& finish_reason, const std::vector<LogprobEntry>& logprobs) {
   json j = Base(r, id, created, true);
   if (r.chat) {
     json d = json::object();
     if (first) d["role"] = "assistant";
     if (!delta.empty() || finish_reason.empty()) d["content"] = delta;
-    j["choices"] = json::array({{{"index", 0}, {"delta", d}, {"logprobs", nullptr}, {"finish_reason", FinishReason(finish_reason)}}});
+    j["choices"] = json::array({{{"index", 0},
+                                 {"delta", d},
+                                 {"logprobs", LogprobsObject(r, logprobs, true)},
+                                 {"finish_reason", FinishReason(finish_reason)}}});
   } else {
-    j["choices"] = json::array({{{"index", 0}, {"text", delta}, {"logprobs", nullptr}, {"finish_reason", FinishReason(finish_reason)}}});
+    j["choices"] = json::array({{{"index", 0},
+                                 {"text", delta},
+                                 {"logprobs", LogprobsObject(r, logprobs, true)},
+                                 {"finish_reason", FinishReason(finish_reason)}}});
   }
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }

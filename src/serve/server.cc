@@ -28,6 +28,9 @@ struct RequestState {
   std::mutex mu;
   std::condition_variable cv;
   std::deque<uint32_t> tokens;  // GUARDED_BY(mu): sampled, not yet taken
+  // GUARDED_BY(mu): with logprobs asked, the log-probabilities of `tokens` in the same order
+  // (the engine reports a token's log-probabilities just before the token: this may hold one more).
+  std::deque<engine::TokenLogprobs> logprobs;
   bool done = false;            // GUARDED_BY(mu)
   engine::RequestResult result; // GUARDED_BY(mu): valid when done
   std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);
@@ -42,7 +45,10 @@ class TextAssembler {
       : decoder_(tok, /*skip_special=*/true), stop_ids_(std::move(stop_ids)), stop_strings_(std::move(stop_strings)) {}
 
   // Adds one token; returns the text that may be shown now. Sets finished() on a stop.
-  std::string Push(uint32_t id) {
+  // *part_of_answer (if given): whether the token belongs to the answer (it came before the
+  // end and is not a stop token), i.e. gets a logprobs entry.
+  std::string Push(uint32_t id, bool* part_of_answer = nullptr) {
+    if (part_of_answer != nullptr) *part_of_answer = false;
     if (finished_) return {};
     ++completion_tokens_;
     if (std::find(stop_ids_.begin(), stop_ids_.end(), id) != stop_ids_.end()) {
@@ -50,6 +56,7 @@ class TextAssembler {
       reason_ = "stop";
       return Release(/*all=*/true);
     }
+    if (part_of_answer != nullptr) *part_of_answer = true;
     full_ += decoder_.Push(id);
     return Release(false);
   }
@@ -103,6 +110,52 @@ class TextAssembler {
   bool finished_ = false;
   std::string reason_ = "length";
   int64_t completion_tokens_ = 0;
+};
+
+// Turns the engine's log-probabilities of answer tokens into response entries: each token's
+// bytes as the answer's text has them (a SentencePiece dummy prefix dropped at the start;
+// special tokens under their spelling, though the text skips them), and its offset in
+// characters in the text: the index of the character its first byte falls in (invalid bytes
+// count as the U+FFFD they become).
+class LogprobAssembler {
+ public:
+  explicit LogprobAssembler(const Tokenizer& tok) : tok_(tok) {}
+
+  LogprobEntry Entry(const engine::TokenLogprobs& lp) {
+    const bool at_start = !wrote_any_;
+    LogprobEntry e;
+    e.token = {Bytes(lp.token, at_start), lp.logprob};
+    e.top.reserve(lp.top.size());
+    for (const auto& [id, logprob] : lp.top) e.top.push_back({Bytes(id, at_start), logprob});
+    // The character its first byte falls in: pending_ is the start of one character still
+    // (valid, or one U+FFFD if what follows does not continue it).
+    e.text_offset = chars_;
+    if (!pending_.empty() && !e.token.bytes.empty()) {
+      const std::string first = pending_ + e.token.bytes[0];
+      if (CompleteUtf8PrefixLength(first) != 0 && !IsValidUtf8(first)) ++e.text_offset;  // pending_ ended before it
+    }
+    if (lp.token < tok_.vocab_size() && !tok_.IsSpecial(lp.token)) {
+      wrote_any_ = true;
+      pending_ += e.token.bytes;
+      const size_t complete = CompleteUtf8PrefixLength(pending_);
+      for (unsigned char b : SanitizeUtf8(std::string_view(pending_).substr(0, complete))) chars_ += (b & 0xC0) != 0x80;
+      pending_.erase(0, complete);
+    }
+    return e;
+  }
+
+ private:
+  std::string Bytes(uint32_t id, bool at_start) const {
+    if (tok_.IsSpecial(id)) return std::string(tok_.TokenText(id));
+    std::string out;
+    tok_.AppendTokenBytes(id, at_start, &out);  // nothing for ids outside the vocabulary
+    return out;
+  }
+
+  const Tokenizer& tok_;
+  bool wrote_any_ = false;  // a token of the text was seen (the dummy prefix is behind us)
+  std::string pending_;     // bytes of an unfinished character at the end of the text
+  int64_t chars_ = 0;       // characters of the text before pending_
 };
 
 }  // namespace
@@ -246,7 +299,7 @@ void ServeServer::Impl::Generate(const httplib::Request& req, httplib::Response&
     if (!text.ok()) return SendError(res, {400, text.status().message(), "invalid_request_error", "messages", ""});
     prompt = tok_->Encode(*text, /*add_bos=*/false);  // the template wrote BOS where it belongs
   } else {
-    prompt = tok_->Encode(r.prompt, /*add_bos=*/true);
+    prompt = tok_->Encode(r.prompt, opt_.add_bos);
   }
   const auto n = static_cast<int64_t>(prompt.size());
   if (n == 0) return SendError(res, {400, "the prompt is empty", "invalid_request_error", chat ? "messages" : "prompt", ""});
@@ -270,6 +323,14 @@ void ServeServer::Impl::Generate(const httplib::Request& req, httplib::Response&
   if (p.tenant.empty()) p.tenant = r.user;  // OpenAI's end-user id, when no tenant header
   auto state = std::make_shared<RequestState>();
   p.cancel = state->cancel;
+  const bool want_logprobs = r.top_logprobs >= 0;
+  if (want_logprobs) {
+    p.top_logprobs = r.top_logprobs;
+    p.on_logprobs = [state](const engine::TokenLogprobs& lp) {
+      std::lock_guard<std::mutex> lock(state->mu);
+      state->logprobs.push_back(lp);
+    };
+  }
   p.on_token = [state](uint32_t t) {
     std::lock_guard<std::mutex> lock(state->mu);
     state->tokens.push_back(t);
@@ -291,8 +352,11 @@ void ServeServer::Impl::Generate(const httplib::Request& req, httplib::Response&
   const std::string id = std::string(chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_id_++);
   const int64_t created = UnixNow();
   auto assembler = std::make_shared<TextAssembler>(*tok_, stop_ids_, r.stop);
-  // Waits for the next tokens (or the end) and returns the text they add; false at the end.
-  auto next = [this, state, assembler, start, first_token = std::make_shared<bool>(true)](std::string* delta) -> bool {
+  auto lp_assembler = std::make_shared<LogprobAssembler>(*tok_);
+  // Waits for the next tokens (or the end) and returns the text they add, and appends their
+  // logprobs entries (when asked) to *entries; false at the end.
+  auto next = [this, state, assembler, lp_assembler, want_logprobs, start, first_token = std::make_shared<bool>(true)](
+                  std::string* delta, std::vector<LogprobEntry>* entries) -> bool {
     std::unique_lock<std::mutex> lock(state->mu);
     state->cv.wait(lock, [&] { return !state->tokens.empty() || state->done; });
     if (*first_token && (!state->tokens.empty() || state->done)) {
@@ -300,8 +364,13 @@ void ServeServer::Impl::Generate(const httplib::Request& req, httplib::Response&
       *first_token = false;
     }
     while (!state->tokens.empty()) {
-      *delta += assembler->Push(state->tokens.front());
+      bool answer = false;
+      *delta += assembler->Push(state->tokens.front(), &answer);
       state->tokens.pop_front();
+      if (want_logprobs && !state->logprobs.empty()) {  // never empty here: reported before the token
+        if (answer) entries->push_back(lp_assembler->Entry(state->logprobs.front()));
+        state->logprobs.pop_front();
+      }
     }
     if (assembler->finished()) state->cancel->store(true);  // a stop string: no more tokens needed
     if (!state->done) return true;
@@ -335,7 +404,8 @@ void ServeServer::Impl::Generate(const httplib::Request& req, httplib::Response&
 
   if (!r.stream) {
     std::string text;
-    while (next(&text)) {
+    std::vector<LogprobEntry> logprobs;
+    while (next(&text, &logprobs)) {
     }
     Status st;
     {
@@ -344,7 +414,8 @@ void ServeServer::Impl::Generate(const httplib::Request& req, httplib::Response&
     }
     finish();
     if (!st.ok()) return SendError(res, {500, "generation failed: " + st.ToString(), "server_error", "", ""});
-    res.set_content(CompletionJson(r, id, created, assembler->text(), assembler->reason(), usage_of()), "application/json");
+    res.set_content(CompletionJson(r, id, created, assembler->text(), assembler->reason(), usage_of(), logprobs),
+                    "application/json");
     return;
   }
   {  // A request that fails before its first token gets an error, not an empty stream.
@@ -360,22 +431,26 @@ void ServeServer::Impl::Generate(const httplib::Request& req, httplib::Response&
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream",
-      [=, first = std::make_shared<bool>(true), ended = std::make_shared<bool>(false)](size_t, httplib::DataSink& sink) {
+      [=, first = std::make_shared<bool>(true), ended = std::make_shared<bool>(false),
+       logprobs = std::make_shared<std::vector<LogprobEntry>>()](size_t, httplib::DataSink& sink) {
         if (*ended) return false;
         auto send = [&](const std::string& data) {
           const std::string event = "data: " + data + "\n\n";
           return sink.write(event.data(), event.size());
         };
         std::string delta;
-        const bool more = next(&delta);
+        // Entries wait for the next chunk sent (tokens that add no text yet send none).
+        const bool more = next(&delta, logprobs.get());
         if (!delta.empty() || (*first && !more)) {
-          if (!send(ChunkJson(r, id, created, delta, *first, ""))) {
+          if (!send(ChunkJson(r, id, created, delta, *first, "", *logprobs))) {
             state->cancel->store(true);  // the client went away
           }
+          logprobs->clear();
           *first = false;
         }
         if (more) return true;
-        bool ok = send(ChunkJson(r, id, created, "", false, assembler->reason()));
+        bool ok = send(ChunkJson(r, id, created, "", false, assembler->reason(), *logprobs));
+        logprobs->clear();
         if (ok && r.include_usage) ok = send(UsageChunkJson(r, id, created, usage_of()));
         if (ok) send("[DONE]");
         *ended = true;

@@ -25,6 +25,9 @@ struct ServeOptions {
   int64_t default_max_tokens = 256;     // when a request gives none (capped by the context)
   std::string tenant_header = "X-Kvault-Tenant";  // maps a request to a store tenant
   int http_threads = 64;                // concurrent connections served (streams hold one)
+  // /v1/completions: raw prompts start with BOS (when the tokenizer has one). False for models
+  // that want none (GGUF tokenizer.ggml.add_bos_token false, e.g. SmolLM2).
+  bool add_bos = true;
 };
 
 class ServeServer {

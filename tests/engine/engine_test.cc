@@ -493,6 +493,89 @@ TEST_F(EngineTest, BadRequestsAreClearErrors) {
   EXPECT_THROW(Engine(model_, zero), std::invalid_argument);
 }
 
+// Log-probabilities are the model's own: log_softmax of the logits (before temperature and
+// top_p), for the prefill's token and every decode step's, equal to a full recompute's.
+TEST_F(EngineTest, LogprobsAreLogSoftmaxOfTheLogits) {
+  EngineOptions o = Options();
+  o.plan = PlanMode::kLoad;  // the second request loads its cached prompt
+  Engine e(model_, o);
+  const auto prompt = RandomTokens(100, 40);
+  auto expect_model_logprobs = [&](const RequestResult& r, size_t k) {
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+    ASSERT_EQ(r.logprobs.size(), r.output_tokens.size());
+    // Row prompt.size() - 1 + i of a recompute over the prompt and the outputs before i
+    // predicts output i.
+    auto all = Concat(prompt, std::vector<uint32_t>(r.output_tokens.begin(), r.output_tokens.end() - 1));
+    std::vector<int64_t> ids(all.begin(), all.end());
+    auto lsm = torch::log_softmax(model_->ForwardNoCache(torch::tensor(ids, torch::kInt64)), -1);
+    for (size_t i = 0; i < r.logprobs.size(); ++i) {
+      const TokenLogprobs& lp = r.logprobs[i];
+      auto row = lsm[static_cast<int64_t>(prompt.size() - 1 + i)];
+      EXPECT_EQ(lp.token, r.output_tokens[i]);
+      EXPECT_NEAR(lp.logprob, row[lp.token].item<float>(), 1e-4) << "token " << i;
+      EXPECT_LE(lp.logprob, 0.0f);
+      ASSERT_EQ(lp.top.size(), k);
+      if (k == 0) continue;
+      auto best = std::get<0>(row.topk(static_cast<int64_t>(k)));
+      for (size_t j = 0; j < k; ++j) {
+        EXPECT_NEAR(lp.top[j].second, best[static_cast<int64_t>(j)].item<float>(), 1e-4);
+        EXPECT_NEAR(lp.top[j].second, row[lp.top[j].first].item<float>(), 1e-4);
+        if (j > 0) {
+          EXPECT_GE(lp.top[j - 1].second, lp.top[j].second);
+        }
+      }
+    }
+  };
+  // Greedy: the sampled token is the most likely one.
+  SamplingParams greedy = Params(6);
+  greedy.top_logprobs = 5;
+  std::vector<TokenLogprobs> streamed;
+  greedy.on_logprobs = [&](const TokenLogprobs& lp) { streamed.push_back(lp); };
+  auto r = e.Generate(prompt, greedy);
+  expect_model_logprobs(r, 5);
+  ASSERT_EQ(streamed.size(), r.logprobs.size());
+  for (size_t i = 0; i < r.logprobs.size(); ++i) {
+    EXPECT_EQ(r.logprobs[i].top[0].first, r.output_tokens[i]);
+    EXPECT_EQ(r.logprobs[i].top[0].second, r.logprobs[i].logprob);
+    EXPECT_EQ(streamed[i].token, r.logprobs[i].token);
+    EXPECT_EQ(streamed[i].logprob, r.logprobs[i].logprob);
+  }
+  // Sampled at a temperature with top_p (from the cached prompt now): still the raw model's.
+  e.WaitForSaves();
+  SamplingParams hot = Params(6);
+  hot.temperature = 1.7f;
+  hot.top_p = 0.9f;
+  hot.seed = 3;
+  hot.fixed_seed = true;
+  hot.top_logprobs = 0;
+  auto h = e.Generate(prompt, hot);
+  EXPECT_GT(h.hit_tokens, 0);
+  expect_model_logprobs(h, 0);
+  // Not asked: none.
+  EXPECT_TRUE(e.Generate(prompt, Params(2)).logprobs.empty());
+}
+
+// Equal log-probabilities are listed by id: with a zero LM head every token ties.
+TEST_F(EngineTest, LogprobTiesAreOrderedById) {
+  ModelWeights w = RandomWeights(config_, 7, torch::kFloat32);
+  w.lm_head = torch::zeros_like(w.lm_head);
+  auto flat = std::make_shared<LlamaModel>(config_, std::move(w), torch::kCPU);
+  EngineOptions o = Options();
+  o.store = nullptr;
+  Engine e(flat, o);
+  SamplingParams p = Params(2);
+  p.top_logprobs = 20;
+  auto r = e.Generate(RandomTokens(101, 10), p);
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  ASSERT_EQ(r.logprobs.size(), 2u);
+  for (const TokenLogprobs& lp : r.logprobs) {
+    EXPECT_EQ(lp.token, 0u);  // argmax: the first of the equal
+    EXPECT_NEAR(lp.logprob, -std::log(static_cast<float>(config_.vocab_size)), 1e-5);
+    ASSERT_EQ(lp.top.size(), 20u);
+    for (uint32_t j = 0; j < 20; ++j) EXPECT_EQ(lp.top[j].first, j);
+  }
+}
+
 TEST_F(EngineTest, PromptThatCannotFitIsAClearError) {
   EngineOptions o = Options();
   o.max_context = 32;

