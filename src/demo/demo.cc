@@ -142,6 +142,19 @@ std::string AnswerText(const models::LoadedModel& m, std::vector<uint32_t> ids, 
   return m.tokenizer->Decode(ids, /*skip_special=*/true);
 }
 
+// Real model: session s's messages up to its turn t's question, with `answers` (texts) of
+// turns < t in between; turn 1's message carries the document.
+std::vector<serve::ChatMessage> Conversation(const Plan& p, int s, int t, const std::vector<std::string>& answers) {
+  std::vector<serve::ChatMessage> messages;
+  for (int i = 0; i <= t; ++i) {
+    std::string content = p.questions[s][i];
+    if (i == 0) content = "Here is a document:\n\n" + p.documents[s] + "\n\n" + content;
+    messages.push_back({"user", std::move(content)});
+    if (i < t) messages.push_back({"assistant", answers[i]});
+  }
+  return messages;
+}
+
 std::vector<uint32_t> Prompt(const Plan& p, int s, int t, const std::vector<std::vector<uint32_t>>& answers) {
   if (p.model == nullptr) {
     std::vector<uint32_t> prompt = p.system;
@@ -151,14 +164,10 @@ std::vector<uint32_t> Prompt(const Plan& p, int s, int t, const std::vector<std:
     }
     return prompt;
   }
-  std::vector<serve::ChatMessage> messages;
-  for (int i = 0; i <= t; ++i) {
-    std::string content = p.questions[s][i];
-    if (i == 0) content = "Here is a document:\n\n" + p.documents[s] + "\n\n" + content;
-    messages.push_back({"user", std::move(content)});
-    if (i < t) messages.push_back({"assistant", AnswerText(*p.model, answers[i], p.stop_tokens)});
-  }
-  Result<std::string> text = p.model->chat_template->Render(messages, /*add_generation_prompt=*/true);
+  std::vector<std::string> answer_texts;
+  for (int i = 0; i < t; ++i) answer_texts.push_back(AnswerText(*p.model, answers[i], p.stop_tokens));
+  Result<std::string> text = p.model->chat_template->Render(Conversation(p, s, t, answer_texts),
+                                                            /*add_generation_prompt=*/true);
   if (!text.ok()) return {};  // MakeRealPlan rendered the same shape of conversation already
   return p.model->tokenizer->Encode(*text, /*add_bos=*/false);  // the template wrote BOS if any
 }
@@ -228,13 +237,8 @@ Result<Plan> MakeRealPlan(const DemoOptions& o, const models::LoadedModel& m) {
     for (int t = 0; t < o.turns; ++t) q.push_back(kQuestions[(t + s) % kQuestionCount]);
     p.questions.push_back(std::move(q));
     // The longest prompt: the last turn's, with every answer as long as allowed.
-    std::vector<serve::ChatMessage> messages;
-    for (int t = 0; t < o.turns; ++t) {
-      messages.push_back({"user", t == 0 ? "Here is a document:\n\n" + p.documents[s] + "\n\n" + p.questions[s][t]
-                                         : p.questions[s][t]});
-      if (t + 1 < o.turns) messages.push_back({"assistant", ""});
-    }
-    Result<std::string> text = m.chat_template->Render(messages, true);
+    Result<std::string> text =
+        m.chat_template->Render(Conversation(p, s, o.turns - 1, std::vector<std::string>(o.turns)), true);
     if (!text.ok()) return text.status();
     const int64_t longest = static_cast<int64_t>(m.tokenizer->Encode(*text, false).size()) +
                             static_cast<int64_t>(o.turns - 1) * o.max_new_tokens;
