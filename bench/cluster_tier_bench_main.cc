@@ -10,7 +10,7 @@
 #include <string>
 
 #include "cluster_tier_bench.h"
-#include "redis_cluster_fixture.h"
+#include "local_cluster/local_redis_cluster.h"
 
 int main(int argc, char** argv) {
   uint64_t value_bytes = 1 << 20;
@@ -48,13 +48,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "value bytes, threads, seconds and rounds must be positive\n");
     return 2;
   }
-  std::unique_ptr<kvtest::RedisClusterFixture> cluster;
+  std::unique_ptr<kvault::local_cluster::LocalRedisCluster> cluster;
   std::vector<std::string> seeds;
   if (seeds_arg.empty()) {
-    kvtest::RedisClusterFixtureOptions options;
+    kvault::local_cluster::LocalRedisClusterOptions options;
     options.password = password;
     std::string error;
-    cluster = kvtest::RedisClusterFixture::Start(options, &error);
+    cluster = kvault::local_cluster::LocalRedisCluster::Start(options, &error);
     if (!cluster) {
       std::fprintf(stderr, "cannot start a Redis Cluster: %s\n", error.c_str());
       return 1;

@@ -16,7 +16,7 @@
 
 #include "engine/engine.h"
 #include "engine/model.h"
-#include "engine/runtime_setup.h"
+#include "apps/runtime_setup.h"
 #include "engine/weights.h"
 #include "gpu/cuda_transfer.h"
 #include "kvault/store.h"
@@ -185,7 +185,7 @@ Status Bench(const GpuTtftBenchOptions& o) {
   if (longest + std::max(o.new_tokens, o.overlap_new_tokens) > config->max_position_embeddings) {
     return Status::InvalidArgument("history plus new tokens longer than the preset's context");
   }
-  if (!cuda) engine::SetComputeThreads(0);
+  if (!cuda) apps::SetComputeThreads(0);
 
   nlohmann::json out = {{"tool", "kvault bench gpu-ttft"}, {"preset", o.preset}, {"device", cuda ? "cuda" : "cpu"},
                         {"dtype", dtype_name}, {"new_tokens", o.new_tokens}, {"repeats", o.repeats},
@@ -209,13 +209,13 @@ Status Bench(const GpuTtftBenchOptions& o) {
   for (int64_t h : o.histories) all_kv += static_cast<uint64_t>(h + (o.repeats + 2) * o.new_tokens) * layout.token_bytes();
   const bool own_dir = o.dir.empty();
   const fs::path dir = own_dir ? fs::temp_directory_path() / ("kvault-gpu-ttft-" + std::to_string(::getpid())) : fs::path(o.dir);
-  KVAULT_RETURN_IF_ERROR(engine::WipeStoreDir(dir.string(), "--dir", false));
+  KVAULT_RETURN_IF_ERROR(apps::WipeStoreDir(dir.string(), "--dir", false));
   StoreOptions so;
   so.dir = dir.string();
   so.page_bytes = 1u << 20;
-  so.dram_bytes = (static_cast<uint64_t>(longest + (o.repeats + 2) * o.new_tokens) * layout.token_bytes() * 5 / 4 +
+  so.t1_bytes = (static_cast<uint64_t>(longest + (o.repeats + 2) * o.new_tokens) * layout.token_bytes() * 5 / 4 +
                    (64ull << 20)) / so.page_bytes * so.page_bytes + so.page_bytes;
-  so.ssd_bytes = std::max<uint64_t>(all_kv * 3 / 2, 1ull << 30);
+  so.t2_bytes = std::max<uint64_t>(all_kv * 3 / 2, 1ull << 30);
   so.segment_bytes = 256ull << 20;
   so.policy = "lru";
   auto open_store = [&]() -> Result<std::unique_ptr<Store>> { return Store::Open(so); };

@@ -19,7 +19,7 @@
 
 #include "engine/engine.h"
 #include "engine/model.h"
-#include "engine/runtime_setup.h"
+#include "apps/runtime_setup.h"
 #include "kvault/store.h"
 #include "models/model_loader.h"
 
@@ -205,7 +205,7 @@ Status Bench(const ModelBenchOptions& o) {
                                    "and --chunk-tokens must be positive");
   }
   const torch::ScalarType dtype = o.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
-  const int threads = engine::SetComputeThreads(o.threads);
+  const int threads = apps::SetComputeThreads(o.threads);
   nlohmann::json out = {{"tool", "kvault bench model"},
                         {"dtype", o.dtype},
                         {"threads", threads},
@@ -402,13 +402,13 @@ Status Bench(const ModelBenchOptions& o) {
   // Returning turn: turn 1 saves prompt and answer into T1; turn 2 = prompt + answer + new.
   uint64_t kv_all = static_cast<uint64_t>(longest + 2 * o.chunk_tokens) * layout.token_bytes();
   const fs::path dir = fs::temp_directory_path() / ("kvault-bench-model-" + std::to_string(::getpid()));
-  KVAULT_RETURN_IF_ERROR(engine::WipeStoreDir(dir.string(), "--dir", false));
+  KVAULT_RETURN_IF_ERROR(apps::WipeStoreDir(dir.string(), "--dir", false));
   StoreOptions so;
   so.dir = dir.string();
   so.page_bytes = 1u << 20;
-  so.dram_bytes = (kv_all * 3 / 2 + (16ull << 20)) / so.page_bytes * so.page_bytes;
-  so.ssd_bytes = 0;  // T1 only
-  so.prefault_dram = true;
+  so.t1_bytes = (kv_all * 3 / 2 + (16ull << 20)) / so.page_bytes * so.page_bytes;
+  so.t2_bytes = 0;  // T1 only
+  so.prefault_t1 = true;
   so.policy = "lru";
   struct DirGuard {
     fs::path d;

@@ -18,7 +18,7 @@
 
 #include "engine/engine.h"
 #include "engine/model.h"
-#include "engine/runtime_setup.h"
+#include "apps/runtime_setup.h"
 #include "engine/weights.h"
 #include "kvault/client.h"
 #include "store/record_format.h"
@@ -133,7 +133,7 @@ int RunSave(const ShareBenchOptions& o) {
   }
   // A real prefill whose KV the engine saves through the daemon.
   torch::NoGradGuard no_grad;
-  engine::SetComputeThreads(0);
+  apps::SetComputeThreads(0);
   TinyEngine te(&client);
   const engine::RequestResult r = te.engine->Generate(EnginePrompt(o.engine_tokens), Greedy());
   te.engine->WaitForSaves();
@@ -221,7 +221,7 @@ int RunLoad(const ShareBenchOptions& o) {
 
   // The engine: the first process's prompt plus a new turn; its output must equal a recompute.
   torch::NoGradGuard no_grad;
-  engine::SetComputeThreads(0);
+  apps::SetComputeThreads(0);
   auto prompt = EnginePrompt(o.engine_tokens);
   const auto more = EngineTokens(40, 9);
   prompt.insert(prompt.end(), more.begin(), more.end());
@@ -326,9 +326,9 @@ int RunParent(ShareBenchOptions o) {
   }
   o.socket = dir + "/kvaultd.sock";
   const double kv_gib = static_cast<double>(ConversationLayout().chunk_bytes(256)) * ((o.tokens + 255) / 256) / (1ull << 30);
-  const std::string dram_gib = std::to_string(kv_gib + 0.5);
-  std::cerr << "bench share: starting kvaultd in " << dir << " (T1 " << dram_gib << " GiB)\n";
-  auto daemon = Spawn({self, "daemon", "--dir", dir, "--socket", o.socket, "--dram-gib", dram_gib, "--ssd-gib", "0"});
+  const std::string t1_gib = std::to_string(kv_gib + 0.5);
+  std::cerr << "bench share: starting kvaultd in " << dir << " (T1 " << t1_gib << " GiB)\n";
+  auto daemon = Spawn({self, "daemon", "--dir", dir, "--socket", o.socket, "--t1-gib", t1_gib, "--t2-gib", "0"});
   if (!daemon.ok()) {
     std::cerr << "bench share: " << daemon.status().ToString() << "\n";
     return 1;

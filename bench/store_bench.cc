@@ -157,9 +157,9 @@ struct T1Result {
 T1Result MeasureT1(const KvLayout& layout, int chunks, int rounds) {
   T1Result r;
   StoreOptions o;
-  o.ssd_bytes = 0;
+  o.t2_bytes = 0;
   const uint64_t chunk = layout.chunk_bytes(layout.chunk_tokens);
-  o.dram_bytes = (chunk + o.page_bytes) * (chunks + 1);
+  o.t1_bytes = (chunk + o.page_bytes) * (chunks + 1);
   auto store = Store::Open(o);
   if (!store.ok()) return r;
   Namespace ns("bench", Sha256("bench-model"), layout);
@@ -230,11 +230,11 @@ T2Result MeasureT2(const std::string& dir, const KvLayout& layout, int chunks) {
   const uint64_t chunk = layout.chunk_bytes(layout.chunk_tokens);
   StoreOptions o;
   o.dir = dir;
-  o.dram_bytes = (chunk + o.page_bytes) * (chunks + 2);
-  o.ssd_bytes = (chunk + (1 << 20)) * (chunks + 8) + (1ull << 30);
+  o.t1_bytes = (chunk + o.page_bytes) * (chunks + 2);
+  o.t2_bytes = (chunk + (1 << 20)) * (chunks + 8) + (1ull << 30);
   // Steady state of a server: DRAM already faulted in, so the measured rate is the disk's
   // path, not first-touch page faults of a fresh arena.
-  o.prefault_dram = true;
+  o.prefault_t1 = true;
   Namespace ns("bench", Sha256("bench-model"), layout);
   std::vector<std::byte> src(chunk);
   for (size_t i = 0; i < chunk; ++i) src[i] = std::byte(i * 131 >> 7);
@@ -260,7 +260,7 @@ T2Result MeasureT2(const std::string& dir, const KvLayout& layout, int chunks) {
     for (const ChunkKey& k : keys) {
       auto reader = (*store)->OpenChunk(ns, k);
       if (!reader.ok()) return r.error = reader.status().ToString(), r;
-      if (reader->served_from() != Tier::kDisk) return r.error = "expected a T2 hit", r;
+      if (reader->served_from() != Tier::kT2) return r.error = "expected a T2 hit", r;
     }
     r.read_gbps = double(chunk) * chunks / Seconds(t0) / kGB;
     r.bytes = chunk * chunks;
@@ -278,9 +278,9 @@ LookupResultBench MeasureLookup(double seconds) {
   LookupResultBench r;
   KvLayout layout{1, 1, 16, DType::kF16, 256, RopeMode::kPostRope};
   StoreOptions o;
-  o.ssd_bytes = 0;
+  o.t2_bytes = 0;
   o.page_bytes = 4096;
-  o.dram_bytes = 64ull << 20;
+  o.t1_bytes = 64ull << 20;
   auto store = Store::Open(o);
   if (!store.ok()) return r;
   Namespace ns("bench", Sha256("bench-model"), layout);
@@ -313,8 +313,8 @@ double MeasureRebuild(const std::string& dir, uint64_t entries, std::string* err
   StoreOptions o;
   o.dir = dir;
   o.page_bytes = 4096;
-  o.dram_bytes = entries * 4096 * 5 / 4 + (64ull << 20);  // all of them fit: none is dropped unwritten
-  o.ssd_bytes = entries * 8192 * 2 + (1ull << 30);
+  o.t1_bytes = entries * 4096 * 5 / 4 + (64ull << 20);  // all of them fit: none is dropped unwritten
+  o.t2_bytes = entries * 8192 * 2 + (1ull << 30);
   o.segment_bytes = 64ull << 20;
   Namespace ns("bench", Sha256("bench-model"), layout);
   std::vector<std::byte> payload(layout.chunk_bytes(16), std::byte{1});

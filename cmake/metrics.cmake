@@ -3,9 +3,9 @@
 pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 
 add_library(kvault_metrics STATIC
-  src/server/latency_histogram.cc
-  src/server/prometheus_text.cc
-  src/server/http_endpoint.cc
+  src/metrics/latency_histogram.cc
+  src/metrics/prometheus_text.cc
+  src/metrics/http_endpoint.cc
 )
 target_include_directories(kvault_metrics PUBLIC include src)
 target_link_libraries(kvault_metrics PUBLIC kvault_store PkgConfig::HTTPLIB Threads::Threads)

@@ -11,6 +11,7 @@ PACKAGES=(
   libhiredis-dev libhiredis0.14 libcpp-httplib-dev libcpp-httplib0.11
   libbrotli-dev libbrotli1 zlib1g-dev
   libpcre2-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 libpcre2-posix3
+  libicu-dev libicu72
 )
 mkdir -p .gpu-deps
 cd .gpu-deps

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes tests/fixtures/chat/<family>/{tokenizer_config.json,expected.json}.
 
-The reference for kvault's C++ chat templates (src/serve/chat_template.cc): each family's real
+The reference for kvault's C++ chat templates (src/tokenizer/chat_template.cc): each family's real
 chat_template string (as published in the model's tokenizer_config.json on the Hugging Face Hub)
 is rendered with jinja2 exactly the way transformers' apply_chat_template(tokenize=False) does:
 an ImmutableSandboxedEnvironment with trim_blocks and lstrip_blocks, the loopcontrols

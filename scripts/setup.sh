@@ -8,7 +8,8 @@ PACKAGES=(
   liburing-dev libssl-dev libxxhash-dev nlohmann-json3-dev libcli11-dev libtomlplusplus-dev
   libgtest-dev libtorch-dev libopenblas0-pthread
   libhiredis-dev redis-server redis-tools libcpp-httplib-dev
-  libpcre2-dev
+  libpcre2-dev libicu-dev
+  clang
 )
 
 # Python packages the tests use: the `openai` client talks to `kvault serve`.

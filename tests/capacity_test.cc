@@ -15,16 +15,16 @@ struct Workload {
   KvLayout layout;
   uint32_t dram_pages;
   uint64_t segment_bytes;
-  uint32_t segments;  // ssd_bytes = segments * segment_bytes
+  uint32_t segments;  // t2_bytes = segments * segment_bytes
   int ops;
 };
 
 void RunWorkload(const Workload& w, uint64_t seed) {
   TempDir dir;
   kvault::StoreOptions o = SmallOptions(dir.path());
-  o.dram_bytes = uint64_t{w.dram_pages} * o.page_bytes;
+  o.t1_bytes = uint64_t{w.dram_pages} * o.page_bytes;
   o.segment_bytes = w.segment_bytes;
-  o.ssd_bytes = w.segments * w.segment_bytes;
+  o.t2_bytes = w.segments * w.segment_bytes;
   const Namespace ns = MakeNamespace(w.layout);
   const uint32_t c = w.layout.chunk_tokens;
 
@@ -62,7 +62,7 @@ void RunWorkload(const Workload& w, uint64_t seed) {
       ASSERT_LE(st.t1_used_bytes, st.t1_capacity_bytes) << "op " << op << " " << st.ToJson();
       ASSERT_LE(st.t2_used_bytes, st.t2_capacity_bytes) << "op " << op << " " << st.ToJson();
       const uint64_t on_disk = DirBytes(dir.path());
-      ASSERT_LE(on_disk, o.ssd_bytes) << "op " << op << " " << st.ToJson();
+      ASSERT_LE(on_disk, o.t2_bytes) << "op " << op << " " << st.ToJson();
       max_t1 = std::max(max_t1, st.t1_used_bytes);
       max_t2 = std::max(max_t2, st.t2_used_bytes);
       max_dir = std::max(max_dir, on_disk);
@@ -80,7 +80,7 @@ void RunWorkload(const Workload& w, uint64_t seed) {
     EXPECT_LT(exhausted, puts / 4);
   }
   // Closing seals the active segment: still within the cap.
-  EXPECT_LE(DirBytes(dir.path()), o.ssd_bytes);
+  EXPECT_LE(DirBytes(dir.path()), o.t2_bytes);
   ::testing::Test::RecordProperty("max_t2_used", std::to_string(max_t2));
   ::testing::Test::RecordProperty("max_dir_bytes", std::to_string(max_dir));
 

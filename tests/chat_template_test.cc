@@ -1,7 +1,7 @@
 // Chat templates: byte-for-byte agreement with jinja2 renders of the real templates
 // (tests/fixtures/chat/*, written by scripts/make_chat_fixtures.py), family recognition and
 // the errors.
-#include "serve/chat_template.h"
+#include "tokenizer/chat_template.h"
 
 #include <gtest/gtest.h>
 
@@ -14,7 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
-namespace kvault::serve {
+namespace kvault::tokenizer {
 namespace {
 
 namespace fs = std::filesystem;
@@ -312,4 +312,4 @@ TEST(ChatTemplateTest, PythonStripMatchesStrStrip) {
 }
 
 }  // namespace
-}  // namespace kvault::serve
+}  // namespace kvault::tokenizer

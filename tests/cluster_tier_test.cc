@@ -155,7 +155,7 @@ class FakeTier final : public RemoteTier {
 
 kvault::StoreOptions T3Options(const std::string& dir, RemoteTier* tier) {
   kvault::StoreOptions o = SmallOptions(dir);
-  o.cluster_tier = tier;
+  o.t3_tier = tier;
   return o;
 }
 
@@ -231,21 +231,21 @@ TEST(ClusterTier, TwoStoresShareChunksByteIdentically) {
     auto b = OpenStore(T3Options(dir.Sub("b"), &tier));
     ASSERT_TRUE(b);
     LookupResult r = b->Lookup(ns, tokens);
-    EXPECT_EQ(TiersOf(r), (std::vector<Tier>{Tier::kCluster, Tier::kCluster, Tier::kCluster}));
+    EXPECT_EQ(TiersOf(r), (std::vector<Tier>{Tier::kT3, Tier::kT3, Tier::kT3}));
     EXPECT_EQ(r.cached_tokens, 48u);
     EXPECT_EQ(tier.contains_calls(), 1u);  // one batch at the first local miss
     for (size_t i = 0; i < 3; ++i) {
       Tier from = Tier::kNone;
       std::string why;
       EXPECT_EQ(CheckChunk(*b, ns, spans[i].key, 16, &from, &why), Check::kMatch) << why;
-      EXPECT_EQ(from, Tier::kCluster);
+      EXPECT_EQ(from, Tier::kT3);
     }
     r = b->Lookup(ns, tokens);
-    EXPECT_EQ(TiersOf(r), (std::vector<Tier>{Tier::kHost, Tier::kHost, Tier::kHost}));
+    EXPECT_EQ(TiersOf(r), (std::vector<Tier>{Tier::kT1, Tier::kT1, Tier::kT1}));
     EXPECT_EQ(tier.contains_calls(), 1u);  // every whole chunk local: T3 is not asked
     Tier from = Tier::kNone;
     EXPECT_EQ(CheckChunk(*b, ns, spans[0].key, 16, &from), Check::kMatch);
-    EXPECT_EQ(from, Tier::kHost);
+    EXPECT_EQ(from, Tier::kT1);
     ASSERT_TRUE(b->Flush().ok());
     WaitForT3(*b);
     const StoreStats sb = b->Stats();
@@ -262,7 +262,7 @@ TEST(ClusterTier, TwoStoresShareChunksByteIdentically) {
   auto b = OpenStore(SmallOptions(dir.Sub("b")));
   ASSERT_TRUE(b);
   LookupResult r = b->Lookup(ns, tokens);
-  EXPECT_EQ(TiersOf(r), (std::vector<Tier>{Tier::kDisk, Tier::kDisk, Tier::kDisk}));
+  EXPECT_EQ(TiersOf(r), (std::vector<Tier>{Tier::kT2, Tier::kT2, Tier::kT2}));
   for (size_t i = 0; i < 3; ++i) EXPECT_EQ(CheckChunk(*b, ns, spans[i].key, 16), Check::kMatch);
 }
 
@@ -331,7 +331,7 @@ TEST(ClusterTier, MismatchedOrCorruptValuesAreCountedMisses) {
   tier.corrupt = false;
   Tier from = Tier::kNone;
   EXPECT_EQ(CheckChunk(*b, ns, target, 16, &from), Check::kMatch);  // the good value is served
-  EXPECT_EQ(from, Tier::kCluster);
+  EXPECT_EQ(from, Tier::kT3);
 
   // Isolation: other tenants' and models' chains never reach ns's values.
   for (const Namespace* o : {&other_tenant, &other_model}) {
@@ -365,7 +365,7 @@ TEST(ClusterTier, FailingTierNeverFailsPutsOrLookups) {
     ASSERT_TRUE(PutChain(*a, ns, mine).ok());  // puts land in T1 regardless
     LookupResult r = a->Lookup(ns, mine);
     EXPECT_EQ(r.cached_tokens, 48u);
-    EXPECT_EQ(TiersOf(r), (std::vector<Tier>{Tier::kHost, Tier::kHost, Tier::kHost}));
+    EXPECT_EQ(TiersOf(r), (std::vector<Tier>{Tier::kT1, Tier::kT1, Tier::kT1}));
     const auto start = std::chrono::steady_clock::now();
     r = b->Lookup(ns, shared);  // T3 holds it, but cannot say so
     EXPECT_EQ(r.cached_tokens, 0u);
@@ -390,7 +390,7 @@ TEST(ClusterTier, FailingTierNeverFailsPutsOrLookups) {
   ASSERT_TRUE(PutChain(*a, ns, later).ok());
   WaitForT3(*a);
   LookupResult r = b->Lookup(ns, later);
-  EXPECT_EQ(TiersOf(r), (std::vector<Tier>{Tier::kCluster, Tier::kCluster}));
+  EXPECT_EQ(TiersOf(r), (std::vector<Tier>{Tier::kT3, Tier::kT3}));
   r = b->Lookup(ns, shared);
   EXPECT_EQ(r.cached_tokens, 64u);
   EXPECT_EQ(CheckChunk(*b, ns, spans[0].key, 16), Check::kMatch);
@@ -410,9 +410,9 @@ TEST(ClusterTier, WriteBehindDropsUnderItsCapInsteadOfBlocking) {
   const Namespace ns = MakeNamespace(MakeLayout());
   const uint64_t record = kvault::kHeaderBytes + ns.layout().chunk_bytes(16);
   kvault::StoreOptions o = T3Options(dir.path(), &tier);
-  o.ssd_bytes = 0;
-  o.dram_bytes = 64 * o.page_bytes;
-  o.cluster.queue_bytes = 4 * record;
+  o.t2_bytes = 0;
+  o.t1_bytes = 64 * o.page_bytes;
+  o.t3.queue_bytes = 4 * record;
   auto store = OpenStore(o);
   ASSERT_TRUE(store);
   tier.ClosePutGate();
@@ -426,7 +426,7 @@ TEST(ClusterTier, WriteBehindDropsUnderItsCapInsteadOfBlocking) {
   StoreStats s = store->Stats();
   EXPECT_EQ(s.puts, 200u);
   EXPECT_EQ(s.t3_put_drops, 196u) << s.ToJson();  // 1 in flight + 3 queued fill the cap
-  EXPECT_LE(s.t3_queue_bytes, o.cluster.queue_bytes);
+  EXPECT_LE(s.t3_queue_bytes, o.t3.queue_bytes);
   EXPECT_GE(s.t1_evictions, 200u - 64u);
   // The first chunk was taken by the T3 writer (now stuck in Put) and has since been evicted:
   // not pinned across the network call.
@@ -465,7 +465,7 @@ TEST(ClusterTier, LookupCountersAddUpAcrossTiers) {
                      PayloadFor(spans[1].key, ns.layout().chunk_bytes(16)))
                   .ok());
   LookupResult r = b->Lookup(ns, tokens);
-  EXPECT_EQ(TiersOf(r), (std::vector<Tier>{Tier::kDisk, Tier::kHost, Tier::kCluster, Tier::kCluster}));
+  EXPECT_EQ(TiersOf(r), (std::vector<Tier>{Tier::kT2, Tier::kT1, Tier::kT3, Tier::kT3}));
   EXPECT_EQ(r.cached_tokens, 64u);
   EXPECT_EQ(tier.contains_calls(), 1u);
   // A fully local prefix asks nothing.
@@ -536,7 +536,7 @@ TEST(ClusterTier, ConcurrentPutsLookupsAndFetchesStayConsistent) {
   std::vector<std::unique_ptr<Store>> stores;
   for (const char* name : {"a", "b"}) {
     kvault::StoreOptions o = T3Options(dir.Sub(name), &tier);
-    o.dram_bytes = 32 * o.page_bytes;
+    o.t1_bytes = 32 * o.page_bytes;
     stores.push_back(OpenStore(o));
     ASSERT_TRUE(stores.back());
   }
@@ -578,7 +578,7 @@ TEST(ClusterTier, ConcurrentPutsLookupsAndFetchesStayConsistent) {
 // Proves the factory refuses bad configurations and Store::Open with them, splits seeds, and
 // that a store whose tier is unreachable at open runs without it.
 TEST(ClusterTier, FactoryChecksItsOptions) {
-  kvault::ClusterTierOptions o;
+  kvault::T3Options o;
   EXPECT_EQ(kvault::OpenRemoteTier(o).status().code(), Code::kInvalidArgument);
   o.kind = "memcached";
   EXPECT_EQ(kvault::OpenRemoteTier(o).status().code(), Code::kInvalidArgument);
@@ -588,12 +588,12 @@ TEST(ClusterTier, FactoryChecksItsOptions) {
   EXPECT_EQ(kvault::OpenRemoteTier(o).status().code(), Code::kInvalidArgument);  // no directory
   TempDir dir;
   kvault::StoreOptions so = SmallOptions(dir.path());
-  so.cluster.kind = "memcached";
+  so.t3.kind = "memcached";
   EXPECT_EQ(Store::Open(so).status().code(), Code::kInvalidArgument);
   EXPECT_EQ(kvault::SplitSeeds({"a:1, b:2", "", "c:3,"}), (std::vector<std::string>{"a:1", "b:2", "c:3"}));
   // An unreachable tier is no configuration error: the store opens without T3 (counted).
-  so.cluster.kind = "redis";
-  so.cluster.redis_seeds = {"127.0.0.1:1"};
+  so.t3.kind = "redis";
+  so.t3.redis_seeds = {"127.0.0.1:1"};
   auto store = OpenStore(so);
   ASSERT_TRUE(store);
   EXPECT_EQ(store->Stats().err_t3, 1u);
@@ -611,9 +611,9 @@ TEST(ClusterTier, TwoStoresShareThroughASharedDirectory) {
   const Namespace ns = MakeNamespace(MakeLayout());
   kvault::StoreOptions oa = SmallOptions(dir.Sub("a")), ob = SmallOptions(dir.Sub("b"));
   for (kvault::StoreOptions* o : {&oa, &ob}) {
-    o->cluster.kind = "shared-dir";
-    o->cluster.shared_dir = dir.Sub("shared");
-    o->cluster.shared_dir_sync = false;
+    o->t3.kind = "shared-dir";
+    o->t3.shared_dir = dir.Sub("shared");
+    o->t3.shared_dir_sync = false;
   }
   const std::vector<uint32_t> tokens = MakeTokens(7, 5 * 16 + 9);
   std::vector<ChunkSpan> spans;
@@ -625,15 +625,15 @@ TEST(ClusterTier, TwoStoresShareThroughASharedDirectory) {
   auto b = OpenStore(ob);
   ASSERT_TRUE(b);
   LookupResult r = b->Lookup(ns, tokens);
-  EXPECT_EQ(TiersOf(r), std::vector<Tier>(5, Tier::kCluster));
+  EXPECT_EQ(TiersOf(r), std::vector<Tier>(5, Tier::kT3));
   for (size_t i = 0; i < 5; ++i) {
     Tier from = Tier::kNone;
     std::string why;
     EXPECT_EQ(CheckChunk(*b, ns, spans[i].key, 16, &from, &why), Check::kMatch) << why;
-    EXPECT_EQ(from, Tier::kCluster);
+    EXPECT_EQ(from, Tier::kT3);
   }
   r = b->Lookup(ns, tokens);
-  EXPECT_EQ(TiersOf(r), std::vector<Tier>(5, Tier::kHost));
+  EXPECT_EQ(TiersOf(r), std::vector<Tier>(5, Tier::kT1));
   const auto ts = static_cast<EmbeddedStore&>(*b).ClusterStats();
   ASSERT_TRUE(ts.has_value());
   EXPECT_EQ(ts->get_hits, 5u);

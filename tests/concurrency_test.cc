@@ -115,9 +115,9 @@ void Worker(Store& store, const Namespace& ns, const std::vector<std::vector<uin
 TEST(Concurrency, EightThreadsOverlappingChains) {
   TempDir dir;
   kvault::StoreOptions o = SmallOptions(dir.path());
-  o.dram_bytes = 48 * o.page_bytes;  // 48 chunks of 16 KiB; the chains hold about 130
+  o.t1_bytes = 48 * o.page_bytes;  // 48 chunks of 16 KiB; the chains hold about 130
   o.segment_bytes = 256ull << 10;
-  o.ssd_bytes = 1ull << 20;          // 4 segments: T2 reclaims (and rewrites hot chunks) too
+  o.t2_bytes = 1ull << 20;          // 4 segments: T2 reclaims (and rewrites hot chunks) too
   const Namespace ns = MakeNamespace(MakeLayout());
   const auto chains = MakeChains();
   Counters n;

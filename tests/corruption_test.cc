@@ -269,7 +269,7 @@ TEST_F(CorruptionTest, TornPayloadInUnsealedSegmentIsNotTrusted) {
 TEST(CorruptionLarge, RecordsLargerThanTheScanWindow) {
   TempDir dir;
   kvault::StoreOptions o = SmallOptions(dir.path());
-  o.dram_bytes = 48ull << 20;
+  o.t1_bytes = 48ull << 20;
   o.segment_bytes = 64ull << 20;
   const Namespace ns = MakeNamespace(MakeLayout(kvault::DType::kF32, 8, 8, 128, 160));
   ASSERT_EQ(ns.layout().chunk_bytes(160), 10u << 20);

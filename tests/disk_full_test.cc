@@ -36,7 +36,7 @@ std::unique_ptr<Store> OpenStore(const kvault::StoreOptions& o) {
 
 kvault::StoreOptions Options(const std::string& dir) {
   kvault::StoreOptions o = SmallOptions(dir);
-  o.dram_bytes = 32ull << 20;  // holds everything put here: T1 never drops data
+  o.t1_bytes = 32ull << 20;  // holds everything put here: T1 never drops data
   return o;
 }
 
@@ -82,7 +82,7 @@ void DiskFullScenario(const kvault::StoreOptions& o, const std::function<void()>
     EXPECT_GT(s.err_no_space, 0u) << s.ToJson();
     EXPECT_EQ(s.puts, 150u);
     ExpectWithinCaps(s);
-    ExpectChains(*store, ns, 1, 50, Tier::kHost);
+    ExpectChains(*store, ns, 1, 50, Tier::kT1);
 
     make_room();
     std::this_thread::sleep_for(kPastBackoff);
@@ -94,8 +94,8 @@ void DiskFullScenario(const kvault::StoreOptions& o, const std::function<void()>
   }
   auto store = OpenStore(o);
   ASSERT_TRUE(store);
-  ExpectChains(*store, ns, 1000, 20, Tier::kDisk);
-  ExpectChains(*store, ns, 1, 50, Tier::kDisk);
+  ExpectChains(*store, ns, 1000, 20, Tier::kT2);
+  ExpectChains(*store, ns, 1, 50, Tier::kT2);
   // And the store goes on writing.
   PutChains(*store, ns, 2000, 5);
   EXPECT_TRUE(store->Flush().ok());
@@ -124,7 +124,7 @@ class TmpfsMount {
 };
 
 // Proves the scenario on a real full file system (ENOSPC from the kernel): an 8 MiB tmpfs
-// with a filler file, under a store whose ssd_bytes cap is far larger than the file system.
+// with a filler file, under a store whose t2_bytes cap is far larger than the file system.
 TEST(DiskFull, RealTmpfs) {
   TempDir dir;
   TmpfsMount mount(dir.path());
@@ -134,7 +134,7 @@ TEST(DiskFull, RealTmpfs) {
   }
   const std::string filler = dir.Sub("filler");
   kvault::StoreOptions o = Options(dir.Sub("store"));
-  o.ssd_bytes = 1ull << 30;
+  o.t2_bytes = 1ull << 30;
   DiskFullScenario(
       o,
       [&] {
@@ -175,7 +175,7 @@ TEST(DiskErrors, WriteEio) {
     kvault::StoreStats s = store->Stats();
     EXPECT_GT(s.err_io, 0u);
     EXPECT_EQ(s.err_no_space, 0u);
-    ExpectChains(*store, ns, 1, 10, Tier::kHost);
+    ExpectChains(*store, ns, 1, 10, Tier::kT1);
 
     env.SetWriteError(0);
     std::this_thread::sleep_for(kPastBackoff);
@@ -186,8 +186,8 @@ TEST(DiskErrors, WriteEio) {
   }
   auto store = OpenStore(o);
   ASSERT_TRUE(store);
-  ExpectChains(*store, ns, 100, 10, Tier::kDisk);
-  ExpectChains(*store, ns, 1, 10, Tier::kDisk);
+  ExpectChains(*store, ns, 100, 10, Tier::kT2);
+  ExpectChains(*store, ns, 1, 10, Tier::kT2);
 }
 
 // Proves EIO on a T2 read makes that entry a counted miss without a crash, leaves other
@@ -229,7 +229,7 @@ TEST(DiskErrors, ReadEio) {
   }
   auto store = OpenStore(o);
   ASSERT_TRUE(store);
-  ExpectChains(*store, ns, 1, 10, Tier::kDisk);
+  ExpectChains(*store, ns, 1, 10, Tier::kT2);
 }
 
 // Proves a device that fails every read while the store opens does not stop it: the store
@@ -259,7 +259,7 @@ TEST(DiskErrors, ReadEioWhileOpening) {
   }
   auto store = OpenStore(o);
   ASSERT_TRUE(store);
-  ExpectChains(*store, ns, 1, 10, Tier::kDisk);
+  ExpectChains(*store, ns, 1, 10, Tier::kT2);
 }
 
 }  // namespace

@@ -52,7 +52,9 @@ class FaultFile final : public kvault::File {
     return base_->Sync();
   }
   kvault::Result<uint64_t> Size() override { return base_->Size(); }
+  kvault::Result<kvault::FileInfo> Info() override { return base_->Info(); }
   bool direct() const override { return base_->direct(); }
+  Status Close() override { return base_->Close(); }
 
  private:
   FaultEnv* const env_;
@@ -112,6 +114,10 @@ Status FaultEnv::RemoveFile(const std::string& path) {
 }
 
 Status FaultEnv::RenameFile(const std::string& from, const std::string& to) {
+  if (int err = rename_errno_.load(); err != 0) {
+    ++renames_failed_;
+    return Status::FromErrno(err, "injected rename fault on " + from);
+  }
   Status st = base_->RenameFile(from, to);
   if (st.ok()) {
     std::lock_guard<std::mutex> lock(mu_);

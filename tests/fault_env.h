@@ -9,7 +9,8 @@
 //    a real disk would;
 //  - force_no_direct: files are opened without O_DIRECT, as on a file system that refuses it,
 //    so the store runs its buffered + fdatasync fallback;
-//  - a slow disk: every File::Read takes (bytes / read bandwidth) longer.
+//  - a slow disk: every File::Read takes (bytes / read bandwidth) longer;
+//  - rename errors: every RenameFile fails with the given errno while set (the source stays).
 //
 // Thread-safe: the store calls it from its writer thread and from readers at once.
 #pragma once
@@ -33,6 +34,7 @@ class FaultEnv final : public kvault::Env {
 
   void SetReadError(int err) { read_errno_ = err; }    // 0: reads succeed
   void SetWriteError(int err) { write_errno_ = err; }  // 0: writes succeed
+  void SetRenameError(int err) { rename_errno_ = err; }  // 0: renames succeed
   void SetQuota(uint64_t bytes);                       // kNoQuota: unlimited
   void SetForceNoDirect(bool on) { force_no_direct_ = on; }
   void SetReadBandwidth(double bytes_per_s) { read_bytes_per_s_ = bytes_per_s; }  // 0: full speed
@@ -42,6 +44,7 @@ class FaultEnv final : public kvault::Env {
   uint64_t UsedBytes() const;
   uint64_t reads_failed() const { return reads_failed_; }
   uint64_t writes_failed() const { return writes_failed_; }
+  uint64_t renames_failed() const { return renames_failed_; }
   uint64_t files_opened_direct() const { return files_opened_direct_; }
 
   kvault::Result<std::unique_ptr<kvault::File>> OpenFile(const std::string& path,
@@ -51,6 +54,7 @@ class FaultEnv final : public kvault::Env {
   kvault::Status RemoveFile(const std::string& path) override;
   kvault::Status RenameFile(const std::string& from, const std::string& to) override;
   kvault::Status SyncDir(const std::string& path) override { return base_->SyncDir(path); }
+  kvault::Result<kvault::FileInfo> GetFileInfo(const std::string& path) override { return base_->GetFileInfo(path); }
 
  private:
   friend class FaultFile;
@@ -60,9 +64,10 @@ class FaultEnv final : public kvault::Env {
   kvault::Env* const base_;
   std::atomic<int> read_errno_{0};
   std::atomic<int> write_errno_{0};
+  std::atomic<int> rename_errno_{0};
   std::atomic<bool> force_no_direct_{false};
   std::atomic<double> read_bytes_per_s_{0};
-  std::atomic<uint64_t> reads_failed_{0}, writes_failed_{0}, files_opened_direct_{0};
+  std::atomic<uint64_t> reads_failed_{0}, writes_failed_{0}, files_opened_direct_{0}, renames_failed_{0};
 
   mutable std::mutex mu_;
   uint64_t quota_ = kNoQuota;             // GUARDED_BY(mu_)

@@ -3,7 +3,7 @@
 // special tokens, round trips, errors), the metadata reader over GGUF files built in memory, and
 // the real SmolLM2-135M-Instruct GGUF: known tokenizations, round trips, its chat template, and
 // llama.cpp's own token ids (tests/fixtures/llamacpp/smollm2/tokenize.json) when recorded.
-#include "serve/gguf_tokenizer.h"
+#include "tokenizer/gguf_tokenizer.h"
 
 #include <gtest/gtest.h>
 
@@ -19,10 +19,10 @@
 
 #include "gguf/gguf_file.h"
 #include "gguf_writer.h"
-#include "serve/hf_pipeline.h"
+#include "tokenizer/hf_pipeline.h"
 #include "smollm2_locator.h"
 
-namespace kvault::serve {
+namespace kvault::tokenizer {
 namespace {
 
 namespace fs = std::filesystem;
@@ -743,4 +743,4 @@ TEST(SmolLM2Gguf, MatchesLlamaCppTokenize) {
 }
 
 }  // namespace
-}  // namespace kvault::serve
+}  // namespace kvault::tokenizer

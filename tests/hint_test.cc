@@ -41,7 +41,7 @@ const uint64_t kChunkBytes = kLayout.chunk_bytes(kChunkTokens);
 StoreOptions HintOptions(const std::string& dir, uint32_t dram_chunks, const std::string& policy = "lru",
                          uint32_t prefetch_chunks = 64) {
   StoreOptions o = SmallOptions(dir);
-  o.dram_bytes = uint64_t{dram_chunks} * o.page_bytes;
+  o.t1_bytes = uint64_t{dram_chunks} * o.page_bytes;
   o.policy = policy;
   o.prefetch_bytes = uint64_t{prefetch_chunks} * kChunkBytes;
   return o;
@@ -70,7 +70,7 @@ std::vector<Tier> Tiers(Store& store, const Namespace& ns, const Tokens& tokens)
 
 std::string TierString(const std::vector<Tier>& tiers) {
   std::string s;
-  for (Tier t : tiers) s += t == Tier::kHost ? 'H' : t == Tier::kDisk ? 'D' : '-';
+  for (Tier t : tiers) s += t == Tier::kT1 ? 'H' : t == Tier::kT2 ? 'D' : '-';
   return s;
 }
 
@@ -107,7 +107,7 @@ std::string ReadAll(Store& store, const Namespace& ns, const Tokens& tokens) {
     std::string why;
     Check c = CheckChunk(store, ns, s.key, s.tokens, &from, &why);
     EXPECT_EQ(c, Check::kMatch) << "chunk at " << s.begin << ": " << why;
-    served += c != Check::kMatch ? '!' : from == Tier::kHost ? 'H' : 'D';
+    served += c != Check::kMatch ? '!' : from == Tier::kT1 ? 'H' : 'D';
   }
   return served;
 }
@@ -180,6 +180,7 @@ class GateEnv final : public kvault::Env {
     }
     kvault::Status Sync() override { return base_->Sync(); }
     kvault::Result<uint64_t> Size() override { return base_->Size(); }
+    kvault::Result<kvault::FileInfo> Info() override { return base_->Info(); }
     bool direct() const override { return base_->direct(); }
 
    private:
@@ -271,7 +272,7 @@ TEST(Hint, PrefetchStopsAtTheBudgetAndResumesWhenChunksAreRead) {
   for (int i = 0; i < 2; ++i) {
     Tier from = Tier::kNone;
     EXPECT_EQ(CheckChunk(*store, ns, spans[i].key, spans[i].tokens, &from), Check::kMatch);
-    EXPECT_EQ(from, Tier::kHost);
+    EXPECT_EQ(from, Tier::kT1);
   }
   HintAndWait(*store, ns, {&a});
   EXPECT_EQ(TiersOf(*store, ns, a), "HHHHDD");
@@ -288,7 +289,7 @@ TEST(Hint, PrefetchStopsAtTheBudgetAndResumesWhenChunksAreRead) {
   EXPECT_EQ(ReadAll(*store, ns, a), "HHDDDD");  // chunks 2..5 promoted on read
 }
 
-// Proves prefetch_bytes = 0 means a quarter of dram_bytes: 4 chunks of a 16-chunk tier.
+// Proves prefetch_bytes = 0 means a quarter of t1_bytes: 4 chunks of a 16-chunk tier.
 TEST(Hint, DefaultBudgetIsAQuarterOfDram) {
   TempDir dir;
   StoreOptions o = HintOptions(dir.path(), 16);
@@ -356,7 +357,7 @@ TEST(Hint, PrefetchNeverEvictsAWindowEntry) {
     EXPECT_EQ(TiersOf(*store, ns, p2), "HHHHDD");
     EXPECT_EQ(store->Stats().prefetches, 4u);
     const auto f = Tiers(*store, ns, filler);
-    EXPECT_EQ(std::count(f.begin(), f.end(), Tier::kHost), 0) << TierString(f);
+    EXPECT_EQ(std::count(f.begin(), f.end(), Tier::kT1), 0) << TierString(f);
     EXPECT_EQ(ReadAll(*store, ns, p1), "HHHH");
     ExpectWithinCaps(store->Stats());
   }
@@ -434,10 +435,10 @@ TEST(Hint, PrefetchNeverEvictsAChunkWhoseWriteFailed) {
   const std::vector<Tier> filler_tiers = Tiers(*store, ns, filler);
   ASSERT_EQ(TierString(filler_tiers), "DDHHHHHH");
   for (size_t i = 0; i < filler_spans.size(); ++i) {
-    if (filler_tiers[i] != Tier::kHost) continue;
+    if (filler_tiers[i] != Tier::kT1) continue;
     auto r = store->OpenChunk(ns, filler_spans[i].key);
     ASSERT_TRUE(r.ok()) << r.status().ToString();
-    EXPECT_EQ(r->served_from(), Tier::kHost);
+    EXPECT_EQ(r->served_from(), Tier::kT1);
   }
   const StoreStats before = store->Stats();
   ASSERT_EQ(TiersOf(*store, ns, w), "HH");
@@ -538,7 +539,7 @@ TEST(Hint, PrefetchCoversTheStoredPartialChunkALongerPromptUses) {
   ASSERT_EQ(r.cached_tokens, conversation.size());
   ASSERT_EQ(r.chunks.size(), 5u);
   ASSERT_EQ(r.chunks.back().tokens, 5u);
-  ASSERT_EQ(r.chunks.back().tier, Tier::kDisk);
+  ASSERT_EQ(r.chunks.back().tier, Tier::kT2);
 
   HintAndWait(*store, ns, {&next});
   r = store->Lookup(ns, next);
@@ -685,8 +686,8 @@ TEST(Hint, HintsForUncachedChunksAreHarmless) {
   EXPECT_EQ(TiersOf(*store, other, other_chain), "DD");
   auto r = store->LookupFrom(ns, spans[1].key, std::span(gap).subspan(2 * kChunkTokens));
   ASSERT_EQ(r.chunks.size(), 2u);
-  EXPECT_EQ(r.chunks[0].tier, Tier::kDisk);
-  EXPECT_EQ(r.chunks[1].tier, Tier::kDisk);
+  EXPECT_EQ(r.chunks[0].tier, Tier::kT2);
+  EXPECT_EQ(r.chunks[1].tier, Tier::kT2);
 
   // Still a working store: the other namespace's hint prefetches its chain.
   HintAndWait(*store, other, {&other_chain});
@@ -698,13 +699,13 @@ TEST(Hint, HintsForUncachedChunksAreHarmless) {
   ExpectLookupCountersAddUp(store->Stats());
 }
 
-// Proves a store without a disk tier (ssd_bytes = 0) accepts hints: they are counted,
+// Proves a store without a disk tier (t2_bytes = 0) accepts hints: they are counted,
 // WaitForPrefetch returns, nothing is prefetched, and "aware" still keeps the window's
 // chunks in DRAM (everything else is dropped first).
 TEST(Hint, StoreWithoutDiskTierAcceptsHints) {
   TempDir dir;
   StoreOptions o = HintOptions(dir.path(), 8, "aware");
-  o.ssd_bytes = 0;
+  o.t2_bytes = 0;
   auto store = OpenStore(o);
   ASSERT_TRUE(store);
   const Namespace ns = MakeNamespace(kLayout);
@@ -732,7 +733,7 @@ TEST(Hint, StoreWithoutDiskTierAcceptsHints) {
 void RunConcurrent(const std::string& policy, std::chrono::milliseconds duration) {
   TempDir dir;
   StoreOptions o = HintOptions(dir.path(), 12, policy, /*prefetch_chunks=*/4);
-  o.ssd_bytes = 2ull << 20;  // 8 segments: reclaims happen too
+  o.t2_bytes = 2ull << 20;  // 8 segments: reclaims happen too
   auto store = OpenStore(o);
   ASSERT_TRUE(store);
   const Namespace ns = MakeNamespace(kLayout);

@@ -20,9 +20,9 @@
 #include <thread>
 #include <vector>
 
-#include "server/http_endpoint.h"
-#include "server/latency_histogram.h"
-#include "server/prometheus_text.h"
+#include "metrics/http_endpoint.h"
+#include "metrics/latency_histogram.h"
+#include "metrics/prometheus_text.h"
 
 namespace kvault {
 namespace {
@@ -588,7 +588,7 @@ TEST(StoreMetrics, NoStoreStatsCounterIsLeftOut) {
   }
   for (const auto& [field, value] : want) {
     EXPECT_TRUE(values.count(static_cast<double>(value)))
-        << "StoreStats::" << field << " is not exported by AppendStoreMetrics (src/server/prometheus_text.cc)";
+        << "StoreStats::" << field << " is not exported by AppendStoreMetrics (src/metrics/prometheus_text.cc)";
   }
 }
 

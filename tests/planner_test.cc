@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <memory>
 #include <random>
 #include <vector>
@@ -45,7 +46,7 @@ LoadPlanner::Options Rates(double t2_gbps, double copy_gbps) {
 
 TEST(LoadPlannerTest, LoadsUntilAPrefillIsMeasured) {
   LoadPlanner p(Rates(1.2, 55));
-  auto plan = p.Plan(Prefix(8, Tier::kDisk), 128);
+  auto plan = p.Plan(Prefix(8, Tier::kT2), 128);
   EXPECT_EQ(plan.kind, PlanKind::kLoad);
   EXPECT_EQ(plan.recompute_chunks, 0u);
   EXPECT_NE(plan.reason.find("no prefill measured"), std::string::npos);
@@ -73,7 +74,7 @@ TEST(LoadPlannerTest, RecentPassesWeighMore) {
 TEST(LoadPlannerTest, LoadsFromDramOverPcie) {
   // 32k tokens in T1: 4 GiB over 55 GB/s (~78 ms) against ~3.7 s of recompute.
   auto p = Trained(Rates(1.2, 55));
-  auto plan = p->Plan(Prefix(64, Tier::kHost), 128);
+  auto plan = p->Plan(Prefix(64, Tier::kT1), 128);
   EXPECT_EQ(plan.kind, PlanKind::kLoad) << plan.ToJson();
   EXPECT_LT(plan.predicted_ms, plan.recompute_all_ms / 10);
 }
@@ -81,7 +82,7 @@ TEST(LoadPlannerTest, LoadsFromDramOverPcie) {
 TEST(LoadPlannerTest, RecomputesRatherThanReadASlowDisk) {
   // 4k tokens on a 0.05 GB/s disk: 10.7 s to read, well under a second to recompute.
   auto p = Trained(Rates(0.05, 55));
-  auto plan = p->Plan(Prefix(8, Tier::kDisk), 128);
+  auto plan = p->Plan(Prefix(8, Tier::kT2), 128);
   EXPECT_EQ(plan.kind, PlanKind::kRecompute) << plan.ToJson();
   EXPECT_EQ(plan.recompute_tokens, 8 * 512);
   EXPECT_DOUBLE_EQ(plan.predicted_ms, plan.recompute_all_ms);
@@ -92,7 +93,7 @@ TEST(LoadPlannerTest, SplitsWhenReadingAndRecomputingTakeAboutAsLong) {
   // 32k tokens on a 1.2 GB/s disk: ~3.6 s to read, ~3.7 s to recompute. Recomputing the
   // head while the tail reads takes about half of either.
   auto p = Trained(Rates(1.2, 55));
-  auto plan = p->Plan(Prefix(64, Tier::kDisk), 128);
+  auto plan = p->Plan(Prefix(64, Tier::kT2), 128);
   EXPECT_EQ(plan.kind, PlanKind::kSplit) << plan.ToJson();
   EXPECT_GT(plan.recompute_chunks, 0u);
   EXPECT_LT(plan.recompute_chunks, 64u);
@@ -102,11 +103,13 @@ TEST(LoadPlannerTest, SplitsWhenReadingAndRecomputingTakeAboutAsLong) {
 TEST(LoadPlannerTest, ChoosesTheBestSplitPoint) {
   std::mt19937_64 rng(7);
   for (int round = 0; round < 200; ++round) {
-    auto p = Trained(Rates(0.2 + (rng() % 100) / 10.0, 1 + rng() % 60));
+    LoadPlanner::Options o = Rates(0.2 + (rng() % 100) / 10.0, 1 + rng() % 60);
+    o.recompute_slow_tail = false;  // splits only (the tail option has its own tests below)
+    auto p = Trained(o);
     std::vector<PlanChunk> chunks;
     const int n = 1 + rng() % 40;
     for (int i = 0; i < n; ++i) {
-      const Tier tier = rng() % 3 == 0 ? Tier::kHost : Tier::kDisk;
+      const Tier tier = rng() % 3 == 0 ? Tier::kT1 : Tier::kT2;
       const int64_t tokens = i + 1 == n ? 1 + rng() % 512 : 512;
       chunks.push_back({tier, tokens, tokens * kTokenBytes});
     }
@@ -125,7 +128,126 @@ TEST(LoadPlannerTest, ChoosesTheBestSplitPoint) {
     EXPECT_LE(plan.predicted_ms * (1 - p->options().min_gain),
               std::min(plan.load_all_ms, plan.recompute_all_ms) * (1 + 1e-9));
     EXPECT_EQ(plan.recompute_chunks == chunks.size(), plan.kind == PlanKind::kRecompute);
+    EXPECT_EQ(plan.tail_recompute_chunks, 0u);
   }
+}
+
+TEST(LoadPlannerTest, ChoosesTheBestPlanWithTheSlowTailOption) {
+  std::mt19937_64 rng(11);
+  int tails = 0;
+  for (int round = 0; round < 200; ++round) {
+    LoadPlanner::Options o = Rates(0.2 + (rng() % 100) / 10.0, 1 + rng() % 60);
+    o.recompute_slow_tail = true;
+    auto p = Trained(o);
+    std::vector<PlanChunk> chunks;
+    const int n = 1 + rng() % 40;
+    const int in_t1 = rng() % (n + 1);  // a T1 head, then T2
+    for (int i = 0; i < n; ++i) {
+      const int64_t tokens = i + 1 == n ? 1 + rng() % 512 : 512;
+      chunks.push_back({i < in_t1 ? Tier::kT1 : Tier::kT2, tokens, tokens * kTokenBytes});
+    }
+    const int64_t fresh = 1 + rng() % 4096;
+    auto plan = p->Plan(chunks, fresh);
+    double best = plan.load_all_ms;
+    for (size_t k = 0; k <= chunks.size(); ++k) best = std::min(best, p->PredictSeconds(chunks, fresh, k) * 1e3);
+    if (in_t1 > 0 && in_t1 < n) {
+      for (int k = 0; k < in_t1; ++k) best = std::min(best, p->PredictSeconds(chunks, fresh, k, n - in_t1) * 1e3);
+    }
+    if (plan.recompute_chunks == 0 && plan.tail_recompute_chunks == 0) {
+      EXPECT_LE(plan.load_all_ms * (1 - o.min_gain), best * (1 + 1e-9));
+    } else {
+      EXPECT_NEAR(plan.predicted_ms, best, best * 1e-9) << plan.ToJson();
+    }
+    const size_t tail = plan.tail_recompute_chunks;
+    EXPECT_TRUE(tail == 0 || (in_t1 > 0 && tail == static_cast<size_t>(n - in_t1))) << plan.ToJson();
+    EXPECT_DOUBLE_EQ(plan.predicted_ms, p->PredictSeconds(chunks, fresh, plan.recompute_chunks, tail) * 1e3);
+    tails += tail > 0;
+  }
+  EXPECT_GT(tails, 10);
+}
+
+TEST(LoadPlannerTest, PipelineIsBoundByItsSlowerStage) {
+  using kvault::planner::PipelinedPrefillSeconds;
+  // Compute-bound: the first layer's copy, then all of the compute.
+  EXPECT_DOUBLE_EQ(PipelinedPrefillSeconds(0, 0, 0.32, 1.0, 32), 0.01 + 1.0);
+  // Copy-bound: all of the copy, then the last layer's compute.
+  EXPECT_DOUBLE_EQ(PipelinedPrefillSeconds(0, 0, 3.2, 1.0, 32), 3.2 + 1.0 / 32);
+  // The read comes first; a recomputed head overlaps it.
+  EXPECT_DOUBLE_EQ(PipelinedPrefillSeconds(0.5, 2.0, 0.32, 1.0, 32), 2.0 + 0.01 + 1.0);
+  EXPECT_DOUBLE_EQ(PipelinedPrefillSeconds(5.0, 2.0, 0.32, 1.0, 32), 5.0 + 1.0);
+  // Nothing loaded: head and fresh compute back to back.
+  EXPECT_DOUBLE_EQ(PipelinedPrefillSeconds(2.0, 0, 0, 1.0, 32), 3.0);
+}
+
+TEST(LoadPlannerTest, PinnedRatesAndModelIgnoreMeasurements) {
+  LoadPlanner::Options o = Rates(1.2, 55);
+  o.fixed_prefill = {kPerToken, kPerPair};
+  LoadPlanner p(o);
+  const auto chunks = Prefix(64, Tier::kT2);
+  const auto before = p.Plan(chunks, 128);
+  EXPECT_EQ(before.reason.find("no prefill measured"), std::string::npos);  // pinned: known from the start
+  for (int i = 0; i < 20; ++i) {
+    p.ObservePrefill(1000, 0, 100.0);  // far slower than pinned
+    p.ObserveRead(Tier::kT2, 1'000'000, 100.0);
+    p.ObserveCopy(1'000'000, 100.0);
+  }
+  const auto after = p.Plan(chunks, 128);
+  EXPECT_EQ(after.ToJson(), before.ToJson());
+  EXPECT_DOUBLE_EQ(after.prefill_per_token_us, kPerToken * 1e6);
+  EXPECT_DOUBLE_EQ(after.t2_read_gbps, 1.2);
+  // The same choice as a planner that learned the same model.
+  EXPECT_EQ(Trained(Rates(1.2, 55))->Plan(chunks, 128).recompute_chunks, after.recompute_chunks);
+}
+
+// A prefix whose head is in T1 and whose tail is on a slow disk: loading the head and
+// recomputing the tail beats reading it, recomputing all, or any split; the engine's default
+// (recompute_slow_tail off) does not weigh it.
+TEST(LoadPlannerTest, RecomputesTheSlowTailOnlyWhenAllowed) {
+  std::vector<PlanChunk> chunks = Prefix(32, Tier::kT1);
+  for (const PlanChunk& c : Prefix(8, Tier::kT2)) chunks.push_back(c);
+  LoadPlanner::Options without = Rates(0.05, 55);
+  without.recompute_slow_tail = false;
+  auto off = Trained(without)->Plan(chunks, 128);
+  EXPECT_EQ(off.tail_recompute_chunks, 0u) << off.ToJson();
+  LoadPlanner::Options o = Rates(0.05, 55);
+  EXPECT_TRUE(o.recompute_slow_tail);  // the default: the engine and replay honour the tail
+  auto p = Trained(o);
+  auto on = p->Plan(chunks, 128);
+  EXPECT_EQ(on.kind, PlanKind::kLoad) << on.ToJson();
+  EXPECT_EQ(on.recompute_chunks, 0u);
+  EXPECT_EQ(on.tail_recompute_chunks, 8u);
+  EXPECT_LT(on.predicted_ms, 0.5 * off.predicted_ms) << off.ToJson() << on.ToJson();
+  EXPECT_DOUBLE_EQ(on.predicted_ms, p->PredictSeconds(chunks, 128, 0, 8) * 1e3);
+  // Loading the T1 head, then computing the tail's 4096 tokens and the 128 new ones after it.
+  const double fresh = TrueSeconds(8 * 512 + 128, 32 * 512);
+  const double copy = 32.0 * 512 * kTokenBytes / 55e9;
+  EXPECT_NEAR(on.predicted_ms, std::max(copy / 32 + fresh, copy + fresh / 32) * 1e3, 1e-6);
+  // A prefix that starts on the disk has no T1 head to keep: recomputing it all is the option.
+  std::vector<PlanChunk> cold = Prefix(8, Tier::kT2);
+  for (const PlanChunk& c : Prefix(32, Tier::kT1)) cold.push_back(c);
+  EXPECT_EQ(p->Plan(cold, 128).tail_recompute_chunks, 0u);
+}
+
+// Reads queued on the disk ahead of this prefill delay every plan that reads a T2 chunk, and
+// only those: a busy disk turns a load into a recompute.
+TEST(LoadPlannerTest, AT2BacklogDelaysThePlansThatRead) {
+  auto p = Trained(Rates(24, 55));
+  const auto chunks = Prefix(4, Tier::kT2);  // 256 MiB: 11 ms to read, ~0.1 s to recompute
+  std::vector<PlanChunk> dram = Prefix(4, Tier::kT1);
+  auto idle = p->Plan(chunks, 4096);
+  EXPECT_EQ(idle.kind, PlanKind::kLoad) << idle.ToJson();
+  auto busy = p->Plan(chunks, 4096, 2.0);
+  EXPECT_NEAR(busy.load_all_ms, idle.load_all_ms + 2000, 1e-6) << busy.ToJson();
+  EXPECT_DOUBLE_EQ(busy.recompute_all_ms, idle.recompute_all_ms);
+  EXPECT_EQ(busy.kind, PlanKind::kRecompute) << busy.ToJson();
+  EXPECT_DOUBLE_EQ(busy.t2_backlog_ms, 2000);
+  EXPECT_DOUBLE_EQ(p->PredictSeconds(chunks, 4096, 0, 0, 2.0) * 1e3, busy.load_all_ms);
+  // A prefix in T1 reads nothing from the disk.
+  EXPECT_EQ(p->Plan(dram, 4096, 2.0).ToJson(), [&] {
+    auto plan = p->Plan(dram, 4096);
+    plan.t2_backlog_ms = 2000;
+    return plan.ToJson();
+  }());
 }
 
 TEST(LoadPlannerTest, MeasuredRatesFeedThePlan) {
@@ -133,11 +255,11 @@ TEST(LoadPlannerTest, MeasuredRatesFeedThePlan) {
   o.layers = 32;
   o.recent_weight = 0.5;
   auto p = Trained(o);
-  p->ObserveRead(Tier::kDisk, 1'000'000'000, 2.0);   // 0.5 GB/s
-  p->ObserveRead(Tier::kDisk, 1'000'000'000, 1.0);   // 1 GB/s: the average moves halfway
-  p->ObserveRead(Tier::kCluster, 3'000'000'000, 1.0);
+  p->ObserveRead(Tier::kT2, 1'000'000'000, 2.0);   // 0.5 GB/s
+  p->ObserveRead(Tier::kT2, 1'000'000'000, 1.0);   // 1 GB/s: the average moves halfway
+  p->ObserveRead(Tier::kT3, 3'000'000'000, 1.0);
   p->ObserveCopy(10'000'000'000, 1.0);
-  auto plan = p->Plan(Prefix(2, Tier::kDisk), 16);
+  auto plan = p->Plan(Prefix(2, Tier::kT2), 16);
   EXPECT_NEAR(plan.t2_read_gbps, 0.75, 1e-9);
   EXPECT_NEAR(plan.t3_read_gbps, 3.0, 1e-9);
   EXPECT_NEAR(plan.copy_gbps, 10.0, 1e-9);

@@ -4,7 +4,7 @@
 
 #include <random>
 
-#include "server/protocol.h"
+#include "daemon/protocol.h"
 #include "test_util.h"
 
 namespace kvault::wire {
@@ -24,11 +24,11 @@ std::vector<Sample> Samples() {
   const ChunkKey k = ChainKey(ns, ns.id(), kvtest::MakeTokens(1, 16));
   std::vector<std::byte> payload(100, std::byte{3});
   LookupReply lr;
-  lr.result.chunks = {{k, 0, 16, Tier::kHost}, {k, 16, 5, Tier::kDisk}};
+  lr.result.chunks = {{k, 0, 16, Tier::kT1}, {k, 16, 5, Tier::kT2}};
   lr.result.cached_tokens = 21;
   lr.result.total_tokens = 30;
-  OpenReply open_inline{Status::OK(), 0, 16, Tier::kHost, {}, payload};
-  OpenReply open_shm{Status::OK(), 5, 16, Tier::kDisk, {{0, 4096}, {8192, 100}}, {}};
+  OpenReply open_inline{Status::OK(), 0, 16, Tier::kT1, {}, payload};
+  OpenReply open_shm{Status::OK(), 5, 16, Tier::kT2, {{0, 4096}, {8192, 100}}, {}};
   return {
       {"hello", Encode(HelloRequest{"token", true}), [](auto b) { HelloRequest m; return Decode(b, &m); }},
       {"hello-reply", Encode(HelloReply{Status::OK(), "t", true, true, 1 << 20, 1 << 16}),
@@ -58,11 +58,11 @@ TEST(ProtocolTest, EveryMessageRoundTrips) {
   EXPECT_EQ(out.ns, in.ns);
   EXPECT_EQ(out.parent, in.parent);
   EXPECT_EQ(out.tokens, in.tokens);
-  OpenReply o{Status::OK(), 3, 16, Tier::kDisk, {{4096, 8192}}, {}};
+  OpenReply o{Status::OK(), 3, 16, Tier::kT2, {{4096, 8192}}, {}};
   OpenReply back;
   ASSERT_TRUE(Decode(Encode(o), &back, 1 << 20).ok());
   EXPECT_EQ(back.handle, 3u);
-  EXPECT_EQ(back.tier, Tier::kDisk);
+  EXPECT_EQ(back.tier, Tier::kT2);
   ASSERT_EQ(back.pieces.size(), 1u);
   EXPECT_EQ(back.pieces[0].offset, 4096u);
   StatusReply sr;
@@ -100,9 +100,9 @@ TEST(ProtocolTest, FieldsAreValidated) {
   EXPECT_FALSE(Decode(Encode(BeginPutRequest{ToWire(ns), ns.id(), {}}), &p).ok());
   // Pieces outside the arena, empty or wrapping around.
   OpenReply o;
-  EXPECT_FALSE(Decode(Encode(OpenReply{Status::OK(), 1, 16, Tier::kHost, {{4096, 4096}}, {}}), &o, 4096).ok());
-  EXPECT_FALSE(Decode(Encode(OpenReply{Status::OK(), 1, 16, Tier::kHost, {{0, 0}}, {}}), &o, 4096).ok());
-  EXPECT_FALSE(Decode(Encode(OpenReply{Status::OK(), 1, 16, Tier::kHost, {{UINT64_MAX, 2}}, {}}), &o, 0).ok());
+  EXPECT_FALSE(Decode(Encode(OpenReply{Status::OK(), 1, 16, Tier::kT1, {{4096, 4096}}, {}}), &o, 4096).ok());
+  EXPECT_FALSE(Decode(Encode(OpenReply{Status::OK(), 1, 16, Tier::kT1, {{0, 0}}, {}}), &o, 4096).ok());
+  EXPECT_FALSE(Decode(Encode(OpenReply{Status::OK(), 1, 16, Tier::kT1, {{UINT64_MAX, 2}}, {}}), &o, 0).ok());
   EXPECT_FALSE(Decode(Encode(OpenReply{Status::OK(), 1, 16, static_cast<Tier>(9), {}, {}}), &o, 0).ok());
   // A lookup reply claiming more cached tokens than looked up.
   LookupReply lr;

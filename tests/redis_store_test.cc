@@ -6,7 +6,7 @@
 
 #include <gtest/gtest.h>
 
-#include "redis_cluster_fixture.h"
+#include "local_cluster/local_redis_cluster.h"
 #include "store/embedded_store.h"
 #include "store/redis_cluster.h"
 #include "store/redis_tier.h"
@@ -15,6 +15,10 @@
 
 namespace kvtest {
 namespace {
+
+using kvault::local_cluster::LocalRedisCluster;
+using kvault::local_cluster::LocalRedisClusterOptions;
+using kvault::local_cluster::LocalRedisReply;
 
 using kvault::ChunkSpan;
 using kvault::Code;
@@ -52,7 +56,7 @@ class RedisStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
     std::string error;
-    cluster_ = RedisClusterFixture::Start({}, &error);
+    cluster_ = LocalRedisCluster::Start({}, &error);
     ASSERT_TRUE(cluster_) << "cannot start a Redis Cluster: " << error;
   }
 
@@ -60,16 +64,16 @@ class RedisStoreTest : public ::testing::Test {
   // the seeds as one comma-separated string.
   std::unique_ptr<Store> OpenNode(const std::string& dir, bool joined) {
     kvault::StoreOptions o = SmallOptions(dir);
-    o.cluster.kind = "redis";
+    o.t3.kind = "redis";
     if (joined) {
       std::string seeds;
       for (const std::string& s : cluster_->Seeds()) seeds += (seeds.empty() ? "" : ",") + s;
-      o.cluster.redis_seeds = {seeds};
+      o.t3.redis_seeds = {seeds};
     } else {
-      o.cluster.redis_seeds = cluster_->Seeds();
+      o.t3.redis_seeds = cluster_->Seeds();
     }
-    o.cluster.redis_key_prefix = kPrefix;
-    o.cluster.timeout_ms = 200;
+    o.t3.redis_key_prefix = kPrefix;
+    o.t3.timeout_ms = 200;
     auto s = Store::Open(o);
     EXPECT_TRUE(s.ok()) << s.status().ToString();
     return s.ok() ? std::move(s.value()) : nullptr;
@@ -83,7 +87,7 @@ class RedisStoreTest : public ::testing::Test {
     return c;
   }
 
-  std::unique_ptr<RedisClusterFixture> cluster_;
+  std::unique_ptr<LocalRedisCluster> cluster_;
 };
 
 void WaitForT3(Store& store) { static_cast<EmbeddedStore&>(store).WaitForClusterWrites(); }
@@ -113,11 +117,11 @@ TEST_F(RedisStoreTest, TwoNodesShareAndSurviveAKilledMaster) {
   for (const Chain& c : before) {
     LookupResult r = b->Lookup(ns, c.tokens);
     ASSERT_EQ(r.chunks.size(), kChunksPerChain);
-    for (const auto& ch : r.chunks) EXPECT_EQ(ch.tier, Tier::kCluster);
+    for (const auto& ch : r.chunks) EXPECT_EQ(ch.tier, Tier::kT3);
     Tier from = Tier::kNone;
     std::string why;
     EXPECT_EQ(CheckChunk(*b, ns, c.spans[0].key, kChunk, &from, &why), Check::kMatch) << why;
-    EXPECT_EQ(from, Tier::kCluster);
+    EXPECT_EQ(from, Tier::kT3);
   }
 
   // (2) A master dies.
@@ -136,7 +140,7 @@ TEST_F(RedisStoreTest, TwoNodesShareAndSurviveAKilledMaster) {
     size_t want = 1;
     while (want < kChunksPerChain && c.node[want] != victim) ++want;
     ASSERT_EQ(r.chunks.size(), want);
-    EXPECT_EQ(r.chunks[0].tier, Tier::kHost);
+    EXPECT_EQ(r.chunks[0].tier, Tier::kT1);
     for (size_t j = 1; j < kChunksPerChain; ++j) {
       kvault::Status st;
       std::string why;
@@ -194,11 +198,11 @@ TEST_F(RedisStoreTest, TwoNodesShareAndSurviveAKilledMaster) {
     LookupResult r = b->Lookup(ns, c.tokens);
     ASSERT_EQ(r.chunks.size(), kChunksPerChain);
     for (size_t j = 0; j < kChunksPerChain; ++j) {
-      EXPECT_EQ(r.chunks[j].tier, Tier::kCluster);
+      EXPECT_EQ(r.chunks[j].tier, Tier::kT3);
       Tier from = Tier::kNone;
       std::string why;
       EXPECT_EQ(CheckChunk(*b, ns, c.spans[j].key, kChunk, &from, &why), Check::kMatch) << why;
-      EXPECT_EQ(from, Tier::kCluster);
+      EXPECT_EQ(from, Tier::kT3);
       after_on_victim += c.node[j] == victim;
     }
   }

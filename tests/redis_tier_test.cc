@@ -1,5 +1,5 @@
 // The Redis Cluster tier (src/store/redis_tier.h) and its client (src/store/redis_cluster.h)
-// against a real 3-master Redis Cluster on loopback (redis_cluster_fixture.h): round trips of
+// against a real 3-master Redis Cluster on loopback (local_redis_cluster.h): round trips of
 // whole and split values, slot routing, MOVED and ASK during slot migration, TTL, the budget,
 // damaged split values, a killed and a paused node, several threads, AUTH.
 #include <algorithm>
@@ -10,7 +10,7 @@
 
 #include <gtest/gtest.h>
 
-#include "redis_cluster_fixture.h"
+#include "local_cluster/local_redis_cluster.h"
 #include "store/redis_cluster.h"
 #include "store/redis_tier.h"
 #include "store/remote_record.h"
@@ -18,6 +18,10 @@
 
 namespace kvtest {
 namespace {
+
+using kvault::local_cluster::LocalRedisCluster;
+using kvault::local_cluster::LocalRedisClusterOptions;
+using kvault::local_cluster::LocalRedisReply;
 
 using kvault::Code;
 using kvault::OpenRedisTier;
@@ -72,7 +76,7 @@ class RedisTierTest : public ::testing::Test {
  protected:
   void SetUp() override {
     std::string error;
-    cluster_ = RedisClusterFixture::Start({}, &error);
+    cluster_ = LocalRedisCluster::Start({}, &error);
     ASSERT_TRUE(cluster_) << "cannot start a Redis Cluster: " << error;
   }
 
@@ -102,8 +106,8 @@ class RedisTierTest : public ::testing::Test {
     return reply.ok() ? reply->integer : -1;
   }
 
-  bool Admin(int node, const std::vector<std::string>& args, FixtureReply* reply = nullptr) {
-    FixtureReply ignored;
+  bool Admin(int node, const std::vector<std::string>& args, LocalRedisReply* reply = nullptr) {
+    LocalRedisReply ignored;
     std::string error;
     const bool ok = cluster_->Command(node, args, reply != nullptr ? reply : &ignored, &error);
     EXPECT_TRUE(ok) << args[0] << " " << (args.size() > 1 ? args[1] : "") << ": " << error;
@@ -117,13 +121,13 @@ class RedisTierTest : public ::testing::Test {
     const std::string from_id = cluster_->NodeId(from), to_id = cluster_->NodeId(to);
     ASSERT_TRUE(Admin(to, {"CLUSTER", "SETSLOT", s, "IMPORTING", from_id}));
     ASSERT_TRUE(Admin(from, {"CLUSTER", "SETSLOT", s, "MIGRATING", to_id}));
-    FixtureReply keys;
+    LocalRedisReply keys;
     ASSERT_TRUE(Admin(from, {"CLUSTER", "GETKEYSINSLOT", s, "1000"}, &keys));
     if (!keys.elements.empty()) {
       std::vector<std::string> migrate = {"MIGRATE", "127.0.0.1", std::to_string(cluster_->port(to)), "", "0", "5000",
                                           "KEYS"};
       migrate.insert(migrate.end(), keys.elements.begin(), keys.elements.end());
-      FixtureReply reply;
+      LocalRedisReply reply;
       ASSERT_TRUE(Admin(from, migrate, &reply));
       ASSERT_EQ(reply.text, "OK");
     }
@@ -143,7 +147,7 @@ class RedisTierTest : public ::testing::Test {
     EXPECT_TRUE(*got == want) << key.ShortHex() << ": bytes differ";
   }
 
-  std::unique_ptr<RedisClusterFixture> cluster_;
+  std::unique_ptr<LocalRedisCluster> cluster_;
 };
 
 // The client's slot function agrees with the server's on plain keys, hash tags and their edge
@@ -154,7 +158,7 @@ TEST_F(RedisTierTest, KeySlotMatchesServer) {
                                    std::string("bin\0ary{\xff\x01}", 11), Head(KeyFor("x"))};
   for (int i = 0; i < 200; ++i) keys.push_back("key-" + std::to_string(i * 7919));
   for (const std::string& key : keys) {
-    FixtureReply reply;
+    LocalRedisReply reply;
     ASSERT_TRUE(Admin(0, {"CLUSTER", "KEYSLOT", key}, &reply));
     EXPECT_EQ(RedisCluster::KeySlot(key), reply.integer) << "key '" << key << "'";
   }
@@ -272,7 +276,7 @@ TEST_F(RedisTierTest, KeysSpreadOverAllMasters) {
   }
   long long sum = 0;
   for (int i = 0; i < cluster_->size(); ++i) {
-    FixtureReply dbsize;
+    LocalRedisReply dbsize;
     ASSERT_TRUE(Admin(i, {"DBSIZE"}, &dbsize));
     EXPECT_GT(dbsize.integer, 0) << "node " << i << " holds nothing";
     sum += dbsize.integer;
@@ -621,10 +625,10 @@ TEST_F(RedisTierTest, ConcurrentThreads) {
 
 // A cluster that wants a password: without one the tier does not open, and says why.
 TEST(RedisTierAuth, PasswordIsSentOnEveryConnection) {
-  RedisClusterFixtureOptions fo;
+  LocalRedisClusterOptions fo;
   fo.password = "s3cret pass";
   std::string error;
-  auto cluster = RedisClusterFixture::Start(fo, &error);
+  auto cluster = LocalRedisCluster::Start(fo, &error);
   ASSERT_TRUE(cluster) << error;
   RedisTierOptions options;
   options.seeds = cluster->Seeds();

@@ -1,10 +1,10 @@
-// kvault replay: trace parsing, the payload-free tier model and the simulator.
+// kvault replay: trace parsing, the tier core as replay drives it (ReplayTiers) and the simulator.
 #include <gtest/gtest.h>
 
 #include <string>
 
 #include "replay/simulator.h"
-#include "replay/tier_model.h"
+#include "replay/replay_tiers.h"
 #include "replay/trace.h"
 
 namespace kvault::replay {
@@ -34,8 +34,8 @@ ReplayOptions SmallOptions(const std::string& policy, uint64_t chunks) {
   o.model.params = 1e6;
   o.model.kv_bytes_per_token_override = 8;  // a 512-token chunk = 4096 B = one page
   o.page_bytes = 4096;
-  o.dram_bytes = chunks * 4096;
-  o.ssd_bytes = 0;
+  o.t1_bytes = chunks * 4096;
+  o.t2_bytes = 0;
   o.policy = policy;
   o.engines = 1;
   o.window = 0;
@@ -214,7 +214,7 @@ TEST(SimulatorTest, InfiniteCacheReachesTheTraceCeilingWithEveryPolicy) {
   ASSERT_GT(t.reusable_tokens, 0u);
   for (const std::string& policy : PolicyNames()) {
     ReplayOptions o = SmallOptions(policy, 1 << 20);
-    o.ssd_bytes = 1ull << 40;
+    o.t2_bytes = 1ull << 40;
     auto r = RunReplay(t, o);
     ASSERT_TRUE(r.ok()) << policy;
     EXPECT_EQ(r->hit_tokens_t1 + r->hit_tokens_t2, t.reusable_tokens) << policy;
@@ -281,18 +281,19 @@ TEST(SimulatorTest, AwareKeepsUpWithLruOnConversations) {
   }
 }
 
-TEST(TierModelTest, CapsAreRespectedAndPinnedEntriesStay) {
+TEST(ReplayTiersTest, CapsAreRespectedAndPinnedEntriesStay) {
   AccessWindow window;
-  auto m = TierModel::Create(/*t1=*/3 * 4096, /*t2=*/3 * 8192, 4096, /*kv per token=*/8, "lru", {&window, nullptr});
+  auto m = ReplayTiers::Create(/*t1=*/3 * 4096, /*t2=*/3 * 8192, 4096, /*kv per token=*/8, /*chunk_tokens=*/512, "lru",
+                               {&window, nullptr});
   ASSERT_TRUE(m.ok());
-  TierModel& tiers = *m.value();
+  ReplayTiers& tiers = *m.value();
   std::vector<Entry*> pinned;
   ChunkKey parent;
   for (int i = 0; i < 10; ++i) {
     ChunkKey k;
     k.bytes[0] = static_cast<uint8_t>(i + 1);
     bool created = false;
-    Entry* e = tiers.Put(TraceChunk{k, 512}, parent, 512, &created);
+    Entry* e = tiers.Put(TraceChunk{k, 512}, parent, &created);
     ASSERT_NE(e, nullptr);
     EXPECT_TRUE(created);
     tiers.WriteToT2(e);
@@ -312,7 +313,7 @@ TEST(TierModelTest, CapsAreRespectedAndPinnedEntriesStay) {
     ChunkKey k;
     k.bytes[0] = static_cast<uint8_t>(i);
     bool created = false;
-    Entry* e = tiers.Put(TraceChunk{k, 512}, ChunkKey{}, 512, &created);
+    Entry* e = tiers.Put(TraceChunk{k, 512}, ChunkKey{}, &created);
     ASSERT_NE(e, nullptr);
     tiers.Pin(e);
     all.push_back(e);
@@ -320,7 +321,7 @@ TEST(TierModelTest, CapsAreRespectedAndPinnedEntriesStay) {
   ChunkKey k;
   k.bytes[0] = 99;
   bool created = false;
-  EXPECT_EQ(tiers.Put(TraceChunk{k, 512}, ChunkKey{}, 512, &created), nullptr);
+  EXPECT_EQ(tiers.Put(TraceChunk{k, 512}, ChunkKey{}, &created), nullptr);
   EXPECT_EQ(tiers.counters().t1_put_failures, 1u);
   for (Entry* e : all) tiers.Unpin(e);
 }
@@ -358,6 +359,44 @@ TEST(SimulatorTest, NextTurnReusesThePartialChunk) {
   auto r = RunReplay(t, o);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->hit_tokens_t1 + r->hit_tokens_t2, 600u + 900u);
+}
+
+// The replay runs the engine's planner with its rates pinned from the cost model: on an idle
+// node (no queue on the disk) a request's service time is the planner's prediction for the
+// plan it chose, and what is loaded is what the plan loads.
+TEST(SimulatorTest, PlansAreTheEnginePlannersAndCostWhatItPredicts) {
+  // T1 holds 4 chunks: r1's chunks push r0's out to T2, where r2 finds (part of) its prefix.
+  const Trace t = MustParse(MooncakeLine(0, 2048, {1, 2, 3, 4}) + MooncakeLine(100000, 2048, {10, 11, 12, 13}) +
+                            MooncakeLine(200000, 2148, {1, 2, 3, 4, 5}));
+  std::vector<planner::PlanKind> kinds;
+  for (const double disk_gbps : {1e3, 3e-6, 1e-6}) {
+    ReplayOptions o = SmallOptions("lru", 4);
+    o.t2_bytes = 64 << 20;
+    o.cost.prefill_tflops = 1e-3;  // 2 ms per token: recomputing costs as much as a slow read
+    o.cost.t2_read_gbps = disk_gbps;
+    o.cost.t2_write_gbps = 1e6;  // nothing waits for the write-behind
+    auto r = RunReplay(t, o);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    // Only r2 hits, and only on T2 (how much of r0's chain T2 kept is the store's rules').
+    ASSERT_EQ(r->hit_tokens_t1, 0u);
+    ASSERT_GE(r->hit_tokens_t2, 1024u);
+    ASSERT_EQ(r->hit_tokens_t2 % 512, 0u);
+    const size_t n = r->hit_tokens_t2 / 512;
+    const uint64_t chunk_bytes = 512 * o.model.kv_bytes_per_token();
+    const std::vector<planner::PlanChunk> chunks(n, planner::PlanChunk{Tier::kT2, 512, chunk_bytes});
+    const planner::LoadPlanner p(o.cost.PinnedPlannerOptions(o.model, o.planner));
+    const planner::LoadPlan plan = p.Plan(chunks, static_cast<int64_t>(2148 - r->hit_tokens_t2));
+    EXPECT_NEAR(r->service_ms[2], plan.predicted_ms, plan.predicted_ms * 1e-9) << plan.ToJson();
+    EXPECT_EQ(r->reused_tokens, 512u * (n - plan.recompute_chunks)) << plan.ToJson();
+    EXPECT_EQ(r->planner_loads + r->planner_recomputes + r->planner_splits, 1u);
+    EXPECT_EQ(r->planner_loads, plan.kind == planner::PlanKind::kLoad ? 1u : 0u);
+    EXPECT_EQ(r->planner_splits, plan.kind == planner::PlanKind::kSplit ? 1u : 0u);
+    kinds.push_back(plan.kind);
+  }
+  // A fast disk: loaded. Slower ones: a head recomputed while the tail is read, then all
+  // of it recomputed.
+  EXPECT_EQ(kinds, (std::vector<planner::PlanKind>{planner::PlanKind::kLoad, planner::PlanKind::kSplit,
+                                                   planner::PlanKind::kRecompute}));
 }
 
 TEST(SimulatorTest, BadOptionsAreErrors) {

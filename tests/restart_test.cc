@@ -40,8 +40,8 @@ void ExpectChains(Store& store, const Namespace& ns, uint64_t first_seed, int co
       Tier from = Tier::kNone;
       std::string why;
       ASSERT_EQ(CheckChunk(store, ns, c.key, c.tokens, &from, &why), Check::kMatch) << why;
-      if (expected_tier == Tier::kDisk) {
-        EXPECT_EQ(from, Tier::kDisk);
+      if (expected_tier == Tier::kT2) {
+        EXPECT_EQ(from, Tier::kT2);
       }
     }
   }
@@ -76,7 +76,7 @@ TEST(Restart, FlushedEntriesSurviveReopen) {
   EXPECT_EQ(st.t2_entries, 180u);
   EXPECT_EQ(st.t1_entries, 0u);
   EXPECT_EQ(st.err_torn, 0u);
-  ExpectChains(*store, ns, 1, 60, Tier::kDisk);
+  ExpectChains(*store, ns, 1, 60, Tier::kT2);
   EXPECT_EQ(store->Stats().promotions, 180u);
   ExpectWithinCaps(store->Stats());
 }
@@ -95,7 +95,7 @@ TEST(Restart, DestructorDrainsWithoutFlush) {
   auto store = OpenStore(o);
   ASSERT_TRUE(store);
   EXPECT_EQ(store->Stats().t2_entries, 120u);
-  ExpectChains(*store, ns, 500, 40, Tier::kDisk);
+  ExpectChains(*store, ns, 500, 40, Tier::kT2);
 }
 
 // Proves the buffered + fdatasync fallback (a file system that refuses O_DIRECT) keeps the
@@ -120,7 +120,7 @@ TEST(Restart, BufferedFallbackAndMixedModes) {
     d.env = nullptr;  // the default env: O_DIRECT where the file system allows it
     auto store = OpenStore(d);
     ASSERT_TRUE(store);
-    ExpectChains(*store, ns, 1000, 30, Tier::kDisk);
+    ExpectChains(*store, ns, 1000, 30, Tier::kT2);
     PutChains(*store, ns, 2000, 30);
     ASSERT_TRUE(store->Flush().ok());
   }
@@ -128,8 +128,8 @@ TEST(Restart, BufferedFallbackAndMixedModes) {
   ASSERT_TRUE(store);
   EXPECT_FALSE(store->Stats().t2_direct_io);
   EXPECT_EQ(store->Stats().t2_entries, 180u);
-  ExpectChains(*store, ns, 1000, 30, Tier::kDisk);
-  ExpectChains(*store, ns, 2000, 30, Tier::kDisk);
+  ExpectChains(*store, ns, 1000, 30, Tier::kT2);
+  ExpectChains(*store, ns, 2000, 30, Tier::kT2);
 }
 
 // Proves a reopened store keeps working: new puts go to new segments after the old ones,
@@ -142,7 +142,7 @@ TEST(Restart, ContinueAfterReopen) {
     auto store = OpenStore(o);
     ASSERT_TRUE(store);
     EXPECT_EQ(store->Stats().t2_entries, 3u * 20 * run);
-    for (int prev = 0; prev < run; ++prev) ExpectChains(*store, ns, 100 * prev, 20, Tier::kDisk);
+    for (int prev = 0; prev < run; ++prev) ExpectChains(*store, ns, 100 * prev, 20, Tier::kT2);
     PutChains(*store, ns, 100 * run, 20);
     // Chunks already stored are deduplicated, not written twice.
     PutChains(*store, ns, 0, 20);
@@ -167,17 +167,17 @@ TEST(Restart, LoweredCapReclaimsOldestSegments) {
     ASSERT_TRUE(store->Flush().ok());
   }
   const uint64_t before = DirBytes(dir.path());
-  o.ssd_bytes = 1ull << 20;
-  ASSERT_GT(before, o.ssd_bytes);
+  o.t2_bytes = 1ull << 20;
+  ASSERT_GT(before, o.t2_bytes);
   auto store = OpenStore(o);
   ASSERT_TRUE(store);
   kvault::StoreStats st = store->Stats();
   ExpectWithinCaps(st);
-  EXPECT_LE(DirBytes(dir.path()), o.ssd_bytes);
+  EXPECT_LE(DirBytes(dir.path()), o.t2_bytes);
   EXPECT_GT(st.t2_evictions, 0u);
   EXPECT_GT(st.t2_entries, 0u);
   // The newest chains survive; whatever is found is intact.
-  ExpectChains(*store, ns, 58, 3, Tier::kDisk);
+  ExpectChains(*store, ns, 58, 3, Tier::kT2);
   size_t found = 0;
   for (int i = 1; i <= 60; ++i) {
     for (const auto& c : kvault::ChunkKeys(ns, MakeTokens(i, kChainTokens))) {

@@ -147,7 +147,7 @@ TEST(RoundTrip, PerLayerWritesEqualWholePut) {
   for (const auto& sp : spans) {
     Tier from = Tier::kNone;
     EXPECT_EQ(CheckChunk(*b, ns, sp.key, sp.tokens, &from), Check::kMatch);
-    EXPECT_EQ(from, Tier::kDisk);
+    EXPECT_EQ(from, Tier::kT2);
   }
 }
 
@@ -224,7 +224,7 @@ TEST(RoundTrip, EveryWriteOrderPersistsTheRightChecksum) {
     std::string why;
     EXPECT_EQ(CheckChunk(*store, ns, spans[i].key, spans[i].tokens, &from, &why), Check::kMatch)
         << "case " << i << ": " << why;
-    EXPECT_EQ(from, Tier::kDisk);
+    EXPECT_EQ(from, Tier::kT2);
   }
   EXPECT_EQ(store->Stats().err_corruption, 0u);
 }
@@ -307,7 +307,7 @@ TEST(Lookup, SharedSystemPromptIsStoredOnce) {
   for (size_t i = 0; i < 3; ++i) {
     EXPECT_EQ(rb.chunks[i].begin, 16 * i);
     EXPECT_EQ(rb.chunks[i].tokens, 16u);
-    EXPECT_EQ(rb.chunks[i].tier, Tier::kHost);
+    EXPECT_EQ(rb.chunks[i].tier, Tier::kT1);
   }
 
   ASSERT_TRUE(PutChain(*store, ns, b).ok());
@@ -399,7 +399,7 @@ TEST(Lookup, PartialChunksAndSupersession) {
 TEST(Tiers, ServedFromT2AfterEvictionAndPromotedBack) {
   TempDir dir;
   kvault::StoreOptions o = SmallOptions(dir.path());
-  o.dram_bytes = 4 * o.page_bytes;  // 4 chunks of 16 KiB
+  o.t1_bytes = 4 * o.page_bytes;  // 4 chunks of 16 KiB
   auto store = OpenStore(o);
   ASSERT_TRUE(store);
   const Namespace ns = MakeNamespace(MakeLayout());
@@ -420,7 +420,7 @@ TEST(Tiers, ServedFromT2AfterEvictionAndPromotedBack) {
   LookupResult r = store->Lookup(ns, tokens);
   EXPECT_EQ(r.cached_tokens, 160u);
   ASSERT_EQ(r.chunks.size(), 10u);
-  for (size_t i = 0; i < 10; ++i) EXPECT_EQ(r.chunks[i].tier, i < 6 ? Tier::kDisk : Tier::kHost) << i;
+  for (size_t i = 0; i < 10; ++i) EXPECT_EQ(r.chunks[i].tier, i < 6 ? Tier::kT2 : Tier::kT1) << i;
   st = store->Stats();
   EXPECT_EQ(st.hit_chunks_t2, 6u);
   EXPECT_EQ(st.hit_tokens_t2, 96u);
@@ -428,15 +428,15 @@ TEST(Tiers, ServedFromT2AfterEvictionAndPromotedBack) {
 
   Tier from = Tier::kNone;
   EXPECT_EQ(CheckChunk(*store, ns, spans[0].key, 16, &from), Check::kMatch);
-  EXPECT_EQ(from, Tier::kDisk);
+  EXPECT_EQ(from, Tier::kT2);
   st = store->Stats();
   EXPECT_EQ(st.promotions, 1u);
   EXPECT_EQ(st.bytes_t2_to_t1, o.page_bytes);
   r = store->Lookup(ns, std::span(tokens).first(16));
   ASSERT_EQ(r.chunks.size(), 1u);
-  EXPECT_EQ(r.chunks[0].tier, Tier::kHost);
+  EXPECT_EQ(r.chunks[0].tier, Tier::kT1);
   EXPECT_EQ(CheckChunk(*store, ns, spans[0].key, 16, &from), Check::kMatch);
-  EXPECT_EQ(from, Tier::kHost);
+  EXPECT_EQ(from, Tier::kT1);
 
   // Walk the whole chain twice: every chunk identical wherever it is served from.
   for (int pass = 0; pass < 2; ++pass) {
@@ -454,7 +454,7 @@ TEST(Tiers, ServedFromT2AfterEvictionAndPromotedBack) {
 TEST(Tiers, PinnedChunksAreNeverEvicted) {
   TempDir dir;
   kvault::StoreOptions o = SmallOptions(dir.path());
-  o.dram_bytes = 3 * o.page_bytes;
+  o.t1_bytes = 3 * o.page_bytes;
   auto store = OpenStore(o);
   ASSERT_TRUE(store);
   const Namespace ns = MakeNamespace(MakeLayout());
@@ -499,11 +499,11 @@ TEST(RoundTrip, BadOptionsAndOversizedChunks) {
   EXPECT_EQ(bad([](kvault::StoreOptions& o) { o.page_bytes = 1000; }), Code::kInvalidArgument);
   EXPECT_EQ(bad([](kvault::StoreOptions& o) { o.page_bytes = 0; }), Code::kInvalidArgument);
   EXPECT_EQ(bad([](kvault::StoreOptions& o) { o.segment_bytes = 4096; }), Code::kInvalidArgument);
-  EXPECT_EQ(bad([](kvault::StoreOptions& o) { o.dram_bytes = 4096; }), Code::kInvalidArgument);
+  EXPECT_EQ(bad([](kvault::StoreOptions& o) { o.t1_bytes = 4096; }), Code::kInvalidArgument);
   EXPECT_EQ(bad([](kvault::StoreOptions& o) { o.policy = "no-such-policy"; }), Code::kInvalidArgument);
 
   kvault::StoreOptions o = SmallOptions(dir.path());
-  o.dram_bytes = 2 * o.page_bytes;
+  o.t1_bytes = 2 * o.page_bytes;
   auto store = OpenStore(o);
   ASSERT_TRUE(store);
   const Namespace big = MakeNamespace(MakeLayout(DType::kF32, 4, 2, 32, 64));  // 128 KiB chunks
@@ -512,13 +512,13 @@ TEST(RoundTrip, BadOptionsAndOversizedChunks) {
   EXPECT_EQ(store->Stats().t1_used_bytes, 0u);
 }
 
-// Proves that with T2 off (ssd_bytes = 0) the store is a DRAM cache: Flush succeeds, nothing
+// Proves that with T2 off (t2_bytes = 0) the store is a DRAM cache: Flush succeeds, nothing
 // is written to the directory, and an evicted chunk is a plain miss.
 TEST(Tiers, DramOnlyStore) {
   TempDir dir;
   kvault::StoreOptions o = SmallOptions(dir.Sub("store"));
-  o.ssd_bytes = 0;
-  o.dram_bytes = 2 * o.page_bytes;
+  o.t2_bytes = 0;
+  o.t1_bytes = 2 * o.page_bytes;
   auto store = OpenStore(o);
   ASSERT_TRUE(store);
   const Namespace ns = MakeNamespace(MakeLayout());
@@ -557,12 +557,12 @@ TEST(Isolation, NamespacesNeverShareEntries) {
   }
 }
 
-// Proves a store whose DRAM tier is faulted in at open (prefault_dram) stores and serves
+// Proves a store whose DRAM tier is faulted in at open (prefault_t1) stores and serves
 // chunks like any other, from T1 and, after a reopen, from T2.
 TEST(RoundTrip, PrefaultedDramServesChunks) {
   TempDir dir;
   kvault::StoreOptions o = SmallOptions(dir.path());
-  o.prefault_dram = true;
+  o.prefault_t1 = true;
   const Namespace ns = MakeNamespace(MakeLayout());
   std::vector<uint32_t> tokens = MakeTokens(7, 40);
   std::vector<kvault::ChunkSpan> spans;
@@ -577,7 +577,7 @@ TEST(RoundTrip, PrefaultedDramServesChunks) {
   ASSERT_TRUE(store);
   Tier from = Tier::kNone;
   for (const auto& s : spans) EXPECT_EQ(CheckChunk(*store, ns, s.key, s.tokens, &from), Check::kMatch);
-  EXPECT_EQ(from, Tier::kDisk);
+  EXPECT_EQ(from, Tier::kT2);
 }
 
 // Proves a chunk is published only when every payload byte was written: committing a writer
@@ -586,7 +586,7 @@ TEST(RoundTrip, PrefaultedDramServesChunks) {
 TEST(RoundTrip, CommitWithUnwrittenBytesIsRefused) {
   TempDir dir;
   kvault::StoreOptions o = SmallOptions(dir.path());
-  o.ssd_bytes = 0;
+  o.t2_bytes = 0;
   auto store = OpenStore(o);
   ASSERT_TRUE(store);
   const KvLayout layout = MakeLayout();

@@ -24,6 +24,7 @@
 
 #include <gtest/gtest.h>
 
+#include "fault_env.h"
 #include "store/remote_record.h"
 #include "test_util.h"
 
@@ -674,6 +675,77 @@ TEST_F(SharedDirTierTest, ProcessesWriteSameAndDifferentKeysWhileOthersReadAndCo
     if (got.ok()) EXPECT_TRUE(Verifies(c->key, *got));
     else EXPECT_EQ(got.status().code(), Code::kNotFound);
   }
+}
+
+// Every file operation goes through the Env: faults injected there reach the tier, which
+// turns them into failed puts, errors counted and misses, leaves no temp file, and works
+// again once the faults stop.
+TEST_F(SharedDirTierTest, EnvFaultsFailCleanlyAndAreCounted) {
+  FaultEnv env;
+  SharedDirTierOptions o = QuietOptions(tmp_.path());
+  o.sync = true;
+  o.env = &env;
+
+  // A disk that refuses writes: Open's writability probe fails.
+  env.SetWriteError(EIO);
+  auto refused = SharedDirTier::Open(o);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), Code::kIOError);
+  EXPECT_NE(refused.status().message().find("not writable"), std::string::npos) << refused.status().ToString();
+  env.SetWriteError(0);
+
+  auto tier = OpenOrDie(o);
+  ASSERT_TRUE(tier);
+  const std::vector<Chunk> chunks = MakeChunks(ns_, 21, 4 * 16);
+  ASSERT_TRUE(tier->Put(chunks[0].key, chunks[0].record).ok());
+
+  // A failed write (EIO, then ENOSPC): the put fails with the errno's code and nothing is
+  // published or left behind.
+  const uint64_t writes_failed = env.writes_failed();
+  env.SetWriteError(EIO);
+  EXPECT_EQ(tier->Put(chunks[1].key, chunks[1].record).code(), Code::kIOError);
+  env.SetWriteError(ENOSPC);
+  EXPECT_EQ(tier->Put(chunks[2].key, chunks[2].record).code(), Code::kNoSpace);
+  env.SetWriteError(0);
+  EXPECT_EQ(env.writes_failed(), writes_failed + 2);
+  EXPECT_EQ(tier->Stats().errors, 2u);
+
+  // A failed rename (the publishing step): the put fails, the temp file is removed.
+  env.SetRenameError(EIO);
+  EXPECT_EQ(tier->Put(chunks[3].key, chunks[3].record).code(), Code::kIOError);
+  env.SetRenameError(0);
+  EXPECT_EQ(env.renames_failed(), 1u);
+  EXPECT_EQ(tier->Stats().errors, 3u);
+
+  for (size_t i = 1; i < 4; ++i) EXPECT_EQ(tier->Get(chunks[i].key).status().code(), Code::kNotFound) << i;
+  std::vector<ChunkKey> keys = {chunks[0].key, chunks[1].key, chunks[2].key, chunks[3].key};
+  EXPECT_EQ(tier->Contains(keys), (std::vector<bool>{true, false, false, false}));
+  DirListing l = ListTree(tmp_.path());
+  EXPECT_EQ(l.values.size(), 1u);
+  EXPECT_TRUE(l.temps.empty());
+
+  // A failed read is an error (counted), never a hit with partial data.
+  env.SetReadError(EIO);
+  auto got = tier->Get(chunks[0].key);
+  EXPECT_EQ(got.status().code(), Code::kIOError);
+  env.SetReadError(0);
+  EXPECT_EQ(env.reads_failed(), 1u);
+  EXPECT_EQ(tier->Stats().errors, 4u);
+  EXPECT_EQ(tier->Stats().get_hits, 0u);
+
+  // The faults gone, the tier works again.
+  for (size_t i = 1; i < 4; ++i) ASSERT_TRUE(tier->Put(chunks[i].key, chunks[i].record).ok()) << i;
+  for (const Chunk& c : chunks) {
+    got = tier->Get(c.key);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    EXPECT_TRUE(Verifies(c.key, *got));
+  }
+  EXPECT_EQ(tier->Stats().puts, 4u);
+  EXPECT_EQ(tier->Stats().errors, 4u);
+  l = ListTree(tmp_.path());
+  EXPECT_EQ(l.values.size(), 4u);
+  EXPECT_TRUE(l.temps.empty());
+  EXPECT_TRUE(tier->CollectGarbage().ok());
 }
 
 }  // namespace

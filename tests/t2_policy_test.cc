@@ -15,9 +15,9 @@ constexpr uint32_t kChainChunks = 4;
 
 kvault::StoreOptions DiskHeavyOptions(const std::string& dir, const std::string& policy) {
   kvault::StoreOptions o = SmallOptions(dir);
-  o.dram_bytes = 6ull * o.page_bytes;  // a chain and a half: nearly everything lives on T2
+  o.t1_bytes = 6ull * o.page_bytes;  // a chain and a half: nearly everything lives on T2
   o.segment_bytes = 128u << 10;        // 5 records of 20 KiB per segment
-  o.ssd_bytes = 8 * o.segment_bytes;
+  o.t2_bytes = 8 * o.segment_bytes;
   o.policy = policy;
   return o;
 }
@@ -48,7 +48,7 @@ uint32_t CachedTokensOfAReadChain(const std::string& policy) {
   for (int i = 1; i <= 40; ++i) {
     PutAndFlush(store, ns, Chain(i));
     if (i % 2 == 0) ReadAll(store, ns, Chain(0));
-    EXPECT_LE(DirBytes(dir.path()), o.ssd_bytes) << "after chain " << i;
+    EXPECT_LE(DirBytes(dir.path()), o.t2_bytes) << "after chain " << i;
     ExpectWithinCaps(store.Stats());
   }
   const kvault::StoreStats st = store.Stats();
@@ -83,7 +83,7 @@ TEST(T2Policy, CompactionMovesLiveRecordsIntact) {
       for (int j = std::max(0, i - 6); j <= i; j += 2) {
         if (j % 2 == 0) ReadAll(store, ns, Chain(j));
       }
-      ASSERT_LE(DirBytes(dir.path()), o.ssd_bytes) << "after chain " << i;
+      ASSERT_LE(DirBytes(dir.path()), o.t2_bytes) << "after chain " << i;
     }
     const kvault::StoreStats st = store.Stats();
     compactions = st.t2_compactions;

@@ -190,8 +190,8 @@ kvault::StoreOptions SmallOptions(const std::string& dir) {
   kvault::StoreOptions o;
   o.dir = dir;
   o.page_bytes = 16u << 10;
-  o.dram_bytes = 8ull << 20;
-  o.ssd_bytes = 64ull << 20;
+  o.t1_bytes = 8ull << 20;
+  o.t2_bytes = 64ull << 20;
   o.segment_bytes = 256ull << 10;
   o.huge_pages = false;
   return o;
@@ -203,8 +203,8 @@ Namespace CrashNamespace() { return MakeNamespace(CrashLayout(), "crash-tenant",
 
 kvault::StoreOptions CrashOptions(const std::string& dir) {
   kvault::StoreOptions o = SmallOptions(dir);
-  o.dram_bytes = 64ull << 20;       // never drops an unwritten chunk
-  o.ssd_bytes = 4ull << 30;         // never reclaims a flushed one
+  o.t1_bytes = 64ull << 20;       // never drops an unwritten chunk
+  o.t2_bytes = 4ull << 30;         // never reclaims a flushed one
   o.segment_bytes = 512ull << 10;   // many segments, sealed and not
   return o;
 }

@@ -10,10 +10,10 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "serve/tokenizer.h"
-#include "serve/unicode_nfc.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode_nfc.h"
 
-namespace kvault::serve {
+namespace kvault::tokenizer {
 namespace {
 
 namespace fs = std::filesystem;
@@ -363,4 +363,4 @@ TEST(TokenizerErrors, FuzzedFilesNeverCrash) {
 }
 
 }  // namespace
-}  // namespace kvault::serve
+}  // namespace kvault::tokenizer

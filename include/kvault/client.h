@@ -47,6 +47,15 @@ class Client final : public Store {
   Result<ChunkWriter> BeginPut(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens) override;
   Result<ChunkReader> OpenChunk(const Namespace& ns, const ChunkKey& key) override;
   void Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts) override;
+  // The keyed calls send the keys the caller computed (docs/DAEMON.md, keyed requests), so
+  // the daemon hashes none of the stream; a put still sends the chunk's tokens and the daemon
+  // keys that one chunk itself (no key is taken on trust for a put), but this process does
+  // not hash it again. Against a daemon that predates keyed requests they fall back to the
+  // token messages.
+  LookupResult LookupKeyed(const Namespace& ns, const KeyedTokens& prompt) override;
+  void HintKeyed(const Namespace& ns, const std::vector<const KeyedTokens*>& prompts) override;
+  Result<ChunkWriter> BeginPutKeyed(const Namespace& ns, const ChunkSpan& chunk,
+                                    std::span<const uint32_t> chunk_tokens) override;
   Status Flush() override;
   void WaitForPrefetch() override;
   // The daemon's totals for a client that may see them (no tokens configured); for a

@@ -27,7 +27,16 @@ struct WriteOp {
   std::vector<IoSlice> slices;
 };
 
-// A file of the disk tier. Thread-safe: concurrent calls on distinct ranges are allowed.
+// What Env::GetFileInfo reports about a path (the entry itself: symbolic links are not
+// followed), and File::Info about an open file.
+struct FileInfo {
+  uint64_t size = 0;
+  int64_t mtime_ns = 0;   // last modification, wall clock (as the file system sets it)
+  uint64_t inode = 0;     // tells a file from one renamed over the same name since
+  bool regular = false;   // a regular file (not a directory, link, device, ...)
+};
+
+// A file opened through Env. Thread-safe: concurrent calls on distinct ranges are allowed.
 class File {
  public:
   virtual ~File() = default;
@@ -39,16 +48,25 @@ class File {
   virtual Status Read(uint64_t offset, std::span<const IoSlice> slices) = 0;
   virtual Status Sync() = 0;
   virtual Result<uint64_t> Size() = 0;
+  // Size, mtime and inode of the open file (fstat): the file this handle reads, even when
+  // another process renamed a new file over its name or deleted it since.
+  virtual Result<FileInfo> Info() = 0;
   // True when the file bypasses the page cache (O_DIRECT).
   virtual bool direct() const = 0;
+  // Releases the file now and returns what the OS reports only at close (NFS reports
+  // write-back errors there). After Close, only the destructor may be called. The default
+  // returns OK and leaves the release to the destructor.
+  virtual Status Close() { return Status::OK(); }
 };
 
 struct FileOpenOptions {
   bool create = false;      // create if missing (never truncates)
+  bool exclusive = false;   // with create: fail if the file exists (O_EXCL)
   bool writable = false;
   bool direct_io = true;    // try O_DIRECT; fall back to buffered I/O + fdatasync if refused
   bool use_io_uring = true; // batch with io_uring when the kernel allows it
 };
+
 
 // Held while a process owns a directory; released when destroyed (or the process dies).
 class FileLock {
@@ -56,6 +74,9 @@ class FileLock {
   virtual ~FileLock() = default;
 };
 
+// Paths that name nothing (ENOENT, and ENOTDIR or ESTALE: a directory or an NFS handle on
+// the way is gone) are reported as kNotFound by OpenFile, GetFileInfo, RemoveFile and
+// RenameFile, so a caller can tell "not there" from a failing disk.
 class Env {
  public:
   virtual ~Env() = default;
@@ -69,6 +90,9 @@ class Env {
   virtual Status RemoveFile(const std::string& path) = 0;
   virtual Status RenameFile(const std::string& from, const std::string& to) = 0;
   virtual Status SyncDir(const std::string& path) = 0;
+  // Size, mtime and inode of the entry at `path` (lstat). The default works for every POSIX
+  // file system; a wrapping Env that injects faults overrides it.
+  virtual Result<FileInfo> GetFileInfo(const std::string& path);
   // Takes an exclusive advisory lock (flock) on `path`, creating it; kUnavailable if another
   // open file holds it. The default works for every POSIX file system.
   virtual Result<std::unique_ptr<FileLock>> LockFile(const std::string& path);

@@ -74,6 +74,28 @@ std::vector<ChunkSpan> ChunkKeys(const Namespace& ns, std::span<const uint32_t> 
 std::vector<ChunkSpan> ChunkKeysFrom(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens,
                                      bool include_partial = true);
 
+// A token stream with the keys of its whole chunks computed once (per process), passed to
+// Store::LookupKeyed, HintKeyed and (chunk by chunk) BeginPutKeyed so that a prompt is not
+// hashed again at each. The trailing partial chunk, if any, is not keyed here: its key
+// depends on how many of its tokens a caller stores or looks for.
+// Invariant: full == ChunkKeysFrom(ns, first_parent, tokens, /*include_partial=*/false)
+// for the namespace it was keyed in.
+struct KeyedTokens {
+  std::span<const uint32_t> tokens;  // the stream; the caller keeps it alive
+  ChunkKey first_parent;             // ns.id(), or the chunk the stream continues after
+  std::vector<ChunkSpan> full;       // the stream's whole chunks with their keys
+};
+
+// Keys the whole chunks of `tokens` from the start of the chain (first_parent = ns.id()).
+KeyedTokens KeyTokens(const Namespace& ns, std::span<const uint32_t> tokens);
+// The same for a stream that continues the chain after chunk `parent`.
+KeyedTokens KeyTokensFrom(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens);
+// Whether `k` has the shape KeyTokensFrom gives (one key per whole chunk of k.tokens, begins
+// and parents chained from k.first_parent). Checks the shape only, never a hash: a caller that
+// keyed other tokens or another namespace is not caught, but stays in its own namespace (a
+// key of another namespace's entry is a miss). The store re-keys a stream that fails it.
+bool HasWholeChunkKeys(const KeyedTokens& k, uint32_t chunk_tokens);
+
 struct DigestHash {
   size_t operator()(const Digest& d) const {
     size_t h;

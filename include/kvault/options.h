@@ -13,7 +13,7 @@ class RemoteTier;
 // The cluster tier (T3), shared by every node: a Redis Cluster / Valkey, or a directory on a
 // distributed file system. Best effort: its failures are misses and counters, never errors
 // (docs/STORE.md, "T3").
-struct ClusterTierOptions {
+struct T3Options {
   // "" (off, the default), "redis" or "shared-dir".
   std::string kind;
   // kind "redis": seed nodes as host:port; an element may also be a comma-separated list
@@ -39,9 +39,9 @@ struct StoreOptions {
   // Directory of the disk tier (T2). Created if missing.
   std::string dir = "./kvault-data";
   // Hard cap of the host DRAM tier (T1), rounded down to whole pages.
-  uint64_t dram_bytes = 1ull << 30;
+  uint64_t t1_bytes = 1ull << 30;
   // Hard cap of the disk tier (T2) on disk, footers included. 0 disables T2.
-  uint64_t ssd_bytes = 16ull << 30;
+  uint64_t t2_bytes = 16ull << 30;
   // T1 allocation unit. A chunk occupies ceil(bytes / page_bytes) pages, not necessarily
   // adjacent, so the arena never fragments. Multiple of 4096.
   uint32_t page_bytes = 256u << 10;
@@ -53,26 +53,26 @@ struct StoreOptions {
   // uses the look-ahead window given by Store::Hint). "opt" needs the future: replay only.
   std::string policy = "lru";
   // Most bytes of T1 that hints may hold prefetched from T2 and not yet read: the prefetcher
-  // stops there until requests use them (or they are evicted). 0: a quarter of dram_bytes.
+  // stops there until requests use them (or they are evicted). 0: a quarter of t1_bytes.
   uint64_t prefetch_bytes = 0;
   bool direct_io = true;     // O_DIRECT for T2 where the file system allows it
   bool use_io_uring = true;  // io_uring for T2 where the kernel allows it
   bool huge_pages = true;    // back T1 with huge pages where available
   // Touch every T1 page when the store opens, so that puts never pay first-touch page
   // faults (slow in virtual machines: ~0.4 GB/s measured here). Costs that time at Open and
-  // commits dram_bytes of memory up front; recommended for long-running servers.
-  bool prefault_dram = false;
+  // commits t1_bytes of memory up front; recommended for long-running servers.
+  bool prefault_t1 = false;
   // Put T1 in a memfd mapped shared, so that other processes can map it (kvaultd does this
   // and hands the memfd to its local clients: loads copy straight out of it).
-  bool shared_dram = false;
+  bool shared_t1 = false;
   // File operations; nullptr means Env::Default(). Not owned; must outlive the store.
   Env* env = nullptr;
-  // The cluster tier (T3), opened by the store from `cluster.kind`.
-  ClusterTierOptions cluster;
+  // The cluster tier (T3), opened by the store from `t3.kind`.
+  T3Options t3;
   // A cluster tier to use instead of opening one (tests inject a fake; several stores in one
-  // process may share one). Overrides cluster.kind (the other cluster fields still apply).
+  // process may share one). Overrides t3.kind (the other t3 fields still apply).
   // Not owned; must outlive the store.
-  RemoteTier* cluster_tier = nullptr;
+  RemoteTier* t3_tier = nullptr;
 };
 
 }  // namespace kvault

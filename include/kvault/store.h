@@ -21,7 +21,7 @@
 
 namespace kvault {
 
-enum class Tier : uint8_t { kNone = 0, kHost = 1, kDisk = 2, kCluster = 3 };  // -, T1, T2, T3
+enum class Tier : uint8_t { kNone = 0, kT1 = 1, kT2 = 2, kT3 = 3 };  // -, T1, T2, T3
 const char* TierName(Tier tier);
 
 struct CachedChunk {
@@ -144,7 +144,7 @@ class Store {
   // Longest cached prefix of `tokens`: whole chunks until the first miss, then the longest
   // stored partial chunk that matches. Never touches the disk. With a cluster tier (T3), the
   // whole chunks after the first local miss are asked about in one batched call (bounded by
-  // the tier's timeout) and the ones it holds reported as Tier::kCluster; partial chunks are
+  // the tier's timeout) and the ones it holds reported as Tier::kT3; partial chunks are
   // only ever local. A failing T3 only shortens the prefix.
   virtual LookupResult Lookup(const Namespace& ns, std::span<const uint32_t> tokens) = 0;
   // The same for tokens that continue the chain after chunk `parent` (chunk begins are
@@ -152,6 +152,11 @@ class Store {
   // find the cached chunks after the gap by their original keys.
   virtual LookupResult LookupFrom(const Namespace& ns, const ChunkKey& parent,
                                   std::span<const uint32_t> tokens) = 0;
+  // The same for a stream already keyed (KeyTokens / KeyTokensFrom in `ns`): the store hashes
+  // none of prompt.full again (only a stored partial chunk's candidate tokens). Same result as
+  // LookupFrom(ns, prompt.first_parent, prompt.tokens). The default calls the token method;
+  // the embedded store implements it natively and its token methods key once and call it.
+  virtual LookupResult LookupKeyed(const Namespace& ns, const KeyedTokens& prompt);
 
   // Starts a put of the chunk with `tokens` that follows `parent` (ns.id() for the first).
   // Allocates the T1 slot, evicting by policy; never waits for the disk. If the chunk is
@@ -159,13 +164,20 @@ class Store {
   // writer holds the same chunk uncommitted, kResourceExhausted (try again).
   virtual Result<ChunkWriter> BeginPut(const Namespace& ns, const ChunkKey& parent,
                                        std::span<const uint32_t> tokens) = 0;
+  // The same for a chunk already keyed: `chunk` is a span of a keyed stream (its key, parent
+  // and tokens; begin is ignored) and `chunk_tokens` its chunk.tokens tokens. The store trusts
+  // chunk.key == ChainKey(ns, chunk.parent, chunk_tokens) (only a partial chunk's prefix
+  // relatives are hashed, to find the partial chunks a full one supersedes); kInvalidArgument
+  // when chunk.tokens != chunk_tokens.size(). The default calls BeginPut.
+  virtual Result<ChunkWriter> BeginPutKeyed(const Namespace& ns, const ChunkSpan& chunk,
+                                            std::span<const uint32_t> chunk_tokens);
   // BeginPut + one WriteRange of the whole payload + Commit.
   Status Put(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens,
              std::span<const std::byte> payload);
 
   // Pins chunk `key` in T1 for reading; promotes it from T2 if needed (reads the disk and
   // verifies its checksum), or fetches it from T3 when it is not held locally (verifies key,
-  // namespace, layout and checksum; served_from() is then kCluster). kNotFound on a miss,
+  // namespace, layout and checksum; served_from() is then kT3). kNotFound on a miss,
   // corrupt or unreadable data and T3 failures included;
   // kResourceExhausted or kNoSpace when T1 cannot make room to promote it (every page pinned,
   // or a chunk larger than T1). Readers must not outlive the store.
@@ -177,6 +189,11 @@ class Store {
   // into T1 (while prefetched-but-unread bytes stay under options.prefetch_bytes), never
   // evicting a window entry or one not yet on disk. Returns at once: never waits for I/O.
   virtual void Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts) = 0;
+  // The same for prompts already keyed in `ns` (KeyTokens): nothing is hashed again. The
+  // pointers need only outlive the call. The default calls Hint with the prompts' tokens, so
+  // it assumes first_parent == ns.id(); the embedded store also honours a KeyTokensFrom
+  // prompt's first_parent.
+  virtual void HintKeyed(const Namespace& ns, const std::vector<const KeyedTokens*>& prompts);
 
   // Returns when everything put before the call is on T2 (or failed: the Status says so).
   virtual Status Flush() = 0;

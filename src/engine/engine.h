@@ -1,7 +1,9 @@
 // Engine: requests in, tokens out, over a LlamaModel, a paged KV pool and (optionally) a
 // kvault::Store — CachedAttention: reuse the stored KV of a request's longest cached prefix,
 // loaded layer by layer while the new tokens compute, and save the new KV asynchronously,
-// layer by layer, as it is produced.
+// layer by layer, as it is produced. The engine meets the store through a connector
+// (kv_connector.h): a scheduler side that keys a prompt once, hints the queue, matches the
+// cached prefix once and plans it, and a worker side that loads and saves layer by layer.
 //
 // Thread-safety: Submit/LookAhead/Stats may be called from any thread; Step/RunUntilIdle
 // and Generate from one thread at a time (the engine loop).

@@ -1,5 +1,7 @@
 // LlamaModel: the Llama-family forward pass (RMSNorm, RoPE with theta and scaling,
-// grouped-query attention, SwiGLU MLP) on LibTorch, CPU or CUDA, fp32 or bf16.
+// grouped-query attention, SwiGLU MLP) on LibTorch, CPU or CUDA, fp32 or bf16. model.cc runs
+// it with LibTorch ops; on a CPU device in fp32 or bf16 the CPU path (cpu_forward.cc, over the
+// kernels of cpu_kernels.h) runs instead, with the same results within rounding.
 //
 // Keys are handled *before* rotary embedding everywhere outside this class (the KV pool and
 // the store hold pre-RoPE K: decoupled positional encoding); RoPE is applied to queries and
@@ -15,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/forward_profile.h"  // ForwardProfile, ProfileScope: part of this API
 #include "engine/model_config.h"
 #include "engine/weights.h"
 
@@ -36,37 +39,6 @@ class KvAccess {
     return {Gather(layer, end)};
   }
   virtual void AfterLayer(int64_t layer) {}   // e.g. let the saver copy this layer out
-};
-
-// Where a thread's forward passes spend their time, by category (wall time of the host
-// thread: exact on the CPU, where LibTorch's ops are synchronous; on a GPU only the launches
-// are timed). Collected only while a ProfileScope is active on the thread; otherwise each
-// section costs one branch.
-struct ForwardProfile {
-  double gemm_ms = 0;       // the weight GEMMs: q/k/v, o, gate/up, down (lm_head apart)
-  double lm_head_ms = 0;    // the final norm's output times the LM head
-  double attention_ms = 0;  // scores, mask, softmax, values (the score/value matmuls); on the
-                            // CPU path's flash kernel also the rotation of the keys it reads
-  double rope_ms = 0;       // rotary tables and the rotation of queries and keys
-  double norm_ms = 0;       // RMSNorm
-  double kv_ms = 0;         // KvAccess::Append, Gather, Blocks (copies into and out of the pool)
-  double kv_wait_ms = 0;    // KvAccess::BeforeLayer/AfterLayer hooks (waits for loaded KV)
-  double other_ms = 0;      // the rest: embedding, residual adds, SiLU and product, ...
-  double total_ms = 0;      // whole Forward/DecodeBatch calls
-  int64_t calls = 0;
-  ForwardProfile& operator+=(const ForwardProfile& o);
-};
-
-// While alive, this thread's LlamaModel calls add their time to `*profile`.
-class ProfileScope {
- public:
-  explicit ProfileScope(ForwardProfile* profile);
-  ~ProfileScope();
-  ProfileScope(const ProfileScope&) = delete;
-  ProfileScope& operator=(const ProfileScope&) = delete;
-
- private:
-  ForwardProfile* previous_;
 };
 
 class LlamaModel {
@@ -107,10 +79,10 @@ class LlamaModel {
   // RMSNorm then the q, k, v projections of hidden states [T, hidden]: [T, heads or kv_heads, D].
   std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> Projections(const LayerWeights& w, const torch::Tensor& h) const;
 
-  // The CPU path (a CPU device, float32 or bfloat16): fused projections, rotary tables
-  // computed once, and model.cc's kernels (matrix-vector products for a few rows, attention
-  // over the paged pre-RoPE KV in place, RMSNorm, SiLU). Other devices and dtypes run the
-  // LibTorch ops above.
+  // The CPU path (cpu_forward.cc; a CPU device, float32 or bfloat16): fused projections,
+  // rotary tables computed once, and the kernels of cpu_kernels.h (matrix-vector products for
+  // a few rows, attention over the paged pre-RoPE KV in place, RMSNorm, SiLU). Other devices
+  // and dtypes run the LibTorch ops above.
   struct FusedLayer {
     torch::Tensor qkv, qkv_bias;  // [(heads + 2 kv_heads) head_dim, hidden]; bias if any
     torch::Tensor gate_up;        // [2 intermediate, hidden]
@@ -119,6 +91,8 @@ class LlamaModel {
     torch::Tensor cos, sin;  // [positions, head_dim / 2] float32, values rounded to the dtype
     int64_t positions = 0;
   };
+  // At construction: q/k/v and gate/up fused into fused_, the layer's tensors views of them.
+  void FuseForCpuPath();
   std::shared_ptr<const RopeCache> RopeFor(int64_t positions) const;  // grows on demand
   torch::Tensor ForwardCpu(const torch::Tensor& tokens, int64_t start, KvAccess& kv, bool all_logits) const;
   torch::Tensor DecodeBatchCpu(const torch::Tensor& tokens, const std::vector<int64_t>& starts,

@@ -7,7 +7,6 @@
 #include "engine/safetensors.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -159,29 +158,16 @@ std::string ShapeString(std::span<const int64_t> shape) {
 }
 
 Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Status::FromErrno(errno, "safetensors: open " + path);
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    Status s = Status::FromErrno(errno, "safetensors: stat " + path);
-    ::close(fd);
-    return s;
-  }
-  const size_t size = static_cast<size_t>(st.st_size);
+  auto mapped = MappedFile::Open(path, "safetensors");
+  if (!mapped.ok()) return mapped.status();
+  const uint64_t size = (*mapped)->size();
   if (size < 8) {
-    ::close(fd);
     return Status::Corruption("safetensors: " + path + " is too short (" + std::to_string(size) + " bytes)");
   }
-  void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-  int map_errno = errno;
-  ::close(fd);  // the mapping keeps the file alive
-  if (map == MAP_FAILED) return Status::FromErrno(map_errno, "safetensors: mmap " + path);
-
-  std::unique_ptr<SafetensorsFile> f(new SafetensorsFile());  // owns the mapping from here on
+  std::unique_ptr<SafetensorsFile> f(new SafetensorsFile());
   f->path_ = path;
-  f->map_ = map;
-  f->size_ = size;
-  const auto* bytes = static_cast<const uint8_t*>(map);
+  f->map_ = std::move(mapped.value());
+  const uint8_t* bytes = f->map_->data();
   uint64_t header_len = 0;
   std::memcpy(&header_len, bytes, 8);  // little-endian (static_assert above)
   if (header_len > size - 8 || header_len > kMaxHeaderBytes) {
@@ -200,9 +186,7 @@ Result<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string
   return f;
 }
 
-SafetensorsFile::~SafetensorsFile() {
-  if (map_ != nullptr) ::munmap(map_, size_);
-}
+SafetensorsFile::~SafetensorsFile() = default;
 
 Result<torch::Tensor> SafetensorsFile::Get(const std::string& name) const {
   auto it = tensors_.find(name);

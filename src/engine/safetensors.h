@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kvault/status.h"
+#include "store/mapped_file.h"
 
 namespace kvault::engine {
 
@@ -34,8 +35,7 @@ class SafetensorsFile {
  private:
   SafetensorsFile() = default;
   std::string path_;
-  void* map_ = nullptr;
-  size_t size_ = 0;
+  std::unique_ptr<MappedFile> map_;
   const uint8_t* data_ = nullptr;  // first byte after the header
   std::map<std::string, SafetensorInfo> tensors_;
 };

@@ -228,33 +228,17 @@ inline void Q4KScaleMin(const uint8_t* s, int j, int& scale, int& min) {
 // Q4_K, 256 elements in 144 bytes: fp16 d; fp16 dmin; u8 scales[12] (Q4KScaleMin); u8 qs[128].
 // Eight sub-blocks of 32; sub-blocks 2c and 2c+1 share qs[32c .. 32c+32): the even one takes
 // the low nibbles, the odd one the high nibbles. value = d * scale * q - dmin * min.
-void DecodeQ4_K(const uint8_t* __restrict b, float* __restrict y) {
-  const float d = Half(Load16(b));
-  const float dmin = Half(Load16(b + 2));
-  const uint8_t* scales = b + 4;
-  const uint8_t* qs = b + 16;
-  for (int c = 0; c < 4; ++c) {
-    int sc0, m0, sc1, m1;
-    Q4KScaleMin(scales, 2 * c, sc0, m0);
-    Q4KScaleMin(scales, 2 * c + 1, sc1, m1);
-    const float d0 = d * static_cast<float>(sc0), min0 = dmin * static_cast<float>(m0);
-    const float d1 = d * static_cast<float>(sc1), min1 = dmin * static_cast<float>(m1);
-    const uint8_t* q = qs + 32 * c;
-    float* out = y + 64 * c;
-    for (int l = 0; l < 32; ++l) out[l] = d0 * static_cast<float>(q[l] & 0x0f) - min0;
-    for (int l = 0; l < 32; ++l) out[32 + l] = d1 * static_cast<float>(q[l] >> 4) - min1;
-  }
-}
-
 // Q5_K, 256 elements in 176 bytes: fp16 d; fp16 dmin; u8 scales[12] (Q4KScaleMin); u8 qh[32];
 // u8 qs[128]. Low four bits as in Q4_K; the fifth bit of element l of sub-block k is bit k of
 // qh[l]. value = d * scale * q - dmin * min, q in 0..31.
-void DecodeQ5_K(const uint8_t* __restrict b, float* __restrict y) {
+// kFifthBit: false decodes Q4_K, true decodes Q5_K.
+template <bool kFifthBit>
+void DecodeQ4_KOrQ5_K(const uint8_t* __restrict b, float* __restrict y) {
   const float d = Half(Load16(b));
   const float dmin = Half(Load16(b + 2));
   const uint8_t* scales = b + 4;
-  const uint8_t* qh = b + 16;
-  const uint8_t* qs = b + 48;
+  const uint8_t* qh = b + 16;  // Q5_K only
+  const uint8_t* qs = kFifthBit ? b + 48 : b + 16;
   for (int c = 0; c < 4; ++c) {
     int sc0, m0, sc1, m1;
     Q4KScaleMin(scales, 2 * c, sc0, m0);
@@ -265,10 +249,14 @@ void DecodeQ5_K(const uint8_t* __restrict b, float* __restrict y) {
     const int bit0 = 2 * c, bit1 = 2 * c + 1;
     float* out = y + 64 * c;
     for (int l = 0; l < 32; ++l) {
-      out[l] = d0 * static_cast<float>((q[l] & 0x0f) | (((qh[l] >> bit0) & 1) << 4)) - min0;
+      int v = q[l] & 0x0f;
+      if constexpr (kFifthBit) v |= ((qh[l] >> bit0) & 1) << 4;
+      out[l] = d0 * static_cast<float>(v) - min0;
     }
     for (int l = 0; l < 32; ++l) {
-      out[32 + l] = d1 * static_cast<float>((q[l] >> 4) | (((qh[l] >> bit1) & 1) << 4)) - min1;
+      int v = q[l] >> 4;
+      if constexpr (kFifthBit) v |= ((qh[l] >> bit1) & 1) << 4;
+      out[32 + l] = d1 * static_cast<float>(v) - min1;
     }
   }
 }
@@ -341,8 +329,8 @@ constexpr TypeInfo kTypes[] = {
     {9, "Q8_1", kQK, 36, nullptr},
     {10, "Q2_K", kQK_K, 84, DecodeBlocks<DecodeQ2_K, kQK_K, 84>},
     {11, "Q3_K", kQK_K, 110, DecodeBlocks<DecodeQ3_K, kQK_K, 110>},
-    {12, "Q4_K", kQK_K, 144, DecodeBlocks<DecodeQ4_K, kQK_K, 144>},
-    {13, "Q5_K", kQK_K, 176, DecodeBlocks<DecodeQ5_K, kQK_K, 176>},
+    {12, "Q4_K", kQK_K, 144, DecodeBlocks<DecodeQ4_KOrQ5_K<false>, kQK_K, 144>},
+    {13, "Q5_K", kQK_K, 176, DecodeBlocks<DecodeQ4_KOrQ5_K<true>, kQK_K, 176>},
     {14, "Q6_K", kQK_K, 210, DecodeBlocks<DecodeQ6_K, kQK_K, 210>},
     {15, "Q8_K", kQK_K, 292, nullptr},
     {16, "IQ2_XXS", kQK_K, 66, nullptr},
@@ -496,28 +484,31 @@ Status DequantizeToFloat(uint32_t type, std::span<const uint8_t> src, int64_t n,
   return Status::OK();
 }
 
-Status DequantizeToBFloat16(uint32_t type, std::span<const uint8_t> src, int64_t n, uint16_t* dst, int threads) {
+namespace {
+
+// The 16-bit targets: a tensor already in the target type is copied; others decode per block.
+template <auto kConvert>
+Status DequantizeTo16(GgmlType same, uint32_t type, std::span<const uint8_t> src, int64_t n, uint16_t* dst,
+                      int threads) {
   Result<const TypeInfo*> checked = Check(type, src, n, dst);
   if (!checked.ok()) return checked.status();
   const TypeInfo& info = **checked;
-  if (type == static_cast<uint32_t>(GgmlType::kBF16)) {
+  if (type == static_cast<uint32_t>(same)) {
     Copy16(src.data(), n, dst, threads);
   } else {
-    DecodeConverted<ToBF16>(info, src.data(), n / info.block_elements, dst, threads);
+    DecodeConverted<kConvert>(info, src.data(), n / info.block_elements, dst, threads);
   }
   return Status::OK();
 }
 
+}  // namespace
+
+Status DequantizeToBFloat16(uint32_t type, std::span<const uint8_t> src, int64_t n, uint16_t* dst, int threads) {
+  return DequantizeTo16<ToBF16>(GgmlType::kBF16, type, src, n, dst, threads);
+}
+
 Status DequantizeToFloat16(uint32_t type, std::span<const uint8_t> src, int64_t n, uint16_t* dst, int threads) {
-  Result<const TypeInfo*> checked = Check(type, src, n, dst);
-  if (!checked.ok()) return checked.status();
-  const TypeInfo& info = **checked;
-  if (type == static_cast<uint32_t>(GgmlType::kF16)) {
-    Copy16(src.data(), n, dst, threads);
-  } else {
-    DecodeConverted<ToHalf>(info, src.data(), n / info.block_elements, dst, threads);
-  }
-  return Status::OK();
+  return DequantizeTo16<ToHalf>(GgmlType::kF16, type, src, n, dst, threads);
 }
 
 float HalfToFloat(uint16_t h) { return Half(h); }

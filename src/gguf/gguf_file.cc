@@ -15,10 +15,6 @@
 //   + n_bytes) inside the file; no two tensors' bytes overlap.
 #include "gguf/gguf_file.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
@@ -209,33 +205,17 @@ std::string DimsString(const std::vector<uint64_t>& dims) {
 }  // namespace
 
 Result<std::unique_ptr<GgufFile>> GgufFile::Open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Status::FromErrno(errno, "gguf: open " + path);
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    Status s = Status::FromErrno(errno, "gguf: stat " + path);
-    ::close(fd);
-    return s;
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return Status::InvalidArgument("gguf: " + path + " is not a regular file");
-  }
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  auto mapped = MappedFile::Open(path, "gguf");
+  if (!mapped.ok()) return mapped.status();
+  const uint64_t size = (*mapped)->size();
   if (size < 4 + 4 + 8 + 8) {
-    ::close(fd);
     return Status::Corruption("gguf: " + path + ": too short for a GGUF header (" + std::to_string(size) +
                               " bytes) at offset 0");
   }
-  void* map = ::mmap(nullptr, static_cast<size_t>(size), PROT_READ, MAP_PRIVATE, fd, 0);
-  const int map_errno = errno;
-  ::close(fd);  // the mapping keeps the file alive
-  if (map == MAP_FAILED) return Status::FromErrno(map_errno, "gguf: mmap " + path);
-
-  std::unique_ptr<GgufFile> f(new GgufFile());  // owns the mapping from here on
+  std::unique_ptr<GgufFile> f(new GgufFile());
   f->path_ = path;
-  f->map_ = map;
-  f->base_ = static_cast<const uint8_t*>(map);
+  f->map_ = std::move(mapped.value());
+  f->base_ = f->map_->data();
   f->size_ = size;
   KVAULT_RETURN_IF_ERROR(f->Parse());
   return f;
@@ -251,9 +231,7 @@ Result<std::unique_ptr<GgufFile>> GgufFile::FromBytes(std::string bytes, std::st
   return f;
 }
 
-GgufFile::~GgufFile() {
-  if (map_ != nullptr) ::munmap(map_, static_cast<size_t>(size_));
-}
+GgufFile::~GgufFile() = default;
 
 Status GgufFile::Parse() {
   Reader r(base_, size_, path_);

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "kvault/status.h"
+#include "store/mapped_file.h"
 
 namespace kvault::gguf {
 
@@ -121,7 +122,7 @@ class GgufFile {
 
   std::string path_;
   std::string owned_;              // FromBytes: the bytes
-  void* map_ = nullptr;            // Open: the mapping
+  std::unique_ptr<MappedFile> map_;  // Open: the file, mapped
   const uint8_t* base_ = nullptr;  // the file's first byte
   uint64_t size_ = 0;
   uint32_t version_ = 0;

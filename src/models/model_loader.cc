@@ -11,7 +11,7 @@
 
 #include "engine/gguf_model.h"
 #include "gguf/gguf_file.h"
-#include "serve/gguf_tokenizer.h"
+#include "tokenizer/gguf_tokenizer.h"
 
 namespace kvault::models {
 namespace {
@@ -83,9 +83,9 @@ std::string Describe(const LoadedModel& m, const gguf::GgufFile* file) {
 Result<ModelText> GgufText(const gguf::GgufFile& file, int64_t vocab_size) {
   ModelText text;
   auto in_file = [&](const Status& s) { return Status(s.code(), "gguf: " + file.path() + ": " + s.message()); };
-  auto vocab = serve::ReadGgufVocab(file);
+  auto vocab = tokenizer::ReadGgufVocab(file);
   if (!vocab.ok()) return in_file(vocab.status());
-  auto tokenizer = serve::LoadGgufTokenizer(*vocab);
+  auto tokenizer = tokenizer::LoadGgufTokenizer(*vocab);
   if (!tokenizer.ok()) return in_file(tokenizer.status());
   if (vocab_size > 0 && (*tokenizer)->vocab_size() > vocab_size) {
     return Status::InvalidArgument("gguf: " + file.path() + ": the tokenizer has " +
@@ -95,7 +95,7 @@ Result<ModelText> GgufText(const gguf::GgufFile& file, int64_t vocab_size) {
   text.add_bos = vocab->add_bos;
   text.tokenizer = std::move(tokenizer.value());
   if (file.Find("tokenizer.chat_template") != nullptr) {
-    auto chat = serve::LoadGgufChatTemplate(file);
+    auto chat = tokenizer::LoadGgufChatTemplate(file);
     if (!chat.ok()) return in_file(chat.status());
     text.chat_template = std::move(chat.value());
   }
@@ -104,11 +104,11 @@ Result<ModelText> GgufText(const gguf::GgufFile& file, int64_t vocab_size) {
 
 Result<ModelText> HuggingFaceText(const std::string& dir) {
   ModelText text;
-  auto tokenizer = serve::LoadTokenizer(dir);
+  auto tokenizer = tokenizer::LoadTokenizer(dir);
   if (!tokenizer.ok()) return tokenizer.status();
   text.add_bos = (*tokenizer)->bos_id().has_value();
   text.tokenizer = std::move(tokenizer.value());
-  auto chat = serve::LoadChatTemplate(dir);
+  auto chat = tokenizer::LoadChatTemplate(dir);
   if (chat.ok()) {
     text.chat_template = std::move(chat.value());
   } else if (chat.status().code() != Code::kNotFound) {

@@ -23,8 +23,8 @@
 #include "engine/model_config.h"
 #include "engine/weights.h"
 #include "kvault/status.h"
-#include "serve/chat_template.h"
-#include "serve/tokenizer.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
 
 namespace kvault::models {
 
@@ -48,8 +48,8 @@ Result<std::string> FindSmolLm2Gguf();
 
 // A model's text side: enough for `kvault tokenize`, without reading the weights.
 struct ModelText {
-  std::shared_ptr<const serve::Tokenizer> tokenizer;
-  std::optional<serve::ChatTemplate> chat_template;  // absent when the model ships none
+  std::shared_ptr<const tokenizer::Tokenizer> tokenizer;
+  std::optional<tokenizer::ChatTemplate> chat_template;  // absent when the model ships none
   bool add_bos = false;  // raw text (not a rendered chat) is encoded with BOS first
 };
 Result<ModelText> LoadModelText(const std::string& spec);
@@ -58,8 +58,8 @@ struct LoadedModel {
   ModelLocation location;
   engine::ModelConfig config;
   engine::ModelWeights weights;
-  std::shared_ptr<const serve::Tokenizer> tokenizer;
-  std::optional<serve::ChatTemplate> chat_template;  // absent when the model ships none
+  std::shared_ptr<const tokenizer::Tokenizer> tokenizer;
+  std::optional<tokenizer::ChatTemplate> chat_template;  // absent when the model ships none
   bool add_bos = false;       // raw text (not a rendered chat) is encoded with BOS first
   std::string description;    // "SmolLM2-135M-Instruct (GGUF Q4_1, llama, 30 layers, ...)"
   double load_seconds = 0;    // wall time of LoadModel

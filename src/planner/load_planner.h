@@ -6,13 +6,18 @@
 // into the engine's KV pages, the new tokens then computing layer by layer as the tail's
 // layers land. The predicted time of split k (k = 0 is "load", k = n "recompute"):
 //
-//   read  = sum over the tail's T2/T3 chunks of bytes / that tier's read rate (into T1)
+//   read  = sum over the tail's T2/T3 chunks of bytes / that tier's read rate (into T1), plus
+//           the T2 read backlog when the tail has a T2 chunk (reads queued on the disk first)
 //   copy  = tail bytes / copy rate (T1 -> engine pages: memcpy on a CPU, PCIe on a GPU)
 //   head  = prefill(head tokens, 0 cached);  new = prefill(new tokens, all cached)
 //   T(k)  = max(head + new,  read + copy/L + new,  read + copy + new/L)    (L = layers)
 //
-// i.e. the slower of the compute path and the load path of a two-stage layer pipeline. The
-// planner picks the k of least T(k), preferring the fewest recomputed chunks among ties.
+// i.e. the slower of the compute path and the load path of a two-stage layer pipeline
+// (PipelinedPrefillSeconds). The planner picks the k of least T(k), preferring the fewest
+// recomputed chunks among ties. With Options::recompute_slow_tail it also weighs keeping only
+// the prefix before the first T2/T3 chunk (j chunks): the rest of the cached prefix is then
+// recomputed with the new tokens, so `new` becomes prefill(new + dropped tokens, j cached
+// tokens) and only [k, j) is read and copied.
 // prefill(n, c) = n * (per_token + per_pair * (c + n/2)) (weights' GEMMs plus causal
 // attention over c cached and n new tokens), fitted by least squares over the forward passes
 // the engine observed, recent ones weighing more. Until a rate is measured the planner
@@ -23,6 +28,7 @@
 // Thread-safety: every method may be called from any thread (one mutex).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <mutex>
 #include <span>
@@ -30,11 +36,12 @@
 #include <vector>
 
 #include "kvault/store.h"
+#include "store/mutex.h"
 
 namespace kvault::planner {
 
 struct PlanChunk {
-  Tier tier = Tier::kHost;    // where the chunk is now (a lookup's CachedChunk::tier)
+  Tier tier = Tier::kT1;    // where the chunk is now (a lookup's CachedChunk::tier)
   int64_t tokens = 0;
   uint64_t bytes = 0;
 };
@@ -48,15 +55,27 @@ struct LoadPlan {
   size_t cached_chunks = 0;       // chunks of the cached prefix planned for (0: nothing cached)
   size_t recompute_chunks = 0;    // head chunks recomputed; the ones after them are loaded
   int64_t recompute_tokens = 0;   // their tokens
+  // Chunks at the end of the cached prefix recomputed with the new tokens as if they were not
+  // cached (0 unless Options::recompute_slow_tail): the chunks [recompute_chunks,
+  // cached_chunks - tail_recompute_chunks) are the ones loaded.
+  size_t tail_recompute_chunks = 0;
   double predicted_ms = 0;        // T(k) of the choice
   double load_all_ms = 0;         // T(0)
   double recompute_all_ms = 0;    // T(n)
-  // Inputs: the rates used (0 = not measured yet) and the prefill model.
+  // Inputs: the rates used (0 = not measured yet), the T2 read backlog and the prefill model.
   double t2_read_gbps = 0, t3_read_gbps = 0, copy_gbps = 0;
+  double t2_backlog_ms = 0;
   double prefill_per_token_us = 0, prefill_per_pair_ns = 0;
   std::string reason;  // why, in words (e.g. "no prefill measured yet: load")
   std::string ToJson() const;
 };
+
+// The time of a prefill whose recomputed head (`head_s`) runs while the loaded chunks are read
+// into T1 (`read_s`); their copy into engine pages (`copy_s`) and the compute of the rest
+// (`fresh_s`) then pipeline layer by layer over `layers`:
+//   max(head + fresh, read + copy/L + fresh, read + copy + fresh/L)
+// (head + fresh when nothing is loaded). The planner's T(k); the replay charges it too.
+double PipelinedPrefillSeconds(double head_s, double read_s, double copy_s, double fresh_s, int layers);
 
 // Prefill time model: seconds(n new, c cached) = n * (per_token + per_pair * (c + n/2)).
 struct PrefillModel {
@@ -72,6 +91,10 @@ class LoadPlanner {
     int layers = 1;                // the model's layers (L above)
     double recent_weight = 0.1;    // weight of the newest observation in the running averages
     double min_gain = 0.05;        // least predicted gain over loading all to recompute anything
+    // Also weigh dropping the cached prefix from its first T2/T3 chunk on (see above): load
+    // the T1 lead, recompute the slow tail with the new tokens. Every caller honours
+    // LoadPlan::tail_recompute_chunks (the engine's connector, the replay simulator).
+    bool recompute_slow_tail = true;
     // Fixed rates and prefill model for tests and benchmarks; 0 / unknown = measured.
     double fixed_t2_read_gbps = 0, fixed_t3_read_gbps = 0, fixed_copy_gbps = 0;
     PrefillModel fixed_prefill;
@@ -79,14 +102,20 @@ class LoadPlanner {
   explicit LoadPlanner(Options options);
 
   // The plan for a prefix of `chunks` (head first) followed by `new_tokens` to compute (>= 1).
-  LoadPlan Plan(std::span<const PlanChunk> chunks, int64_t new_tokens) const;
-  // T(k) for one split point, as Plan() predicts it (seconds).
-  double PredictSeconds(std::span<const PlanChunk> chunks, int64_t new_tokens, size_t recompute_chunks) const;
+  // `t2_backlog_s`: seconds of reads already queued on the T2 device ahead of this prefill's
+  // (prefetches, other prefills' loads), which a plan reading T2 chunks waits for first; 0
+  // for an idle disk. The rates are bandwidths, so without it a plan on a shared disk that
+  // is busy is predicted as if it had the disk to itself.
+  LoadPlan Plan(std::span<const PlanChunk> chunks, int64_t new_tokens, double t2_backlog_s = 0) const;
+  // T(k) for one split point, as Plan() predicts it (seconds), with the last
+  // `tail_recompute_chunks` recomputed with the new tokens.
+  double PredictSeconds(std::span<const PlanChunk> chunks, int64_t new_tokens, size_t recompute_chunks,
+                        size_t tail_recompute_chunks = 0, double t2_backlog_s = 0) const;
 
   // Measurements. A forward pass of `n` new tokens after `cached` ones took `seconds` of
   // compute (its waits for loads excluded).
   void ObservePrefill(int64_t n, int64_t cached, double seconds);
-  // `bytes` read from `tier` (kDisk or kCluster) into T1 in `seconds`.
+  // `bytes` read from `tier` (kT2 or kT3) into T1 in `seconds`.
   void ObserveRead(Tier tier, uint64_t bytes, double seconds);
   // `bytes` copied from T1 into engine pages in `seconds`.
   void ObserveCopy(uint64_t bytes, double seconds);
@@ -103,19 +132,29 @@ class LoadPlanner {
     int64_t head_tokens = 0;
     double tail_bytes = 0;
     double tail_read_s = 0;  // the tail's T2/T3 reads at the measured rates
+    size_t tail_t2_chunks = 0;
   };
-  double ReadRateLocked(Tier tier) const;
-  double CopyRateLocked() const;
-  PrefillModel PrefillModelLocked() const;
-  std::vector<Split> SplitsLocked(std::span<const PlanChunk> chunks) const;  // [0, n]
-  double PredictLocked(const Split& split, int64_t cached, int64_t new_tokens, bool all_recomputed,
-                       const PrefillModel& m) const;
+  double ReadRateLocked(Tier tier) const REQUIRES(mu_);
+  double CopyRateLocked() const REQUIRES(mu_);
+  PrefillModel PrefillModelLocked() const REQUIRES(mu_);
+  std::vector<Split> SplitsLocked(std::span<const PlanChunk> chunks) const REQUIRES(mu_);  // [0, n]
+  // T(k) with the chunks [k, j) loaded and [j, n) recomputed with the new tokens (j <= n).
+  double PredictLocked(const std::vector<Split>& splits, size_t k, size_t j, int64_t new_tokens,
+                       const PrefillModel& m, double t2_backlog_s) const REQUIRES(mu_);
 
   const Options options_;
-  mutable std::mutex mu_;
-  Rate t2_, t3_, copy_;  // GUARDED_BY(mu_)
+  mutable Mutex mu_;
+  Rate t2_ GUARDED_BY(mu_);
+  Rate t3_ GUARDED_BY(mu_);
+  Rate copy_ GUARDED_BY(mu_);
   // Decayed normal equations of seconds = a*x1 + b*x2 with x1 = n, x2 = n*(c + n/2).
-  double s11_ = 0, s12_ = 0, s22_ = 0, s1y_ = 0, s2y_ = 0, sy_ = 0, sx1_ = 0;  // GUARDED_BY(mu_)
+  double s11_ GUARDED_BY(mu_) = 0;
+  double s12_ GUARDED_BY(mu_) = 0;
+  double s22_ GUARDED_BY(mu_) = 0;
+  double s1y_ GUARDED_BY(mu_) = 0;
+  double s2y_ GUARDED_BY(mu_) = 0;
+  double sy_ GUARDED_BY(mu_) = 0;
+  double sx1_ GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace kvault::planner

@@ -1,5 +1,7 @@
 #include "replay/cost_model.h"
 
+#include <algorithm>
+
 namespace kvault::replay {
 
 uint64_t ModelShape::kv_bytes_per_token() const {
@@ -13,9 +15,10 @@ double ModelShape::WeightFlops(uint64_t n) const { return 2.0 * params * static_
 // QK^T and PV: 2 * 2 * d FLOPs per (query, key) pair per layer, over cached + causal new keys.
 double ModelShape::AttentionFlops(uint64_t n, uint64_t cached) const {
   const double nn = static_cast<double>(n), c = static_cast<double>(cached);
-  const double d = double(q_heads) * head_dim;
-  return 4.0 * layers * d * (c * nn + nn * nn / 2.0);
+  return AttentionFlopsPerPair() * (c * nn + nn * nn / 2.0);
 }
+
+double ModelShape::AttentionFlopsPerPair() const { return 4.0 * layers * (double(q_heads) * head_dim); }
 
 const std::vector<std::string>& ModelPresetNames() {
   static const std::vector<std::string> names = {"llama3-8b", "llama3-70b", "qwen2.5-7b", "qwen2.5-72b", "mistral-7b"};
@@ -34,8 +37,19 @@ Result<ModelShape> ModelPreset(const std::string& name) {
   return Status::InvalidArgument("unknown model preset '" + name + "' (available: " + all + ")");
 }
 
+planner::LoadPlanner::Options CostModel::PinnedPlannerOptions(const ModelShape& m,
+                                                             planner::LoadPlanner::Options base) const {
+  base.layers = static_cast<int>(std::max<uint32_t>(m.layers, 1));
+  base.fixed_t2_read_gbps = t2_read_gbps;
+  base.fixed_copy_gbps = pcie_gbps;
+  const double attention_rate = (attention_tflops > 0 ? attention_tflops : prefill_tflops) * 1e12;
+  base.fixed_prefill.per_token_s = m.WeightFlops(1) / (prefill_tflops * 1e12);
+  base.fixed_prefill.per_pair_s = m.AttentionFlopsPerPair() / attention_rate;
+  return base;
+}
+
 Status CostModel::Validate() const {
-  if (!(prefill_tflops > 0) || !(pcie_gbps > 0) || !(ssd_read_gbps > 0) || !(ssd_write_gbps > 0) || !(attention_tflops >= 0) ||
+  if (!(prefill_tflops > 0) || !(pcie_gbps > 0) || !(t2_read_gbps > 0) || !(t2_write_gbps > 0) || !(attention_tflops >= 0) ||
       !(decode_ms_per_token >= 0) || !(request_overhead_ms >= 0)) {
     return Status::InvalidArgument("cost model rates must be positive");
   }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kvault/status.h"
+#include "planner/load_planner.h"
 
 namespace kvault::replay {
 
@@ -31,6 +32,8 @@ struct ModelShape {
   // and causal attention.
   double WeightFlops(uint64_t n) const;
   double AttentionFlops(uint64_t n, uint64_t cached) const;
+  // AttentionFlops(n, c) = AttentionFlopsPerPair() * n * (c + n/2).
+  double AttentionFlopsPerPair() const;
   double PrefillFlops(uint64_t n, uint64_t cached) const { return WeightFlops(n) + AttentionFlops(n, cached); }
 };
 
@@ -42,8 +45,8 @@ struct CostModel {
   double prefill_tflops = 580;     // effective FLOP/s of prefill, in 10^12
   double attention_tflops = 0;     // of its attention part; 0: the same as prefill_tflops
   double pcie_gbps = 55;           // host DRAM -> GPU, GB/s (10^9)
-  double ssd_read_gbps = 1.2;      // T2 -> T1
-  double ssd_write_gbps = 1.2;     // T1 -> T2 (write-behind)
+  double t2_read_gbps = 1.2;      // T2 -> T1
+  double t2_write_gbps = 1.2;     // T1 -> T2 (write-behind)
   double decode_ms_per_token = 20; // per output token of one request (not in TTFT)
   double request_overhead_ms = 0;  // fixed engine time per prefill (scheduling, sampling)
 
@@ -53,6 +56,14 @@ struct CostModel {
            m.AttentionFlops(n, cached) / attention_rate;
   }
   Status Validate() const;
+
+  // The engine's planner (planner::LoadPlanner) with these rates instead of measured ones:
+  // `base` (the engine's planner options) with the model's layers, the T2 read and PCIe
+  // rates, and the prefill model PrefillSeconds charges pinned. The planner's prefill model
+  // has no fixed term: request_overhead_ms is left out of its predictions (every plan pays
+  // it once; a split, whose head is a pass of its own, twice).
+  planner::LoadPlanner::Options PinnedPlannerOptions(const ModelShape& m,
+                                                     planner::LoadPlanner::Options base = {}) const;
 };
 
 }  // namespace kvault::replay

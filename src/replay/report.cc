@@ -4,7 +4,7 @@
 #include <cmath>
 #include <cstdio>
 
-#include "engine/svg_chart.h"
+#include "charts/svg_chart.h"
 
 namespace kvault::replay {
 namespace {
@@ -47,14 +47,14 @@ nlohmann::json RunJson(const Trace& trace, const std::string& trace_path, const 
                  {"engines", o.engines},
                  {"model", o.model.name},
                  {"kv_bytes_per_token", o.model.kv_bytes_per_token()},
-                 {"dram_gib", Round(double(o.dram_bytes) / kGiB, 3)},
-                 {"ssd_gib", Round(double(o.ssd_bytes) / kGiB, 3)},
+                 {"dram_gib", Round(double(o.t1_bytes) / kGiB, 3)},
+                 {"ssd_gib", Round(double(o.t2_bytes) / kGiB, 3)},
                  {"speed", o.speed},
                  {"prefill_tflops", o.cost.prefill_tflops},
                  {"attention_tflops", o.cost.attention_tflops > 0 ? o.cost.attention_tflops : o.cost.prefill_tflops},
                  {"pcie_gbps", o.cost.pcie_gbps},
-                 {"ssd_read_gbps", o.cost.ssd_read_gbps},
-                 {"ssd_write_gbps", o.cost.ssd_write_gbps},
+                 {"ssd_read_gbps", o.cost.t2_read_gbps},
+                 {"ssd_write_gbps", o.cost.t2_write_gbps},
                  {"decode_ms_per_token", o.cost.decode_ms_per_token}};
   j["policy"] = o.policy;
   j["token_hit_rate"] = Round(r.token_hit_rate(), 4);
@@ -81,7 +81,7 @@ nlohmann::json RunJson(const Trace& trace, const std::string& trace_path, const 
   nlohmann::json series = nlohmann::json::array();
   for (const auto& [t, len] : Downsample(r.queue, 200)) series.push_back({Round(t, 3), len});
   j["queue_length"] = {{"max", qmax}, {"mean", Round(qsum / std::max<size_t>(1, r.queue.size()), 2)}, {"series_s", series}};
-  j["planner"] = {{"load", r.planner_loads}, {"recompute", r.planner_recomputes}};
+  j["planner"] = {{"load", r.planner_loads}, {"recompute", r.planner_recomputes}, {"split", r.planner_splits}};
   j["bytes"] = {{"t1_to_gpu", r.bytes_t1_to_gpu},     {"t2_to_t1", r.bytes_t2_to_t1},
                 {"prefetched", r.bytes_prefetched},  {"gpu_to_t1", r.bytes_gpu_to_t1},
                 {"t1_to_t2", r.bytes_t1_to_t2}};
@@ -130,7 +130,7 @@ std::string QueueChartSvg(const std::string& title, const std::vector<ReplayRun>
                 w, h, w, h);
   s += buf;
   std::snprintf(buf, sizeof buf, "<text x=\"%.0f\" y=\"28\" font-family=\"sans-serif\" font-size=\"16\">%s</text>\n", left,
-                engine::XmlEscape(title).c_str());
+                charts::XmlEscape(title).c_str());
   s += buf;
   // Axes and ticks.
   std::snprintf(buf, sizeof buf, "<path d=\"M%.1f %.1f V%.1f H%.1f\" stroke=\"black\" fill=\"none\"/>\n", left, top,

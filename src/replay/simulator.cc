@@ -5,7 +5,7 @@
 #include <queue>
 #include <unordered_map>
 
-#include "replay/tier_model.h"
+#include "replay/replay_tiers.h"
 
 namespace kvault::replay {
 namespace {
@@ -61,14 +61,16 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
   TraceOracle oracle(trace);
   AccessWindow window;
   PolicyContext context{&window, &oracle};
-  auto model_or = TierModel::Create(o.dram_bytes, o.ssd_bytes, o.page_bytes, kv_per_token, o.policy, context);
+  auto model_or = ReplayTiers::Create(o.t1_bytes, o.t2_bytes, o.page_bytes, kv_per_token, trace.chunk_tokens, o.policy,
+                                      context);
   if (!model_or.ok()) return model_or.status();
-  TierModel& tiers = *model_or.value();
+  ReplayTiers& tiers = *model_or.value();
   const uint64_t prefetch_budget = o.prefetch_budget_bytes > 0 ? o.prefetch_budget_bytes : tiers.t1_capacity() / 4;
-  const double read_bps = o.cost.ssd_read_gbps * 1e9, write_bps = o.cost.ssd_write_gbps * 1e9;
+  const double read_bps = o.cost.t2_read_gbps * 1e9, write_bps = o.cost.t2_write_gbps * 1e9;
   const double pcie_bps = o.cost.pcie_gbps * 1e9;
   const double layers = std::max<uint32_t>(o.model.layers, 1);
   const uint64_t write_backlog_limit = tiers.t1_capacity() / 2;
+  const planner::LoadPlanner load_planner(o.cost.PinnedPlannerOptions(o.model, o.planner));
 
   const auto& reqs = trace.requests;
   const uint32_t trace_chunk_tokens = trace.chunk_tokens;
@@ -125,9 +127,11 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
       }
     }
     for (Entry* e : hits) tiers.Pin(e);
-    uint64_t hit_tokens = 0, t1_tokens = 0, t1_bytes = 0, t2_bytes = 0;
-    uint64_t lead_tokens = 0, lead_bytes = 0;  // the leading run of ready T1 chunks
-    bool lead = true;
+    // The hits as the engine's lookup reports them to its planner: in DRAM (T1), or on the
+    // disk (T2), which includes a prefetched chunk whose read has not completed yet.
+    std::vector<planner::PlanChunk> plan_chunks;
+    plan_chunks.reserve(hits.size());
+    uint64_t hit_tokens = 0, t1_tokens = 0;
     std::vector<double> pending_until(hits.size(), -1);  // >= 0: arrives from the disk then
     for (size_t k = 0; k < hits.size(); ++k) {
       Entry* e = hits[k];
@@ -140,67 +144,64 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
           pending_until[k] = p->second.ready_s;
         }
       }
-      if (in_dram) {
-        t1_tokens += e->tokens;
-        t1_bytes += e->bytes;
-        if (lead) {
-          lead_tokens += e->tokens;
-          lead_bytes += e->bytes;
-        }
-      } else {
-        lead = false;
-        t2_bytes += e->bytes;
-      }
+      if (in_dram) t1_tokens += e->tokens;
+      plan_chunks.push_back({in_dram ? Tier::kT1 : Tier::kT2, static_cast<int64_t>(e->tokens), e->bytes});
     }
     r.hit_tokens_t1 += t1_tokens;
     r.hit_tokens_t2 += hit_tokens - t1_tokens;
 
-    // 2. Load everything cached (A) or recompute from the first chunk not in DRAM (B).
+    // 2. The planner's choice: recompute the head [0, head_chunks), load [head_chunks,
+    //    kept_chunks), recompute [kept_chunks, hits) with the new tokens.
     const uint64_t input = q.input_tokens;
-    double disk = read_free, disk_done = start;
-    for (size_t k = 0; k < hits.size(); ++k) {
+    // The planner is told how long the disk's queued reads (prefetches, other engines'
+    // loads) will keep a new read waiting.
+    const auto new_tokens = static_cast<int64_t>(std::max<uint64_t>(1, input - hit_tokens));
+    const planner::LoadPlan plan = load_planner.Plan(plan_chunks, new_tokens, std::max(0.0, read_free - start));
+    const size_t kept_chunks = hits.size() - plan.tail_recompute_chunks;
+    const size_t head_chunks = std::min(plan.recompute_chunks, kept_chunks);
+    uint64_t head_tokens = 0, kept_tokens = 0, load_bytes = 0;
+    double disk = read_free, disk_done = start;  // the loaded T2 chunks' reads, in order
+    for (size_t k = 0; k < kept_chunks; ++k) {
+      kept_tokens += hits[k]->tokens;
+      if (k < head_chunks) {
+        head_tokens += hits[k]->tokens;
+        continue;
+      }
+      load_bytes += hits[k]->bytes;
       if (pending_until[k] >= 0) {
         disk_done = std::max(disk_done, pending_until[k]);
       } else if (!hits[k]->in_t1) {
         disk = std::max(disk, start) + double(hits[k]->bytes) / read_bps;
         disk_done = std::max(disk_done, disk);
+        r.bytes_t2_to_t1 += hits[k]->bytes;  // promoted by its read below (streamed through if no room)
       }
     }
-    // The engine reads T2 chunks into DRAM before the prefill starts (lookup pins and promotes
-    // them); then every hit crosses PCIe layer by layer, overlapped with the compute.
-    const double disk_wait = disk_done - start;
-    const double load_a = double(t1_bytes + t2_bytes) / pcie_bps;
-    const double compute_a = o.cost.PrefillSeconds(o.model, std::max<uint64_t>(1, input - hit_tokens), hit_tokens);
-    const double service_a = disk_wait + std::max(load_a, compute_a) + load_a / layers;
-    double service = service_a;
-    size_t reused_chunks = hits.size();
-    uint64_t reused_tokens = hit_tokens;
-    if (t2_bytes > 0) {
-      const double load_b = double(lead_bytes) / pcie_bps;
-      const double compute_b = o.cost.PrefillSeconds(o.model, std::max<uint64_t>(1, input - lead_tokens), lead_tokens);
-      const double service_b = std::max(load_b, compute_b) + load_b / layers;
-      if (service_b < service_a) {
-        service = service_b;
-        reused_tokens = lead_tokens;
-        reused_chunks = 0;
-        while (reused_chunks < hits.size() && pending_until[reused_chunks] < 0 && hits[reused_chunks]->in_t1) ++reused_chunks;
+    read_free = disk;
+    // One forward pass when nothing is loaded; with a split, the head is a pass of its own.
+    double service = 0;
+    if (head_chunks == kept_chunks) {
+      service = o.cost.PrefillSeconds(o.model, std::max<uint64_t>(1, input), 0);
+    } else {
+      const double head_s = head_chunks > 0 ? o.cost.PrefillSeconds(o.model, head_tokens, 0) : 0;
+      const double fresh_s = o.cost.PrefillSeconds(o.model, std::max<uint64_t>(1, input - kept_tokens), kept_tokens);
+      service = planner::PipelinedPrefillSeconds(head_s, disk_done - start, double(load_bytes) / pcie_bps, fresh_s,
+                                                 static_cast<int>(layers));
+    }
+    if (!hits.empty()) {
+      if (head_chunks == 0 && kept_chunks == hits.size()) {
+        ++r.planner_loads;
+      } else if (head_chunks == kept_chunks) {
         ++r.planner_recomputes;
       } else {
-        ++r.planner_loads;
-      }
-    }
-    if (reused_chunks == hits.size() && t2_bytes > 0) {  // plan A: the disk reads happen
-      read_free = disk;
-      for (size_t k = 0; k < hits.size(); ++k) {
-        if (pending_until[k] >= 0 || hits[k]->in_t1) continue;
-        r.bytes_t2_to_t1 += hits[k]->bytes;
-        tiers.Promote(hits[k], [](const Entry*) { return true; });  // streamed through if no room
+        ++r.planner_splits;
       }
     }
     for (Entry* e : hits) forget_prefetch(e->key);  // used (or skipped by the planner): done
-    for (size_t k = 0; k < reused_chunks; ++k) {
-      tiers.Touch(hits[k]);
+    uint64_t reused_tokens = 0;
+    for (size_t k = head_chunks; k < kept_chunks; ++k) {
+      tiers.Read(hits[k]);  // as the engine's OpenChunk, in chunk order: T1 hits touched, T2 ones promoted
       r.bytes_t1_to_gpu += hits[k]->bytes;
+      reused_tokens += hits[k]->tokens;
     }
     r.reused_tokens += reused_tokens;
     const double end = start + service;
@@ -255,7 +256,7 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
     // 4. Save the new chunks: T1 now (visible when the prefill ends), T2 behind on the disk's
     //    timeline. The cached prefix is no longer pinned (the engine has loaded it). A reused
     //    partial chunk's place gets the prompt's longer chunk, which supersedes it.
-    size_t put_from = reused_chunks;
+    size_t put_from = head_chunks == kept_chunks ? 0 : kept_chunks;  // after the last chunk loaded
     if (put_from > 0 && hits[put_from - 1]->key != q.chunks[put_from - 1].key) --put_from;
     for (Entry* e : hits) tiers.Unpin(e);  // may destroy entries: `hits` is not used below
     hits.clear();
@@ -264,7 +265,7 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
       const TraceChunk& c = q.chunks[k];
       const ChunkKey parent = k == 0 ? ChunkKey{} : q.chunks[k - 1].key;
       bool created = false;
-      Entry* e = tiers.Put(c, parent, trace_chunk_tokens, &created);
+      Entry* e = tiers.Put(c, parent, &created);
       if (e == nullptr) continue;
       tiers.Pin(e);
       saved.push_back(e);
@@ -302,7 +303,7 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
     }
   }
   r.makespan_s = last_completion - arrival_s(0);
-  const TierCounters& c = tiers.counters();
+  const TierCounters c = tiers.counters();
   r.t1_evictions = c.t1_evictions;
   r.t2_evictions = c.t2_evictions;
   r.t1_put_failures = c.t1_put_failures;

@@ -1,7 +1,7 @@
 // The discrete-event replay behind `kvault replay`: a request trace through a model of one
 // serving node — `engines` prefill engines (one per GPU, as in prefill/decode disaggregated
 // serving) taking requests from one FIFO queue — in front of the node's shared kvault tiers
-// (TierModel: the store's index and policies, payloads elided).
+// (ReplayTiers: the store's tier core, payloads elided).
 //
 // Per request, at the time it reaches the engine:
 //   1. lookup of the prompt's chunk chain (T1 / T2 hits; the hit chunks are pinned);
@@ -10,11 +10,15 @@
 //      T1 in the background on the disk's read timeline, never evicting a window entry or one
 //      without a disk copy, while prefetched-but-unused bytes stay within
 //      `prefetch_budget_bytes`;
-//   3. service time: the T2 chunks are read into DRAM first (as the engine's lookup does;
-//      a prefetch may have done it already), then the cached prefix crosses PCIe layer by
-//      layer while the new tokens compute: the larger of the two plus one layer's share of
-//      the load (the first layer cannot overlap). When reading the T2 part costs more than
-//      recomputing it, the planner recomputes from the first chunk not in DRAM instead;
+//   3. plan and service time: the engine's planner (planner::LoadPlanner, its rates pinned
+//      from the cost model) chooses what to load and what to recompute from the hits' tiers
+//      (a chunk whose prefetch is still reading counts as T2) and the disk's read backlog,
+//      as the engine asks it (the engine's backlog is 0 until the store reports one). The
+//      plan is then charged on the node: the loaded T2 chunks are read into DRAM on the
+//      disk's read timeline (behind the reads queued there; a prefetched one waits for the
+//      rest of its read) while a recomputed head computes, then the loaded chunks cross
+//      PCIe layer by layer while the rest computes (planner::PipelinedPrefillSeconds, the
+//      planner's own formula, with the disk wait the timeline gives);
 //   4. the new chunks are put into T1, visible to lookups when the prefill ends, and written
 //      behind to T2 on the disk's write timeline; a write that would leave more than half of
 //      T1 waiting for the disk is dropped (the store would evict those entries before they
@@ -31,6 +35,7 @@
 #include <vector>
 
 #include "kvault/status.h"
+#include "planner/load_planner.h"
 #include "replay/cost_model.h"
 #include "replay/trace.h"
 
@@ -39,14 +44,17 @@ namespace kvault::replay {
 struct ReplayOptions {
   ModelShape model;
   CostModel cost;
-  uint64_t dram_bytes = 64ull << 30;
-  uint64_t ssd_bytes = 512ull << 30;
+  uint64_t t1_bytes = 64ull << 30;
+  uint64_t t2_bytes = 512ull << 30;
   uint32_t page_bytes = 256u << 10;
   std::string policy = "lru";
   uint32_t engines = 4;                  // prefill engines (GPUs) sharing the store and the disk
   uint32_t window = 32;                  // queued requests hinted; 0: no hints, no prefetch
   uint64_t prefetch_budget_bytes = 0;    // prefetched, not yet used; 0 = a quarter of T1
   double speed = 1.0;                    // arrival rate multiplier
+  // The planner's options, as the engine's (EngineOptions::planner); its layers, rates and
+  // prefill model are pinned from `model` and `cost` (CostModel::PinnedPlannerOptions).
+  planner::LoadPlanner::Options planner;
   // Called about every 0.5 s of wall time with (requests done, total).
   std::function<void(size_t, size_t)> progress;
 };
@@ -56,7 +64,9 @@ struct ReplayResult {
   uint64_t prompt_tokens = 0, output_tokens = 0;
   uint64_t hit_tokens_t1 = 0, hit_tokens_t2 = 0;  // lookup hits (what the cache held)
   uint64_t reused_tokens = 0;                      // hits actually loaded (after the planner)
-  uint64_t planner_loads = 0, planner_recomputes = 0;
+  // Requests with a cached prefix by the planner's choice: all of it loaded; all of it
+  // recomputed; some loaded and some recomputed (a split head or a recomputed T2 tail).
+  uint64_t planner_loads = 0, planner_recomputes = 0, planner_splits = 0;
   std::vector<double> ttft_ms;                     // per request, trace order
   std::vector<double> service_ms;                  // per request: TTFT minus queueing
   double makespan_s = 0;        // first arrival to last completion

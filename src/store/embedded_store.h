@@ -15,20 +15,36 @@ class EmbeddedStore final : public Store {
   explicit EmbeddedStore(std::unique_ptr<StoreImpl> impl) : impl_(std::move(impl)) {}
   ~EmbeddedStore() override = default;
 
+  // The token methods key the stream once and call the keyed ones.
   LookupResult Lookup(const Namespace& ns, std::span<const uint32_t> tokens) override {
-    return impl_->Lookup(ns, ns.id(), tokens);
+    return impl_->Lookup(ns, KeyTokens(ns, tokens));
   }
   LookupResult LookupFrom(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens) override {
-    return impl_->Lookup(ns, parent, tokens);
+    return impl_->Lookup(ns, KeyTokensFrom(ns, parent, tokens));
   }
+  LookupResult LookupKeyed(const Namespace& ns, const KeyedTokens& prompt) override { return impl_->Lookup(ns, prompt); }
   Result<ChunkWriter> BeginPut(const Namespace& ns, const ChunkKey& parent,
                                std::span<const uint32_t> tokens) override {
-    return impl_->BeginPut(ns, parent, tokens);
+    ChunkSpan chunk{ChainKey(ns, parent, tokens), parent, 0, static_cast<uint32_t>(tokens.size())};
+    return impl_->BeginPut(ns, chunk, tokens);
+  }
+  Result<ChunkWriter> BeginPutKeyed(const Namespace& ns, const ChunkSpan& chunk,
+                                    std::span<const uint32_t> chunk_tokens) override {
+    return impl_->BeginPut(ns, chunk, chunk_tokens);
   }
   Result<ChunkReader> OpenChunk(const Namespace& ns, const ChunkKey& key) override {
     return impl_->OpenChunk(ns, key);
   }
   void Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts) override {
+    std::vector<KeyedTokens> keyed;
+    keyed.reserve(prompts.size());
+    for (std::span<const uint32_t> p : prompts) keyed.push_back(KeyTokens(ns, p));
+    std::vector<const KeyedTokens*> window;
+    window.reserve(keyed.size());
+    for (const KeyedTokens& k : keyed) window.push_back(&k);
+    impl_->Hint(ns, window);
+  }
+  void HintKeyed(const Namespace& ns, const std::vector<const KeyedTokens*>& prompts) override {
     impl_->Hint(ns, prompts);
   }
   // A window merged from several clients' (kvaultd), prompts of any namespaces.
@@ -45,7 +61,7 @@ class EmbeddedStore final : public Store {
   // Returns when every chunk queued for T3 so far has been published or dropped.
   void WaitForClusterWrites() { impl_->WaitForClusterWrites(); }
 
-  // T1's memory: with StoreOptions::shared_dram its memfd (fd() >= 0) can be mapped by other
+  // T1's memory: with StoreOptions::shared_t1 its memfd (fd() >= 0) can be mapped by other
   // processes; pieces handed out by readers and writers lie inside [base(), base() + map_bytes()).
   const HostArena& arena() const { return impl_->arena(); }
 

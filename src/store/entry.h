@@ -1,7 +1,9 @@
 // Entry: the store's index record of one chunk, wherever it lives.
 //
-// Every field is GUARDED_BY the store's mutex, except that the T1 pages of an entry with
-// pins > 0 may be read (or, before commit, written) without it: pinned pages never move.
+// Thread-safety: none of its own; the store serializes every access with its mutex (not
+// annotated GUARDED_BY: an Entry cannot name the store's mutex), except that the T1 pages of
+// an entry with pins > 0 may be read (or, before commit, written) without it: pinned pages
+// never move.
 #pragma once
 
 #include <cstdint>
@@ -40,7 +42,8 @@ struct Entry {
   // T1 (host DRAM).
   bool in_t1 = false;      // pages hold the payload
   bool promoting = false;  // pages allocated, a T2 read is filling them
-  PageList pages;
+  PageList pages;          // the store's; empty in kvault replay
+  uint32_t t1_pages = 0;   // T1 pages reserved for it by TierCore (in_t1, promoting, or a writer's)
   int pins = 0;            // readers, an uncommitted writer, or the write-behind in flight
 
   // Write-behind.

@@ -2,8 +2,8 @@
 //
 // A store keeps one policy per tier (T1 host DRAM, T2 disk). It tells the policy about every
 // entry that enters the tier, is used, or leaves it, and asks for a victim among those that
-// `eligible` accepts. `kvault replay` drives the same classes over payload-free entries, so
-// the policies it measures are the ones the store ships.
+// `eligible` accepts, through TierCore (tier_core.h), which `kvault replay` also
+// runs over payload-free entries, so the policies it measures are the ones the store ships.
 //
 // Policies (MakePolicy names):
 //   lru    least recently inserted or used first
@@ -106,8 +106,8 @@ class LruPolicy final : public EvictionPolicy {
   std::unordered_map<Entry*, std::list<Entry*>::iterator> where_;
 };
 
-// How many of the next T1 victims the store's clean-first preferences look at (the store and
-// kvault replay's tier model alike).
+// How many of the next T1 victims the clean-first preferences of TierCore look at (the store
+// and kvault replay alike run them).
 inline constexpr size_t kPreferenceScan = 64;
 
 // Names MakePolicy accepts, for --help and error messages.

@@ -116,4 +116,22 @@ std::vector<ChunkSpan> ChunkKeysFrom(const Namespace& ns, const ChunkKey& first_
   return out;
 }
 
+KeyedTokens KeyTokens(const Namespace& ns, std::span<const uint32_t> tokens) {
+  return KeyTokensFrom(ns, ns.id(), tokens);
+}
+
+KeyedTokens KeyTokensFrom(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens) {
+  return KeyedTokens{tokens, parent, ChunkKeysFrom(ns, parent, tokens, /*include_partial=*/false)};
+}
+
+bool HasWholeChunkKeys(const KeyedTokens& k, uint32_t chunk_tokens) {
+  if (chunk_tokens == 0 || k.full.size() != k.tokens.size() / chunk_tokens) return false;
+  for (size_t i = 0; i < k.full.size(); ++i) {
+    const ChunkSpan& s = k.full[i];
+    if (s.begin != i * chunk_tokens || s.tokens != chunk_tokens) return false;
+    if (s.parent != (i == 0 ? k.first_parent : k.full[i - 1].key)) return false;
+  }
+  return true;
+}
+
 }  // namespace kvault

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <cstring>
 #include <filesystem>
 
 #include "kvault/env.h"
@@ -20,6 +21,21 @@ namespace {
 
 constexpr size_t kPieceBytes = 1u << 20;  // large I/O is split into pieces kept in flight
 constexpr unsigned kRingDepth = 64;
+
+FileInfo InfoOf(const struct stat& st) {
+  FileInfo info;
+  info.size = static_cast<uint64_t>(st.st_size);
+  info.mtime_ns = int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec;
+  info.inode = static_cast<uint64_t>(st.st_ino);
+  info.regular = S_ISREG(st.st_mode);
+  return info;
+}
+
+// The Status of a failed call on a path: kNotFound when the path names nothing (env.h).
+Status PathError(int err, const std::string& context) {
+  if (err == ENOTDIR || err == ESTALE) return Status::NotFound(context + ": " + std::strerror(err));
+  return Status::FromErrno(err, context);
+}
 
 // One positional I/O of at most kPieceBytes over at most IOV_MAX iovecs.
 struct Piece {
@@ -153,7 +169,9 @@ Status RunPieces(int fd, bool is_write, std::vector<Piece>& pieces, bool use_uri
 class PosixFile final : public File {
  public:
   PosixFile(int fd, bool direct, bool use_uring) : fd_(fd), direct_(direct), use_uring_(use_uring) {}
-  ~PosixFile() override { ::close(fd_); }
+  ~PosixFile() override {
+    if (fd_ >= 0) ::close(fd_);
+  }
 
   Status WriteBatch(std::span<const WriteOp> ops) override {
     std::vector<Piece> pieces;
@@ -178,10 +196,23 @@ class PosixFile final : public File {
     return static_cast<uint64_t>(st.st_size);
   }
 
+  Result<FileInfo> Info() override {
+    struct stat st;
+    if (::fstat(fd_, &st) != 0) return PathError(errno, "fstat");  // NFS: ESTALE, the file is gone
+    return InfoOf(st);
+  }
+
   bool direct() const override { return direct_; }
 
+  Status Close() override {
+    const int fd = fd_;
+    fd_ = -1;
+    if (fd >= 0 && ::close(fd) != 0) return Status::FromErrno(errno, "close");
+    return Status::OK();
+  }
+
  private:
-  const int fd_;
+  int fd_;  // -1 after Close
   const bool direct_;
   const bool use_uring_;
 };
@@ -189,16 +220,17 @@ class PosixFile final : public File {
 class PosixEnv final : public Env {
  public:
   Result<std::unique_ptr<File>> OpenFile(const std::string& path, const FileOpenOptions& o) override {
-    int flags = (o.writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | (o.create ? O_CREAT : 0);
+    int flags = (o.writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | (o.create ? O_CREAT : 0) |
+                (o.create && o.exclusive ? O_EXCL : 0);
     int fd = -1;
     bool direct = false;
     if (o.direct_io) {
       fd = ::open(path.c_str(), flags | O_DIRECT, 0644);
       direct = fd >= 0;
-      if (fd < 0 && errno != EINVAL) return Status::FromErrno(errno, "open " + path);
+      if (fd < 0 && errno != EINVAL) return PathError(errno, "open " + path);
     }
     if (fd < 0) fd = ::open(path.c_str(), flags, 0644);  // O_DIRECT refused (EINVAL): buffered
-    if (fd < 0) return Status::FromErrno(errno, "open " + path);
+    if (fd < 0) return PathError(errno, "open " + path);
     return std::unique_ptr<File>(new PosixFile(fd, direct, o.use_io_uring));
   }
 
@@ -222,12 +254,12 @@ class PosixEnv final : public Env {
   }
 
   Status RemoveFile(const std::string& path) override {
-    if (::unlink(path.c_str()) != 0) return Status::FromErrno(errno, "unlink " + path);
+    if (::unlink(path.c_str()) != 0) return PathError(errno, "unlink " + path);
     return Status::OK();
   }
 
   Status RenameFile(const std::string& from, const std::string& to) override {
-    if (::rename(from.c_str(), to.c_str()) != 0) return Status::FromErrno(errno, "rename " + from);
+    if (::rename(from.c_str(), to.c_str()) != 0) return PathError(errno, "rename " + from + " to " + to);
     return Status::OK();
   }
 
@@ -263,6 +295,12 @@ Result<std::unique_ptr<FileLock>> Env::LockFile(const std::string& path) {
     return Status::FromErrno(err, "flock " + path);
   }
   return std::unique_ptr<FileLock>(new PosixFileLock(fd));
+}
+
+Result<FileInfo> Env::GetFileInfo(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return PathError(errno, "stat " + path);
+  return InfoOf(st);
 }
 
 Env* Env::Default() {

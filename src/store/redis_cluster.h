@@ -31,8 +31,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <mutex>
-#include <shared_mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -40,6 +38,7 @@
 #include <vector>
 
 #include "kvault/status.h"
+#include "store/mutex.h"
 
 namespace kvault {
 
@@ -142,7 +141,7 @@ class RedisCluster {
   struct Redirect;
 
   explicit RedisCluster(const RedisClusterOptions& options);
-  std::shared_ptr<Node> NodeAtLocked(const std::string& address);  // REQUIRES: topo_mu_ held (unique)
+  std::shared_ptr<Node> NodeAtLocked(const std::string& address) REQUIRES(topo_mu_);
   std::shared_ptr<Node> NodeAt(const std::string& address);
   std::shared_ptr<Node> NodeForSlot(uint16_t slot);
   // Sends `commands` to `node` on one of its connections and reads every reply (ASKING ones
@@ -158,16 +157,16 @@ class RedisCluster {
   // Updated by the connections too; declared before nodes_ so that it outlives them.
   const std::unique_ptr<Counters> counters_;
 
-  mutable std::shared_mutex topo_mu_;
-  std::vector<std::shared_ptr<Node>> nodes_;  // every node ever seen; GUARDED_BY(topo_mu_)
-  // Index into nodes_ of each slot's master, -1 when unknown; GUARDED_BY(topo_mu_).
-  std::array<int16_t, kRedisClusterSlots> slot_owner_;
-  std::vector<int> masters_;  // indexes into nodes_; GUARDED_BY(topo_mu_)
+  mutable SharedMutex topo_mu_;
+  std::vector<std::shared_ptr<Node>> nodes_ GUARDED_BY(topo_mu_);  // every node ever seen
+  // Index into nodes_ of each slot's master, -1 when unknown.
+  std::array<int16_t, kRedisClusterSlots> slot_owner_ GUARDED_BY(topo_mu_);
+  std::vector<int> masters_ GUARDED_BY(topo_mu_);  // indexes into nodes_
 
-  std::mutex refresh_mu_;
+  Mutex refresh_mu_;
   std::condition_variable refresh_cv_;
-  bool refresh_wanted_ = false;  // GUARDED_BY(refresh_mu_)
-  bool stopping_ = false;        // GUARDED_BY(refresh_mu_)
+  bool refresh_wanted_ GUARDED_BY(refresh_mu_) = false;
+  bool stopping_ GUARDED_BY(refresh_mu_) = false;
   std::thread refresher_;
 
 };

@@ -3,10 +3,10 @@
 #include <atomic>
 #include <chrono>
 #include <list>
-#include <mutex>
 #include <unordered_map>
 
 #include "store/little_endian.h"
+#include "store/mutex.h"
 #include "store/redis_cluster.h"
 
 namespace kvault {
@@ -143,7 +143,7 @@ class RedisTier final : public RemoteTier {
   RemoteTierStats Stats() const override {
     RemoteTierStats s = counters_.Snapshot();
     s.capacity_bytes = options_.budget_bytes;
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     s.used_bytes = used_bytes_;
     return s;
   }
@@ -302,7 +302,7 @@ class RedisTier final : public RemoteTier {
   // Accounts a value about to be put (replacing this key's entry) and picks the values to
   // delete to stay within the budget, oldest first. Returns the entry's ticket.
   uint64_t Admit(const ChunkKey& key, uint64_t bytes, uint32_t parts, std::vector<Owned>* victims) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     EraseLocked(key);
     const Clock::time_point now = Clock::now();
     DropExpiredLocked(now);
@@ -320,14 +320,14 @@ class RedisTier final : public RemoteTier {
 
   // Entries old enough to have expired in Redis stop counting. TTLs are equal, so the oldest
   // puts expire first; an expired entry behind a newer one waits until it reaches the front.
-  void DropExpiredLocked(Clock::time_point now) {  // REQUIRES: mu_ held
+  void DropExpiredLocked(Clock::time_point now) REQUIRES(mu_) {
     if (options_.ttl_seconds == 0) return;
     while (!lru_.empty() && now - lru_.front().put_at > std::chrono::seconds(options_.ttl_seconds)) {
       EraseLocked(lru_.front().key);
     }
   }
 
-  void EraseLocked(const ChunkKey& key) {  // REQUIRES: mu_ held
+  void EraseLocked(const ChunkKey& key) REQUIRES(mu_) {
     auto it = index_.find(key);
     if (it == index_.end()) return;
     used_bytes_ -= it->second->bytes;
@@ -337,13 +337,13 @@ class RedisTier final : public RemoteTier {
 
   // Undoes Admit after a failed write, unless a later Put of the key replaced the entry.
   void Forget(const ChunkKey& key, uint64_t ticket) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     auto it = index_.find(key);
     if (it != index_.end() && it->second->ticket == ticket) EraseLocked(key);
   }
 
   void Touch(const ChunkKey& key) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     auto it = index_.find(key);
     if (it != index_.end()) lru_.splice(lru_.end(), lru_, it->second);
   }
@@ -376,11 +376,11 @@ class RedisTier final : public RemoteTier {
   const std::string ttl_text_;
   const std::unique_ptr<RedisCluster> cluster_;
 
-  mutable std::mutex mu_;
-  Lru lru_;                                                           // GUARDED_BY(mu_)
-  std::unordered_map<ChunkKey, Lru::iterator, DigestHash> index_;     // GUARDED_BY(mu_)
-  uint64_t used_bytes_ = 0;                                           // GUARDED_BY(mu_)
-  uint64_t next_ticket_ = 1;                                          // GUARDED_BY(mu_)
+  mutable Mutex mu_;
+  Lru lru_ GUARDED_BY(mu_);
+  std::unordered_map<ChunkKey, Lru::iterator, DigestHash> index_ GUARDED_BY(mu_);
+  uint64_t used_bytes_ GUARDED_BY(mu_) = 0;
+  uint64_t next_ticket_ GUARDED_BY(mu_) = 1;
 
   RemoteTierCounters counters_;
 };

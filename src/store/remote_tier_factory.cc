@@ -12,7 +12,7 @@ std::string Trim(const std::string& s) {
   return s.substr(b, s.find_last_not_of(" \t") - b + 1);
 }
 
-Result<std::unique_ptr<RemoteTier>> OpenRedis(const ClusterTierOptions& o) {
+Result<std::unique_ptr<RemoteTier>> OpenRedis(const T3Options& o) {
   RedisTierOptions ro;
   ro.seeds = SplitSeeds(o.redis_seeds);
   if (ro.seeds.empty()) return Status::InvalidArgument("cluster tier \"redis\" needs at least one seed host:port");
@@ -25,13 +25,14 @@ Result<std::unique_ptr<RemoteTier>> OpenRedis(const ClusterTierOptions& o) {
   return OpenRedisTier(ro);
 }
 
-Result<std::unique_ptr<RemoteTier>> OpenSharedDir(const ClusterTierOptions& o) {
+Result<std::unique_ptr<RemoteTier>> OpenSharedDir(const T3Options& o, Env* env) {
   if (o.shared_dir.empty()) return Status::InvalidArgument("cluster tier \"shared-dir\" needs a directory");
   SharedDirTierOptions so;
   so.dir = o.shared_dir;
   so.budget_bytes = o.budget_bytes;
   so.ttl_seconds = o.ttl_seconds;
   so.sync = o.shared_dir_sync;
+  so.env = env;  // nullptr: Env::Default()
   return OpenSharedDirTier(so);
 }
 
@@ -52,9 +53,9 @@ std::vector<std::string> SplitSeeds(const std::vector<std::string>& seeds) {
   return out;
 }
 
-Result<std::unique_ptr<RemoteTier>> OpenRemoteTier(const ClusterTierOptions& options) {
+Result<std::unique_ptr<RemoteTier>> OpenRemoteTier(const T3Options& options, Env* env) {
   if (options.kind == "redis") return OpenRedis(options);
-  if (options.kind == "shared-dir") return OpenSharedDir(options);
+  if (options.kind == "shared-dir") return OpenSharedDir(options, env);
   if (options.kind.empty()) return Status::InvalidArgument("the cluster tier is off (no kind)");
   return Status::InvalidArgument("unknown cluster tier kind \"" + options.kind + "\" (redis or shared-dir)");
 }

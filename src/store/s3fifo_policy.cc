@@ -74,9 +74,10 @@ Entry* S3FifoPolicy::PickVictim(const std::function<bool(const Entry*)>& eligibl
 
 // The cursor `it` walks from the tail towards the head. Everything at or behind it is
 // ineligible, so each ineligible entry is passed once per call.
-Entry* S3FifoPolicy::FromSmall(const std::function<bool(const Entry*)>& eligible, size_t& budget) {
-  auto it = small_.end();
-  while (it != small_.begin() && budget > 0) {
+Entry* S3FifoPolicy::Walk(std::list<Entry*>& queue, const std::function<bool(const Entry*)>& eligible,
+                          size_t& budget, const std::function<void(std::list<Entry*>::iterator, Slot&)>& reuse) {
+  auto it = queue.end();
+  while (it != queue.begin() && budget > 0) {
     --budget;
     auto cur = std::prev(it);
     Entry* e = *cur;
@@ -86,34 +87,29 @@ Entry* S3FifoPolicy::FromSmall(const std::function<bool(const Entry*)>& eligible
     }
     Slot& s = slots_.at(e);
     if (s.freq == 0) return e;
+    reuse(cur, s);
+  }
+  return nullptr;
+}
+
+Entry* S3FifoPolicy::FromSmall(const std::function<bool(const Entry*)>& eligible, size_t& budget) {
+  return Walk(small_, eligible, budget, [&](std::list<Entry*>::iterator cur, Slot& s) {
     // Used while on probation: to M's head, with its count spent. splice keeps s.pos valid.
     main_.splice(main_.begin(), small_, cur);
     s.in_main = true;
     s.freq = 0;
     small_weight_ -= s.weight;
-  }
-  return nullptr;
+  });
 }
 
 // Eligible entries with uses left go back to the head, ahead of the cursor, with one use
 // fewer: every such step spends a use some Touch added, so the loop ends, and it returns an
 // entry whenever M holds an eligible one.
 Entry* S3FifoPolicy::FromMain(const std::function<bool(const Entry*)>& eligible, size_t& budget) {
-  auto it = main_.end();
-  while (it != main_.begin() && budget > 0) {
-    --budget;
-    auto cur = std::prev(it);
-    Entry* e = *cur;
-    if (!eligible(e)) {
-      it = cur;
-      continue;
-    }
-    Slot& s = slots_.at(e);
-    if (s.freq == 0) return e;
+  return Walk(main_, eligible, budget, [&](std::list<Entry*>::iterator cur, Slot& s) {
     --s.freq;
     main_.splice(main_.begin(), main_, cur);
-  }
-  return nullptr;
+  });
 }
 
 }  // namespace kvault

@@ -47,6 +47,11 @@ class S3FifoPolicy final : public EvictionPolicy {
   // Search S (or M) from its tail; each entry visited spends one unit of `budget`.
   Entry* FromSmall(const std::function<bool(const Entry*)>& eligible, size_t& budget);
   Entry* FromMain(const std::function<bool(const Entry*)>& eligible, size_t& budget);
+  // The walk both share: from `queue`'s tail, the first eligible entry with no uses left is
+  // the victim; an eligible entry with uses left goes to `reuse` (which moves it to a queue's
+  // head, so the cursor stays valid).
+  Entry* Walk(std::list<Entry*>& queue, const std::function<bool(const Entry*)>& eligible, size_t& budget,
+              const std::function<void(std::list<Entry*>::iterator, Slot&)>& reuse);
   void RememberGhost(const ChunkKey& key);
 
   std::list<Entry*> small_, main_;  // front = newest

@@ -71,7 +71,10 @@ Result<std::unique_ptr<SegmentLog>> SegmentLog::Open(const Options& options, con
       ++stats->torn;
       continue;
     }
-    log->segments_[id] = std::move(seg);
+    {
+      MutexLock lock(log->mu_);  // uncontended: nobody else has the log yet
+      log->segments_[id] = std::move(seg);
+    }
     log->next_id_ = id + 1;
     ++stats->segments;
   }
@@ -211,7 +214,7 @@ Status SegmentLog::StartSegment() {
   auto file = options_.env->OpenFile(seg.path, fo);
   if (!file.ok()) return file.status();
   seg.file = std::move(file.value());
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   dir_unsynced_ = true;  // the next Sync() makes the new name durable
   segments_[id] = std::move(seg);
   active_ = id;
@@ -223,7 +226,7 @@ Status SegmentLog::StartSegment() {
 void SegmentLog::SealActive() {
   std::shared_ptr<File> file;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     file = segments_.at(*active_).file;
   }
   const size_t entries = active_index_.size() / kIndexEntryBytes;
@@ -239,7 +242,7 @@ void SegmentLog::SealActive() {
   bool ok = file->WriteBatch({&op, 1}).ok();
   // A segment whose trailer did not land is scanned on the next open; it still takes no
   // more appends either way.
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   unsynced_.push_back(file);
   Segment& seg = segments_.at(*active_);
   seg.bytes = std::max(seg.bytes, write_offset_ + (ok ? area + kBlockBytes : 0));
@@ -286,12 +289,12 @@ void SegmentLog::Append(std::span<AppendItem> items) {
     }
     std::shared_ptr<File> file;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       file = segments_.at(*active_).file;
     }
     Status st = file->WriteBatch(ops);
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       for (size_t k = i; k < j; ++k) {
         items[k].status = st;
         if (!st.ok()) continue;
@@ -315,7 +318,7 @@ void SegmentLog::Append(std::span<AppendItem> items) {
 Status SegmentLog::ReadRecord(DiskLocation loc, const RecordHeader& expected, std::span<const IoSlice> payload) const {
   std::shared_ptr<File> file;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     auto it = segments_.find(loc.segment);
     if (it == segments_.end()) return Status::NotFound("segment reclaimed");
     file = it->second.file;
@@ -347,7 +350,7 @@ Status SegmentLog::Sync() {
   std::vector<std::shared_ptr<File>> files;
   bool sync_dir;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     files.swap(unsynced_);
     if (active_) files.push_back(segments_.at(*active_).file);
     sync_dir = std::exchange(dir_unsynced_, false);
@@ -356,7 +359,7 @@ Status SegmentLog::Sync() {
   if (sync_dir) {
     first = options_.env->SyncDir(options_.dir);
     if (!first.ok()) {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       dir_unsynced_ = true;  // try again at the next flush
     }
   }
@@ -370,7 +373,7 @@ Status SegmentLog::Sync() {
 Status SegmentLog::RemoveSegment(uint32_t id) {
   std::string path;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     auto it = segments_.find(id);
     if (it == segments_.end()) return Status::NotFound("no such segment");
     if (active_ && *active_ == id) return Status::InvalidArgument("cannot remove the active segment");
@@ -381,7 +384,7 @@ Status SegmentLog::RemoveSegment(uint32_t id) {
 }
 
 uint64_t SegmentLog::UsedBytes() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   uint64_t total = 0;
   for (const auto& [id, seg] : segments_) total += seg.bytes;
   if (active_) total += IndexAreaBytes(active_index_.size() / kIndexEntryBytes) + kBlockBytes;
@@ -389,7 +392,7 @@ uint64_t SegmentLog::UsedBytes() const {
 }
 
 uint64_t SegmentLog::BytesNeeded(std::span<const uint64_t> record_bytes) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   // Replays Append's placement decisions. A segment counts offset + index area + trailer,
   // whether active (UsedBytes) or sealed (SealActive), so the growth is `after - before`.
   // Every roll costs a trailer block and a rounded index area: a batch spanning several
@@ -417,7 +420,7 @@ uint64_t SegmentLog::BytesNeeded(std::span<const uint64_t> record_bytes) const {
 }
 
 std::optional<uint32_t> SegmentLog::OldestInactive() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   for (const auto& [id, seg] : segments_) {
     if (!active_ || *active_ != id) return id;
   }
@@ -425,7 +428,7 @@ std::optional<uint32_t> SegmentLog::OldestInactive() const {
 }
 
 std::vector<SegmentInfo> SegmentLog::Segments() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   std::vector<SegmentInfo> out;
   for (const auto& [id, seg] : segments_) {
     out.push_back({id, seg.path, seg.bytes, seg.sealed, active_ && *active_ == id});

@@ -8,7 +8,6 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -16,6 +15,7 @@
 
 #include "kvault/env.h"
 #include "store/aligned_buffer.h"
+#include "store/mutex.h"
 #include "store/record_format.h"
 
 namespace kvault {
@@ -110,16 +110,17 @@ class SegmentLog {
   const Options options_;
   bool direct_io_ = false;
 
-  mutable std::mutex mu_;
-  std::map<uint32_t, Segment> segments_;  // GUARDED_BY(mu_)
-  // The active segment; written only by the appending thread, read under mu_.
+  mutable Mutex mu_;
+  std::map<uint32_t, Segment> segments_ GUARDED_BY(mu_);
+  // The active segment; written only by the appending thread (under mu_), read by it without
+  // mu_ and by the others under mu_: no GUARDED_BY, which would forbid the appender's reads.
   std::optional<uint32_t> active_;
   uint64_t write_offset_ = 0;
   std::vector<uint8_t> active_index_;  // encoded index entries of the active segment
   uint32_t next_id_ = 1;
   // Segments sealed since the last Sync(); they are synced by the next one.
-  std::vector<std::shared_ptr<File>> unsynced_;  // GUARDED_BY(mu_)
-  bool dir_unsynced_ = false;  // a segment was created since the last Sync(); GUARDED_BY(mu_)
+  std::vector<std::shared_ptr<File>> unsynced_ GUARDED_BY(mu_);
+  bool dir_unsynced_ GUARDED_BY(mu_) = false;  // a segment was created since the last Sync()
   AlignedBuffer header_blocks_;  // used by Append only
   std::unique_ptr<FileLock> lock_;  // this process owns the directory
 };

@@ -1,17 +1,12 @@
 #include "store/shared_dir_tier.h"
 
-#include <dirent.h>
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
-#include <filesystem>
 #include <vector>
 
 namespace kvault {
@@ -36,8 +31,6 @@ int64_t WallNowNs() {
   clock_gettime(CLOCK_REALTIME, &ts);
   return int64_t{ts.tv_sec} * kNanosPerSecond + ts.tv_nsec;
 }
-
-int64_t MtimeNs(const struct stat& st) { return int64_t{st.st_mtim.tv_sec} * kNanosPerSecond + st.st_mtim.tv_nsec; }
 
 long ThreadId() {
   thread_local const long tid = ::syscall(SYS_gettid);
@@ -86,67 +79,39 @@ bool ParseValueName(const char* name, ChunkKey* key) {
   return true;
 }
 
-// A file a reader may find gone or replaced at any moment: these errnos mean "not there".
-bool IsGoneErrno(int err) { return err == ENOENT || err == ENOTDIR || err == ESTALE; }
-
-// mkdir that accepts an existing directory (nodes race to create the tree).
-Status MakeDir(const std::string& path) {
-  if (::mkdir(path.c_str(), 0755) == 0) return Status::OK();
-  const int err = errno;
-  struct stat st;
-  if (err == EEXIST && ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return Status::OK();
-  return Status::FromErrno(err, "mkdir " + path);
+// The tier's files are small and read or written whole, on a network file system: buffered
+// I/O, no io_uring.
+FileOpenOptions TempFileOptions() {
+  FileOpenOptions o;
+  o.create = true;
+  o.exclusive = true;  // the name is unique by construction; an existing file means a bug
+  o.writable = true;
+  o.direct_io = false;
+  o.use_io_uring = false;
+  return o;
 }
 
-// An error of Open: never kNotFound (that code means a miss), always naming the directory.
-Status OpenError(int err, const std::string& what) {
-  Status st = Status::FromErrno(err, "shared-dir tier: " + what);
-  return st.code() == Code::kNotFound ? Status::IOError(st.message()) : st;
+FileOpenOptions ValueReadOptions() {
+  FileOpenOptions o;
+  o.direct_io = false;
+  o.use_io_uring = false;
+  return o;
 }
 
-Status WriteAll(int fd, std::span<const std::byte> data, const std::string& path) {
-  size_t done = 0;
-  while (done < data.size()) {
-    const ssize_t n = ::pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno(errno, "write " + path);
-    }
-    if (n == 0) return Status::IOError("write " + path + ": wrote nothing");
-    done += static_cast<size_t>(n);
-  }
-  return Status::OK();
+// `st` with `what` in front of its message, and kNotFound (which means a miss) turned into
+// kIOError: for errors of Open and Put.
+Status NotAMiss(const Status& st, const std::string& what) {
+  std::string message = what.empty() ? st.message() : what + ": " + st.message();
+  return {st.code() == Code::kNotFound ? Code::kIOError : st.code(), std::move(message)};
 }
 
-// Reads `out->size()` bytes from offset 0. kNotFound when the file ends early or vanishes
-// (another node deleted or truncated it): a miss, never partial data.
-Status ReadAll(int fd, std::vector<std::byte>* out, const std::string& path) {
-  size_t done = 0;
-  while (done < out->size()) {
-    const ssize_t n = ::pread(fd, out->data() + done, out->size() - done, static_cast<off_t>(done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (IsGoneErrno(errno)) return Status::NotFound("vanished while read: " + path);
-      return Status::FromErrno(errno, "read " + path);
-    }
-    if (n == 0) return Status::NotFound("shrank while read: " + path);
-    done += static_cast<size_t>(n);
-  }
-  return Status::OK();
-}
-
-// Closes `fd` on every path out of a scope.
-struct FdCloser {
-  int fd;
-  ~FdCloser() {
-    if (fd >= 0) ::close(fd);
-  }
-};
+// An error of Open: never kNotFound, always naming the directory.
+Status OpenError(const Status& st, const std::string& what) { return NotAMiss(st, "shared-dir tier: " + what); }
 
 // One published value a GC pass may delete.
 struct GcCandidate {
   int64_t mtime_ns;
-  uint64_t ino;
+  uint64_t inode;
   uint64_t bytes;
   ChunkKey key;
 };
@@ -161,7 +126,10 @@ std::string SharedDirTier::ValuePath(const std::string& root, const ChunkKey& ke
 bool SharedDirTier::IsTempName(const std::string& name) { return name.size() > 1 && name[0] == '.' && EndsWith(name, kTempSuffix); }
 
 SharedDirTier::SharedDirTier(const SharedDirTierOptions& options)
-    : options_(options), root_(options.dir + "/" + kTreeName), host_(SanitizedHostName()) {}
+    : options_(options),
+      env_(options.env != nullptr ? options.env : Env::Default()),
+      root_(options.dir + "/" + kTreeName),
+      host_(SanitizedHostName()) {}
 
 Result<std::unique_ptr<SharedDirTier>> SharedDirTier::Open(const SharedDirTierOptions& options) {
   if (options.dir.empty()) return Status::InvalidArgument("shared-dir tier: no directory given");
@@ -180,7 +148,7 @@ Result<std::unique_ptr<RemoteTier>> OpenSharedDirTier(const SharedDirTierOptions
 
 SharedDirTier::~SharedDirTier() {
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     stopping_ = true;
     stop_requested_ = true;
   }
@@ -189,13 +157,15 @@ SharedDirTier::~SharedDirTier() {
 }
 
 Status SharedDirTier::CreateTree() {
-  std::error_code ec;
-  std::filesystem::create_directories(options_.dir, ec);
-  if (ec) return OpenError(ec.value(), "cannot create directory " + options_.dir);
-  if (::mkdir(root_.c_str(), 0755) != 0 && errno != EEXIST) return OpenError(errno, "cannot create directory " + root_);
+  // CreateDirs accepts a directory that exists: nodes race to create the tree.
+  Status st = env_->CreateDirs(options_.dir);
+  if (!st.ok()) return OpenError(st, "cannot create directory " + options_.dir);
+  st = env_->CreateDirs(root_);
+  if (!st.ok()) return OpenError(st, "cannot create directory " + root_);
   for (int shard = 0; shard < kShards; ++shard) {
     const std::string path = root_ + "/" + ShardName(shard);
-    if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) return OpenError(errno, "cannot create directory " + path);
+    st = env_->CreateDirs(path);
+    if (!st.ok()) return OpenError(st, "cannot create directory " + path);
   }
   return Status::OK();
 }
@@ -204,14 +174,17 @@ Status SharedDirTier::CheckWritable() {
   // Named like a temp file, so GC removes it should this process die right here.
   const std::string probe = root_ + "/00/.probe." + host_ + "." + std::to_string(::getpid()) + "." +
                             std::to_string(g_temp_counter.fetch_add(1)) + kTempSuffix;
-  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return OpenError(errno, "directory " + root_ + " is not writable");
-  const char byte = 0;
-  const bool wrote = ::write(fd, &byte, 1) == 1;
-  const int write_errno = errno;
-  ::close(fd);
-  ::unlink(probe.c_str());
-  if (!wrote) return OpenError(write_errno, "directory " + root_ + " is not writable");
+  const std::string what = "directory " + root_ + " is not writable";
+  auto file = env_->OpenFile(probe, TempFileOptions());
+  if (!file.ok()) return OpenError(file.status(), what);
+  std::byte byte{0};
+  const IoSlice slice{&byte, 1};
+  const WriteOp op{0, {slice}};
+  Status st = (*file)->WriteBatch({&op, 1});
+  const Status closed = (*file)->Close();
+  if (st.ok()) st = closed;
+  (void)env_->RemoveFile(probe);
+  if (!st.ok()) return OpenError(st, what);
   return Status::OK();
 }
 
@@ -230,16 +203,16 @@ std::string SharedDirTier::TempPath(const std::string& value_path, const ChunkKe
 // Put: temp file, fsync, rename.
 
 Status SharedDirTier::WriteTemp(const std::string& tmp, std::span<const std::byte> record) {
-  // O_EXCL: the name is unique by construction; an existing file means something is wrong.
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return Status::FromErrno(errno, "create " + tmp);
-  FdCloser closer{fd};
-  KVAULT_RETURN_IF_ERROR(WriteAll(fd, record, tmp));
-  if (options_.sync && ::fsync(fd) != 0) return Status::FromErrno(errno, "fsync " + tmp);
-  closer.fd = -1;
+  auto file = env_->OpenFile(tmp, TempFileOptions());
+  if (!file.ok()) return file.status();
+  // File::WriteBatch takes mutable slices for reads' sake; writes never change the bytes.
+  const IoSlice slice{const_cast<std::byte*>(record.data()), record.size()};
+  const WriteOp op{0, {slice}};
+  Status st = (*file)->WriteBatch({&op, 1});
+  if (st.ok() && options_.sync) st = (*file)->Sync();
   // On NFS, close reports write-back errors the writes did not.
-  if (::close(fd) != 0) return Status::FromErrno(errno, "close " + tmp);
-  return Status::OK();
+  const Status closed = (*file)->Close();
+  return st.ok() ? closed : st;
 }
 
 Status SharedDirTier::Publish(const ChunkKey& key, std::span<const std::byte> record) {
@@ -248,22 +221,20 @@ Status SharedDirTier::Publish(const ChunkKey& key, std::span<const std::byte> re
   Status st = WriteTemp(tmp, record);
   if (st.code() == Code::kNotFound) {
     // The shard directory is gone (someone removed the tree): make it again, once.
-    ::unlink(tmp.c_str());
-    (void)MakeDir(root_);
-    (void)MakeDir(path.substr(0, path.rfind('/')));
+    (void)env_->RemoveFile(tmp);
+    (void)env_->CreateDirs(path.substr(0, path.rfind('/')));
     tmp = TempPath(path, key);
     st = WriteTemp(tmp, record);
   }
   if (!st.ok()) {
-    ::unlink(tmp.c_str());  // whatever part of it landed
-    return st.code() == Code::kNotFound ? Status::IOError(st.message()) : st;
+    (void)env_->RemoveFile(tmp);  // whatever part of it landed
+    return NotAMiss(st, "");
   }
   // The atomic step: readers see the old file, no file, or this one whole.
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    Status rst = Status::FromErrno(err, "rename " + tmp + " to " + path);
-    return rst.code() == Code::kNotFound ? Status::IOError(rst.message()) : rst;
+  st = env_->RenameFile(tmp, path);
+  if (!st.ok()) {
+    (void)env_->RemoveFile(tmp);
+    return NotAMiss(st, "");
   }
   return Status::OK();
 }
@@ -290,39 +261,53 @@ bool SharedDirTier::Expired(int64_t mtime_ns) const {
   return WallNowNs() - mtime_ns > static_cast<int64_t>(options_.ttl_seconds) * kNanosPerSecond;
 }
 
-void SharedDirTier::RemoveIfExpired(const std::string& path, uint64_t ino) {
+void SharedDirTier::RemoveIfExpired(const std::string& path, uint64_t inode) {
   // Re-checked right before unlinking, so a value another node just republished under this
   // name is (almost always) spared; when the race is lost, it costs one miss.
-  struct stat st;
-  if (::lstat(path.c_str(), &st) != 0 || st.st_ino != ino || !Expired(MtimeNs(st))) return;
-  if (::unlink(path.c_str()) == 0) expired_.fetch_add(1, std::memory_order_relaxed);
+  auto info = env_->GetFileInfo(path);
+  if (!info.ok() || info->inode != inode || !Expired(info->mtime_ns)) return;
+  if (env_->RemoveFile(path).ok()) expired_.fetch_add(1, std::memory_order_relaxed);
+}
+
+Result<std::vector<std::byte>> SharedDirTier::ReadValue(const std::string& path, const ChunkKey& key) {
+  auto file = env_->OpenFile(path, ValueReadOptions());
+  if (!file.ok()) {
+    if (file.status().code() == Code::kNotFound) return Status::NotFound("shared-dir tier: no value " + key.ShortHex());
+    return CountError(file.status());
+  }
+  // The open file pins its inode: a rename over the name or an unlink by another node's GC
+  // does not change what this reads (NFS may still say ESTALE: a miss).
+  auto info = (*file)->Info();
+  if (!info.ok()) {
+    if (info.status().code() == Code::kNotFound) return Status::NotFound("shared-dir tier: value vanished " + key.ShortHex());
+    return CountError(info.status());
+  }
+  if (!info->regular) return CountError(Status::Corruption("not a regular file: " + path));
+  if (Expired(info->mtime_ns)) {
+    RemoveIfExpired(path, info->inode);
+    return Status::NotFound("shared-dir tier: value expired " + key.ShortHex());
+  }
+  if (info->size == 0 || info->size > kMaxValueBytes) {
+    return CountError(Status::Corruption("implausible value size: " + path));
+  }
+  std::vector<std::byte> value(info->size);
+  const IoSlice slice{value.data(), value.size()};
+  Status st = (*file)->Read(0, {&slice, 1});
+  // A short read (kCorruption from File::Read) means another node truncated or deleted the
+  // file meanwhile (NFS: ENOENT, a kNotFound): a miss, never partial data.
+  if (st.code() == Code::kCorruption || st.code() == Code::kNotFound) {
+    return Status::NotFound("shared-dir tier: value vanished while read: " + path);
+  }
+  if (!st.ok()) return CountError(std::move(st));
+  return value;
 }
 
 Result<std::vector<std::byte>> SharedDirTier::Get(const ChunkKey& key) {
   counters_.gets.fetch_add(1, std::memory_order_relaxed);
-  const std::string path = ValuePath(root_, key);
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    if (IsGoneErrno(errno)) return Status::NotFound("shared-dir tier: no value " + key.ShortHex());
-    return CountError(Status::FromErrno(errno, "open " + path));
-  }
-  FdCloser closer{fd};
-  struct stat st;
-  if (::fstat(fd, &st) != 0) return CountError(Status::FromErrno(errno, "fstat " + path));
-  if (!S_ISREG(st.st_mode)) return CountError(Status::Corruption("not a regular file: " + path));
-  if (Expired(MtimeNs(st))) {
-    RemoveIfExpired(path, st.st_ino);
-    return Status::NotFound("shared-dir tier: value expired " + key.ShortHex());
-  }
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
-  if (size == 0 || size > kMaxValueBytes) return CountError(Status::Corruption("implausible value size: " + path));
-  // The descriptor pins the inode: a rename over the name or an unlink by another node's GC
-  // does not change what this reads (NFS may still say ESTALE: a miss).
-  std::vector<std::byte> value(size);
-  Status st_read = ReadAll(fd, &value, path);
-  if (!st_read.ok()) return st_read.code() == Code::kNotFound ? st_read : CountError(std::move(st_read));
+  auto value = ReadValue(ValuePath(root_, key), key);
+  if (!value.ok()) return value.status();
   counters_.get_hits.fetch_add(1, std::memory_order_relaxed);
-  counters_.bytes_got.fetch_add(size, std::memory_order_relaxed);
+  counters_.bytes_got.fetch_add(value->size(), std::memory_order_relaxed);
   return value;
 }
 
@@ -331,14 +316,14 @@ std::vector<bool> SharedDirTier::Contains(std::span<const ChunkKey> keys) {
   std::vector<bool> found(keys.size(), false);
   for (size_t i = 0; i < keys.size(); ++i) {
     const std::string path = ValuePath(root_, keys[i]);
-    struct stat st;
-    if (::stat(path.c_str(), &st) != 0) {
-      if (!IsGoneErrno(errno)) counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    auto info = env_->GetFileInfo(path);
+    if (!info.ok()) {
+      if (info.status().code() != Code::kNotFound) counters_.errors.fetch_add(1, std::memory_order_relaxed);
       continue;
     }
-    if (!S_ISREG(st.st_mode)) continue;
-    if (Expired(MtimeNs(st))) {
-      RemoveIfExpired(path, st.st_ino);
+    if (!info->regular) continue;
+    if (Expired(info->mtime_ns)) {
+      RemoveIfExpired(path, info->inode);
       continue;
     }
     found[i] = true;
@@ -358,7 +343,7 @@ void SharedDirTier::NoteBytesPut(uint64_t bytes) {
   if (options_.budget_bytes == 0) return;
   bool wake = false;
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     if (!gc_wanted_ && EstimateLocked() > options_.budget_bytes) gc_wanted_ = wake = true;
   }
   if (wake) cv_.notify_one();
@@ -374,47 +359,47 @@ bool SharedDirTier::PassWantedLocked(std::chrono::steady_clock::time_point now) 
 void SharedDirTier::MaybeCollectInline() {
   const auto now = std::chrono::steady_clock::now();
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(mu_);
     if (!PassWantedLocked(now)) return;
     if (gc_stats_.passes > 0 && now < last_pass_ + std::chrono::milliseconds(options_.min_gc_interval_ms)) return;
   }
-  std::unique_lock<std::mutex> gc(gc_mu_, std::try_to_lock);
-  if (!gc.owns_lock()) return;  // another thread is running a pass already
+  if (!gc_mu_.try_lock()) return;  // another thread is running a pass already
+  MutexLock gc(gc_mu_, std::adopt_lock);
   (void)RunGcPassLocked();
 }
 
 void SharedDirTier::GcThreadMain() {
-  std::unique_lock<std::mutex> l(mu_);
+  MutexLock l(mu_);
   while (!stopping_) {
     const auto now = std::chrono::steady_clock::now();
     const auto earliest = last_pass_ + std::chrono::milliseconds(options_.min_gc_interval_ms);
     const bool wanted = PassWantedLocked(now);
     if (wanted && (gc_stats_.passes == 0 || now >= earliest)) {
-      l.unlock();
+      l.Unlock();
       {
-        std::lock_guard<std::mutex> gc(gc_mu_);
+        MutexLock gc(gc_mu_);
         (void)RunGcPassLocked();
       }
-      l.lock();
+      l.Lock();
       continue;
     }
     if (wanted) {
-      cv_.wait_until(l, earliest);
+      cv_.wait_until(l.native(), earliest);
     } else if (options_.scan_interval_ms != 0) {
-      cv_.wait_until(l, last_pass_ + std::chrono::milliseconds(options_.scan_interval_ms));
+      cv_.wait_until(l.native(), last_pass_ + std::chrono::milliseconds(options_.scan_interval_ms));
     } else {
-      cv_.wait(l);  // until a Put finds the estimate over budget, or shutdown
+      cv_.wait(l.native());  // until a Put finds the estimate over budget, or shutdown
     }
   }
 }
 
 Status SharedDirTier::CollectGarbage() {
-  std::lock_guard<std::mutex> gc(gc_mu_);
+  MutexLock gc(gc_mu_);
   return RunGcPassLocked();
 }
 
 SharedDirGcStats SharedDirTier::GcStats() const {
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(mu_);
   SharedDirGcStats s = gc_stats_;
   s.expired = expired_.load(std::memory_order_relaxed);
   return s;
@@ -425,9 +410,11 @@ Status SharedDirTier::RunGcPassLocked() {
   const int64_t now_ns = WallNowNs();
   const int64_t stale_ns = static_cast<int64_t>(options_.stale_temp_seconds) * kNanosPerSecond;
   Status first_error;
-  auto note_error = [&](int err, const std::string& what) {
+  // Counts a failure other than "gone" (another node renamed or deleted the entry first).
+  auto note_error = [&](const Status& st) {
+    if (st.ok() || st.code() == Code::kNotFound) return;
     counters_.errors.fetch_add(1, std::memory_order_relaxed);
-    if (first_error.ok()) first_error = Status::FromErrno(err, what);
+    if (first_error.ok()) first_error = st;
   };
 
   // 1. Scan every shard: total the bytes, delete expired values and stale temp files, and
@@ -436,27 +423,26 @@ Status SharedDirTier::RunGcPassLocked() {
   std::vector<GcCandidate> candidates;
   for (int shard = 0; shard < kShards && !stop_requested_.load(); ++shard) {
     const std::string dir = root_ + "/" + ShardName(shard);
-    DIR* d = ::opendir(dir.c_str());
-    if (d == nullptr) {
-      if (!IsGoneErrno(errno)) note_error(errno, "opendir " + dir);
+    auto names = env_->ListDir(dir);
+    if (!names.ok()) {
+      note_error(names.status());
       continue;
     }
-    const int dfd = ::dirfd(d);
-    while (dirent* e = ::readdir(d)) {
-      const std::string name = e->d_name;
+    for (const std::string& name : *names) {
       ChunkKey key;
       const bool temp = IsTempName(name);
-      if (!temp && !ParseValueName(e->d_name, &key)) continue;  // ".", "..", foreign files
-      struct stat st;
-      if (::fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
-        if (!IsGoneErrno(errno)) note_error(errno, "stat " + dir + "/" + name);
-        continue;  // renamed or deleted since readdir
+      if (!temp && !ParseValueName(name.c_str(), &key)) continue;  // foreign files
+      const std::string path = dir + "/" + name;
+      auto info = env_->GetFileInfo(path);
+      if (!info.ok()) {
+        note_error(info.status());
+        continue;  // renamed or deleted since the listing
       }
-      if (!S_ISREG(st.st_mode)) continue;
-      const uint64_t bytes = static_cast<uint64_t>(st.st_size);
-      const bool too_old = temp ? now_ns - MtimeNs(st) > stale_ns : Expired(MtimeNs(st));
+      if (!info->regular) continue;
+      const bool too_old = temp ? now_ns - info->mtime_ns > stale_ns : Expired(info->mtime_ns);
       if (too_old) {
-        if (::unlinkat(dfd, e->d_name, 0) == 0) {
+        const Status removed = env_->RemoveFile(path);
+        if (removed.ok()) {
           if (temp) {
             ++stale_removed;
           } else {
@@ -464,15 +450,14 @@ Status SharedDirTier::RunGcPassLocked() {
           }
           continue;
         }
-        if (IsGoneErrno(errno)) continue;
-        note_error(errno, "unlink " + dir + "/" + name);
+        if (removed.code() == Code::kNotFound) continue;
+        note_error(removed);
       }
-      total += bytes;
+      total += info->size;
       if (temp) continue;  // counted (it takes space) but never evicted while young
       ++files;
-      if (options_.budget_bytes != 0) candidates.push_back({MtimeNs(st), static_cast<uint64_t>(st.st_ino), bytes, key});
+      if (options_.budget_bytes != 0) candidates.push_back({info->mtime_ns, info->inode, info->size, key});
     }
-    ::closedir(d);
   }
   const uint64_t bytes_seen = total;
 
@@ -487,26 +472,27 @@ Status SharedDirTier::RunGcPassLocked() {
     for (const GcCandidate& c : candidates) {
       if (total <= low_water || stop_requested_.load()) break;
       const std::string path = ValuePath(root_, c.key);
-      struct stat st;
-      if (::lstat(path.c_str(), &st) != 0) {
-        if (IsGoneErrno(errno)) total -= std::min(total, c.bytes);  // another node's GC was first
-        else note_error(errno, "stat " + path);
+      auto info = env_->GetFileInfo(path);
+      if (!info.ok()) {
+        if (info.status().code() == Code::kNotFound) total -= std::min(total, c.bytes);  // another node's GC was first
+        else note_error(info.status());
         continue;
       }
       // Republished since the scan: it is new now, and the old bytes are gone.
-      if (st.st_ino != c.ino || MtimeNs(st) != c.mtime_ns) continue;
-      if (::unlink(path.c_str()) == 0) {
+      if (info->inode != c.inode || info->mtime_ns != c.mtime_ns) continue;
+      const Status removed = env_->RemoveFile(path);
+      if (removed.ok()) {
         counters_.evictions.fetch_add(1, std::memory_order_relaxed);
         total -= std::min(total, c.bytes);
-      } else if (IsGoneErrno(errno)) {
+      } else if (removed.code() == Code::kNotFound) {
         total -= std::min(total, c.bytes);
       } else {
-        note_error(errno, "unlink " + path);
+        note_error(removed);
       }
     }
   }
 
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(mu_);
   scanned_bytes_ = total;
   put_bytes_at_scan_ = put_mark;  // puts during the scan may be counted twice: an overestimate
   last_pass_ = std::chrono::steady_clock::now();
@@ -521,7 +507,7 @@ Status SharedDirTier::RunGcPassLocked() {
 RemoteTierStats SharedDirTier::Stats() const {
   RemoteTierStats s = counters_.Snapshot();  // timeouts stay 0: file system calls take no deadline
   s.capacity_bytes = options_.budget_bytes;
-  std::lock_guard<std::mutex> l(mu_);
+  MutexLock l(mu_);
   s.used_bytes = EstimateLocked();
   return s;
 }

@@ -31,6 +31,8 @@
 // Time is wall-clock time compared with file mtimes, which the file system's server may set:
 // nodes' clocks should agree to well within ttl_seconds and stale_temp_seconds.
 //
+// Every file operation goes through options.env (env.h), so its faults reach the tier.
+//
 // Thread-safety: every method may be called from any thread at once. Counters are atomics;
 // the GC's estimate and schedule are guarded by mu_; one GC pass runs at a time (gc_mu_).
 // Errors (EIO, ENOSPC, EACCES, ...) are counted in Stats().errors and returned, never thrown.
@@ -42,10 +44,11 @@
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 
+#include "kvault/env.h"
+#include "store/mutex.h"
 #include "store/remote_tier.h"
 
 namespace kvault {
@@ -67,6 +70,9 @@ struct SharedDirTierOptions {
   // true: GC passes run in a background thread. false: in the Put that finds the estimate
   // over budget (or the scan interval elapsed), when no pass runs already.
   bool background_gc = true;
+  // Every file operation of the tier goes through it (tests inject faults). nullptr:
+  // Env::Default().
+  Env* env = nullptr;
 };
 
 // What the GC has done so far (RemoteTierStats has the rest).
@@ -113,32 +119,36 @@ class SharedDirTier final : public RemoteTier {
   Status CheckWritable();
   std::string TempPath(const std::string& value_path, const ChunkKey& key) const;
   Status WriteTemp(const std::string& tmp, std::span<const std::byte> record);
+  // Reads the value at `path` whole: kNotFound when it is gone, expired or shrank meanwhile.
+  Result<std::vector<std::byte>> ReadValue(const std::string& path, const ChunkKey& key);
   Status Publish(const ChunkKey& key, std::span<const std::byte> record);
   bool Expired(int64_t mtime_ns) const;
   // Deletes `path` if it still is the file `ino` and still expired; counts it.
-  void RemoveIfExpired(const std::string& path, uint64_t ino);
-  // Whether an over-budget or periodic pass is due now. REQUIRES: mu_ held.
-  bool PassWantedLocked(std::chrono::steady_clock::time_point now) const;
-  Status RunGcPassLocked();  // REQUIRES: gc_mu_ held
-  uint64_t EstimateLocked() const;  // REQUIRES: mu_ held
+  void RemoveIfExpired(const std::string& path, uint64_t inode);
+  // Whether an over-budget or periodic pass is due now.
+  bool PassWantedLocked(std::chrono::steady_clock::time_point now) const REQUIRES(mu_);
+  Status RunGcPassLocked() REQUIRES(gc_mu_);
+  uint64_t EstimateLocked() const REQUIRES(mu_);
   void NoteBytesPut(uint64_t bytes);
   void MaybeCollectInline();
   void GcThreadMain();
   Status CountError(Status st);
 
   const SharedDirTierOptions options_;
+  Env* const env_;               // options_.env, or Env::Default()
   const std::string root_;       // <dir>/kvault-t3-v1
   const std::string host_;       // this node's name, sanitized for temp file names
 
-  mutable std::mutex mu_;
+  // Lock order: gc_mu_, then mu_ (a pass takes mu_ to publish its results).
+  mutable Mutex mu_;
   std::condition_variable cv_;
-  bool stopping_ = false;                    // GUARDED_BY(mu_)
-  bool gc_wanted_ = false;                   // the estimate went over budget; GUARDED_BY(mu_)
-  uint64_t scanned_bytes_ = 0;               // directory total after the last pass; GUARDED_BY(mu_)
-  uint64_t put_bytes_at_scan_ = 0;           // put_bytes_ when that pass began; GUARDED_BY(mu_)
-  std::chrono::steady_clock::time_point last_pass_{};  // GUARDED_BY(mu_)
-  SharedDirGcStats gc_stats_;                // GUARDED_BY(mu_)
-  std::mutex gc_mu_;                         // held while a GC pass runs
+  bool stopping_ GUARDED_BY(mu_) = false;
+  bool gc_wanted_ GUARDED_BY(mu_) = false;           // the estimate went over budget
+  uint64_t scanned_bytes_ GUARDED_BY(mu_) = 0;       // directory total after the last pass
+  uint64_t put_bytes_at_scan_ GUARDED_BY(mu_) = 0;   // put_bytes_ when that pass began
+  std::chrono::steady_clock::time_point last_pass_ GUARDED_BY(mu_){};
+  SharedDirGcStats gc_stats_ GUARDED_BY(mu_);
+  Mutex gc_mu_;                              // held while a GC pass runs
   std::atomic<bool> stop_requested_{false};  // lets a long pass end early at shutdown
   std::thread gc_thread_;
 

@@ -10,9 +10,9 @@ namespace kvault {
 const char* TierName(Tier tier) {
   switch (tier) {
     case Tier::kNone: return "none";
-    case Tier::kHost: return "t1";
-    case Tier::kDisk: return "t2";
-    case Tier::kCluster: return "t3";
+    case Tier::kT1: return "t1";
+    case Tier::kT2: return "t2";
+    case Tier::kT3: return "t3";
   }
   return "unknown";
 }
@@ -102,6 +102,24 @@ Result<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) {
   auto impl = StoreImpl::Open(options);
   if (!impl.ok()) return impl.status();
   return std::unique_ptr<Store>(new EmbeddedStore(std::move(impl.value())));
+}
+
+LookupResult Store::LookupKeyed(const Namespace& ns, const KeyedTokens& prompt) {
+  if (prompt.first_parent == ns.id()) return Lookup(ns, prompt.tokens);
+  return LookupFrom(ns, prompt.first_parent, prompt.tokens);
+}
+
+Result<ChunkWriter> Store::BeginPutKeyed(const Namespace& ns, const ChunkSpan& chunk,
+                                         std::span<const uint32_t> chunk_tokens) {
+  if (chunk.tokens != chunk_tokens.size()) return Status::InvalidArgument("chunk span and tokens differ in length");
+  return BeginPut(ns, chunk.parent, chunk_tokens);
+}
+
+void Store::HintKeyed(const Namespace& ns, const std::vector<const KeyedTokens*>& prompts) {
+  std::vector<std::span<const uint32_t>> spans;
+  spans.reserve(prompts.size());
+  for (const KeyedTokens* p : prompts) spans.push_back(p->tokens);
+  Hint(ns, spans);
 }
 
 Status Store::Put(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens,

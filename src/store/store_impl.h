@@ -1,11 +1,19 @@
-// StoreImpl: the index, T1 arena, T2 log, the cluster tier (T3) and the movers
-// (write-behind to T2 and T3, prefetch) behind kvault::Store.
+// StoreImpl: the embedded kvault::Store: the tier core (index, partial chunks, policies, T1
+// page accounting and victim rules; store/tier_core.h) with payloads in the T1 arena, the T2
+// segment log and the cluster tier (T3), and the movers around it. One file per job:
+// store_impl.cc (open, close, the core's bookkeeping hooks, flush, stats), store_lookup.cc
+// (lookup, hints), store_put.cc (put, commit), store_read.cc (reads, promotion, prefetch),
+// store_write_behind.cc (write-behind, compaction), store_cluster.cc (T3 fetch, publish).
 //
 // Locking: one mutex (mu_) guards the index, both tiers' policies, the access window, the
 // arena's free list, the per-segment maps, the write, T3 and prefetch queues and the
 // counters. Payload bytes are copied outside mu_, into or out of pages of pinned entries
 // only. Disk I/O and every call into the cluster tier run without mu_. Lock order: mu_, then
-// the segment log's own mutex; the cluster tier is never called with mu_ held.
+// the segment log's own mutex; the cluster tier is never called with mu_ held. The fields
+// mu_ guards carry GUARDED_BY, the helpers that need it REQUIRES(mu_) (store/mutex.h: a Clang
+// build checks them). The objects the store serializes with mu_ but that cannot name it
+// (each Entry, the TierCore behind core_, the arena's free list) say so in their headers:
+// thread-safety none, the owner serializes.
 #pragma once
 
 #include <atomic>
@@ -13,7 +21,6 @@
 #include <condition_variable>
 #include <deque>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <thread>
 #include <unordered_map>
@@ -24,8 +31,10 @@
 #include "store/entry.h"
 #include "store/eviction_policy.h"
 #include "store/host_arena.h"
+#include "store/mutex.h"
 #include "store/remote_tier.h"
 #include "store/segment_log.h"
+#include "store/tier_core.h"
 
 namespace kvault {
 
@@ -35,19 +44,22 @@ struct HintPrompt {
   const Namespace* ns;
   std::span<const uint32_t> tokens;
   const std::vector<ChunkSpan>* full;
+  const ChunkKey* first_parent = nullptr;  // the chunk `tokens` continues after; null: ns->id()
 };
 
-class StoreImpl {
+class StoreImpl final : private TierCoreListener {
  public:
   static Result<std::unique_ptr<StoreImpl>> Open(const StoreOptions& options);
   ~StoreImpl();
 
-  // Longest cached continuation of the chain after `parent` (ns.id(): from the start).
-  LookupResult Lookup(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens);
-  Result<ChunkWriter> BeginPut(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens);
+  // Longest cached continuation of prompt.tokens after prompt.first_parent (Store::LookupKeyed).
+  LookupResult Lookup(const Namespace& ns, const KeyedTokens& prompt);
+  // Store::BeginPutKeyed: `chunk` is trusted to be keyed in `ns`.
+  Result<ChunkWriter> BeginPut(const Namespace& ns, const ChunkSpan& chunk, std::span<const uint32_t> tokens);
   Result<ChunkReader> OpenChunk(const Namespace& ns, const ChunkKey& key);
   Status Flush();
-  void Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts);
+  // Store::HintKeyed: prompts keyed from the start of the chain.
+  void Hint(const Namespace& ns, const std::vector<const KeyedTokens*>& prompts);
   // The same for a window whose prompts may be of different namespaces (kvaultd merges its
   // clients' windows), with each prompt's whole chunks already hashed.
   void Hint(std::span<const HintPrompt> prompts);
@@ -75,7 +87,7 @@ class StoreImpl {
   void Abort(Entry* e);
   void Unpin(Entry* e);
 
-  // T1's memory (kvaultd maps it into its clients when options.shared_dram).
+  // T1's memory (kvaultd maps it into its clients when options.shared_t1).
   const HostArena& arena() const { return *arena_; }
 
  private:
@@ -83,67 +95,85 @@ class StoreImpl {
   void OnRecordFound(const RecordHeader& h, DiskLocation loc);  // while opening
   ChunkReader MakeReader(Entry* e, Tier from);  // REQUIRES: e pinned for the reader
 
-  Entry* FindLocked(const ChunkKey& key) const;                  // REQUIRES: mu_ held
-  Tier TierOfLocked(const Entry* e, const Namespace& ns) const;  // REQUIRES: mu_ held
+  Entry* FindLocked(const ChunkKey& key) const REQUIRES(mu_);
+  Tier TierOfLocked(const Entry* e, const Namespace& ns) const REQUIRES(mu_);
   // The cached prefix of `tokens` after `first_parent`, from the local tiers only: the chunks
   // of `full` (its whole chunks' spans) until the first miss, then the longest stored partial
   // chunk that follows.
   std::vector<CachedChunk> CachedPrefixLocked(const Namespace& ns, const ChunkKey& first_parent,
                                               std::span<const uint32_t> tokens,
-                                              const std::vector<ChunkSpan>& full) const;  // REQUIRES: mu_ held
+                                              const std::vector<ChunkSpan>& full) const REQUIRES(mu_);
   // Appends to `chunks` (the cached whole chunks of `full` so far) the next whole chunks that
   // are cached locally, or in T3 where `in_t3` says so (`in_t3[i]` answers for
   // full[t3_from + i]; null: no T3), until the first miss.
   void ExtendWholePrefixLocked(const Namespace& ns, const std::vector<ChunkSpan>& full,
                                const std::vector<bool>* in_t3, size_t t3_from,
-                               std::vector<CachedChunk>* chunks) const;  // REQUIRES: mu_ held
+                               std::vector<CachedChunk>* chunks) const REQUIRES(mu_);
   // Appends the longest local partial chunk that continues `chunks` (whole chunks of `full`).
   void AppendPartialLocked(const Namespace& ns, const ChunkKey& first_parent, std::span<const uint32_t> tokens,
                            const std::vector<ChunkSpan>& full,
-                           std::vector<CachedChunk>* chunks) const;  // REQUIRES: mu_ held
-  void CountLookupLocked(const LookupResult& r, uint32_t chunk_tokens);  // REQUIRES: mu_ held
-  // Makes room by evicting policy victims that `may_evict` accepts (default: any).
-  Status AllocatePagesLocked(uint64_t bytes, PageList* out,
-                             const std::function<bool(const Entry*)>& may_evict = nullptr);  // REQUIRES: mu_ held
+                           std::vector<CachedChunk>* chunks) const REQUIRES(mu_);
+  void CountLookupLocked(const LookupResult& r, uint32_t chunk_tokens) REQUIRES(mu_);
+  // Reserves T1 pages for e (into e->pages), evicting T1 victims that `may_evict` accepts
+  // (default: any) by the core's rules.
+  Status ReserveT1Locked(Entry* e, const std::function<bool(const Entry*)>& may_evict = nullptr) REQUIRES(mu_);
+  // TierCoreListener: the core moved T1 space, evicted, dropped a T2 copy or erased (mu_ held:
+  // the store calls the core only with it).
+  void OnT1Reserved(Entry* e, uint32_t pages) override REQUIRES(mu_);
+  void OnT1Released(Entry* e) override REQUIRES(mu_);
+  void OnEvictedFromT1(Entry* e) override REQUIRES(mu_);
+  void OnT2Dropped(Entry* e) override REQUIRES(mu_);
+  void OnErase(Entry* e) override REQUIRES(mu_);
   // Reads T2-only entry e into fresh T1 pages; releases `lock` during the read. On success e is
   // in T1 with one more pin (the caller's); `demand` (a read, not a prefetch) marks it used.
   // On failure e is unpinned again, its unreadable T2 copy dropped (and e erased when nothing
   // else holds it); the Status says why.
-  Status PromoteLocked(std::unique_lock<std::mutex>& lock, Entry* e, bool demand,
-                       const std::function<bool(const Entry*)>& may_evict = nullptr);
-  void EvictFromT1Locked(Entry* e);                          // REQUIRES: mu_ held
-  void UnpinLocked(Entry* e);                                // REQUIRES: mu_ held, e pinned
-  void EraseLocked(Entry* e);                                // REQUIRES: mu_ held, e->pins == 0
-  void EnqueueWriteLocked(Entry* e);                         // REQUIRES: mu_ held
-  void ClearPrefetchedLocked(Entry* e);                      // REQUIRES: mu_ held
+  Status PromoteLocked(MutexLock& lock, Entry* e, bool demand,
+                       const std::function<bool(const Entry*)>& may_evict = nullptr) REQUIRES(mu_);
+  void UnpinLocked(Entry* e) REQUIRES(mu_);                  // e pinned
+  void EraseLocked(Entry* e) REQUIRES(mu_);                  // e->pins == 0
+  void EnqueueWriteLocked(Entry* e) REQUIRES(mu_);
+  // BeginPut of a chunk the index holds: "exists" (re-queued for T2, waking the writer,
+  // when only in T1), or kResourceExhausted while another writer holds it uncommitted.
+  Result<ChunkWriter> PutOfStoredChunkLocked(Entry* stored) REQUIRES(mu_);
+  // The stored partial chunks that full chunk `chunk` (of `tokens`) extends; none for a
+  // partial chunk.
+  std::vector<ChunkKey> PartialsSupersededByLocked(const Namespace& ns, const ChunkSpan& chunk,
+                                                   std::span<const uint32_t> tokens) const REQUIRES(mu_);
+  // A writer's uncommitted entry for `chunk`: T1 pages reserved, pinned, indexed (invisible
+  // to lookups until Commit).
+  Result<Entry*> NewWriterEntryLocked(const Namespace& ns, const ChunkSpan& chunk) REQUIRES(mu_);
+  void ClearPrefetchedLocked(Entry* e) REQUIRES(mu_);
   // e's record on T2 stops being live (the entry itself stays while in T1 or pinned).
-  void DropT2CopyLocked(Entry* e);                           // REQUIRES: mu_ held, e->on_t2
-  void AddT2CopyLocked(Entry* e, DiskLocation loc);          // REQUIRES: mu_ held
+  void DropT2CopyLocked(Entry* e) REQUIRES(mu_);             // e->on_t2
+  void AddT2CopyLocked(Entry* e, DiskLocation loc) REQUIRES(mu_);
   // Records where e's live T2 record is (location and per-segment accounting).
-  void PlaceT2RecordLocked(Entry* e, DiskLocation loc);      // REQUIRES: mu_ held
-  void CountErrorLocked(const Status& st);                   // REQUIRES: mu_ held
+  void PlaceT2RecordLocked(Entry* e, DiskLocation loc) REQUIRES(mu_);
+  void CountErrorLocked(const Status& st) REQUIRES(mu_);
   static RecordHeader HeaderOf(const Entry& e);
+  // A committed-to-be entry for the chunk a record describes (HeaderOf's inverse).
+  static std::unique_ptr<Entry> EntryOf(const RecordHeader& h);
 
   // T3 read path. Fetches chunk `key` of `ns` from the cluster tier into T1 as a committed
   // entry pinned for the returned reader; releases `lock` during the fetch and the copy.
   // nullopt when the chunk turned up in the local index meanwhile (look again). Every T3
   // failure or bad value is kNotFound (counted); kResourceExhausted / kNoSpace when T1 has
-  // no room. REQUIRES: mu_ held via `lock`, key absent from index_ and t3_fetching_.
-  std::optional<Result<ChunkReader>> FetchFromClusterLocked(std::unique_lock<std::mutex>& lock, const Namespace& ns,
-                                                            const ChunkKey& key);
+  // no room. REQUIRES: mu_ held via `lock`, key absent from the index and t3_fetching_.
+  std::optional<Result<ChunkReader>> FetchFromClusterLocked(MutexLock& lock, const Namespace& ns,
+                                                            const ChunkKey& key) REQUIRES(mu_);
   // Checks a fetched value: the record of `key` (DecodeRemoteRecord) in namespace `ns`.
   static Status CheckClusterValue(std::span<const std::byte> value, const Namespace& ns, const ChunkKey& key,
                                   RecordHeader* h, std::span<const std::byte>* payload);
   // T3 write path: queues committed whole chunk e for publishing, or drops it (counted)
   // when the queue is at its cap.
-  void EnqueueClusterWriteLocked(Entry* e);                  // REQUIRES: mu_ held
+  void EnqueueClusterWriteLocked(Entry* e) REQUIRES(mu_);
   // e's record (remote_record.h) copied out of its pages; fills in h->payload_checksum when
   // `hash`. REQUIRES: e pinned by the caller; mu_ not held.
   std::vector<std::byte> CopyRecordOut(const Entry* e, RecordHeader* h, bool hash) const;
   // Publishes committed entry e (in T1) to T3: pins it, copies its record out and unpins it
   // with mu_ released, then puts the record with mu_ released; counts the outcome. The T3
   // writer thread only. REQUIRES: mu_ held via `lock`.
-  Status PublishLocked(std::unique_lock<std::mutex>& lock, Entry* e);
+  Status PublishLocked(MutexLock& lock, Entry* e) REQUIRES(mu_);
 
   void WriterLoop();
   void ClusterWriterLoop();
@@ -152,64 +182,63 @@ class StoreImpl {
   void ReclaimSegment(uint32_t id);                              // writer thread only
   void CompactSegment(uint32_t id);                              // writer thread only
 
+  // Set by Open, fixed from then on. The arena's Allocate/Free run under mu_ (core callbacks);
+  // the pages of pinned entries are read and written without it.
   const StoreOptions options_;
   std::unique_ptr<HostArena> arena_;
   std::unique_ptr<SegmentLog> log_;  // null when T2 is off
-  std::unique_ptr<RemoteTier> owned_remote_;  // the tier opened from options_.cluster
-  RemoteTier* remote_ = nullptr;               // T3: owned_remote_ or options_.cluster_tier; null when off
+  std::unique_ptr<RemoteTier> owned_remote_;  // the tier opened from options_.t3
+  RemoteTier* remote_ = nullptr;               // T3: owned_remote_ or options_.t3_tier; null when off
 
-  mutable std::mutex mu_;
-  std::unordered_map<ChunkKey, std::unique_ptr<Entry>, DigestHash> index_;
-  // Parent key -> keys of the stored partial chunks that follow it.
-  std::unordered_map<ChunkKey, std::vector<ChunkKey>, DigestHash> partials_;
+  mutable Mutex mu_;
+  AccessWindow window_ GUARDED_BY(mu_);  // the last Store::Hint; both policies read it (declared before core_)
+  // The index, partial chunks, both tiers' policies, T1 page accounting and victim rules.
+  std::unique_ptr<TierCore> core_ PT_GUARDED_BY(mu_);
   // Segment id -> keys written there (some may have moved or gone since).
-  std::unordered_map<uint32_t, std::vector<ChunkKey>> segment_keys_;
-  std::unique_ptr<EvictionPolicy> policy_;     // T1 entries (committed, in_t1)
-  std::unique_ptr<EvictionPolicy> t2_policy_;  // T2 entries (on_t2): which record dies next
-  AccessWindow window_;  // the last Store::Hint; both policies read it
+  std::unordered_map<uint32_t, std::vector<ChunkKey>> segment_keys_ GUARDED_BY(mu_);
   // Segment id -> bytes of its records that are still the live copy of an entry. A segment
   // with none is deleted; one at least half dead is compacted (see EnsureT2Space).
-  std::unordered_map<uint32_t, uint64_t> segment_live_;
+  std::unordered_map<uint32_t, uint64_t> segment_live_ GUARDED_BY(mu_);
   // Segment id -> bytes of every record appended there, live or dead (no index or trailer):
   // dead bytes = total - live, what compacting the segment frees beyond its overhead.
-  std::unordered_map<uint32_t, uint64_t> segment_total_;
+  std::unordered_map<uint32_t, uint64_t> segment_total_ GUARDED_BY(mu_);
 
   // Prefetch: keys of T2-only window entries, in window order; the prefetch thread reads them.
-  std::deque<ChunkKey> prefetch_queue_;
-  uint64_t prefetched_bytes_ = 0;      // bytes of T1 entries with `prefetched` set
-  uint64_t prefetch_budget_ = 0;       // the most prefetched_bytes_ may reach
-  bool prefetching_ = false;           // the prefetch thread has a read in flight
+  std::deque<ChunkKey> prefetch_queue_ GUARDED_BY(mu_);
+  uint64_t prefetched_bytes_ GUARDED_BY(mu_) = 0;  // bytes of T1 entries with `prefetched` set
+  uint64_t prefetch_budget_ GUARDED_BY(mu_) = 0;   // the most prefetched_bytes_ may reach
+  bool prefetching_ GUARDED_BY(mu_) = false;       // the prefetch thread has a read in flight
   std::condition_variable prefetch_cv_;  // prefetch work, or shutdown
 
   // Write-behind queue of (seq, key). An item is stale when its entry is gone, no longer
   // dirty, or has a newer seq. processed_seq_ is the highest seq the writer has finished.
-  std::deque<std::pair<uint64_t, ChunkKey>> write_queue_;
-  uint64_t next_seq_ = 1;
-  uint64_t last_queued_seq_ = 0;
-  uint64_t processed_seq_ = 0;
-  bool shutdown_ = false;
-  std::chrono::steady_clock::time_point degraded_until_{};  // after a T2 failure: fail fast
+  std::deque<std::pair<uint64_t, ChunkKey>> write_queue_ GUARDED_BY(mu_);
+  uint64_t next_seq_ GUARDED_BY(mu_) = 1;
+  uint64_t last_queued_seq_ GUARDED_BY(mu_) = 0;
+  uint64_t processed_seq_ GUARDED_BY(mu_) = 0;
+  bool shutdown_ GUARDED_BY(mu_) = false;
+  std::chrono::steady_clock::time_point degraded_until_ GUARDED_BY(mu_){};  // after a T2 failure: fail fast
   std::condition_variable writer_cv_;    // work for the writer, or shutdown
   std::condition_variable progress_cv_;  // writes finished, promotions finished
-  uint64_t unpersisted_ = 0;             // puts that never reached T2
-  uint64_t unpersisted_at_flush_ = 0;
+  uint64_t unpersisted_ GUARDED_BY(mu_) = 0;  // puts that never reached T2
+  uint64_t unpersisted_at_flush_ GUARDED_BY(mu_) = 0;
 
   // T3 write-behind: keys of committed whole chunks to publish, with their record bytes.
   // t3_queued_bytes_ counts the queue and the record in flight, and stays under
-  // options_.cluster.queue_bytes. The T3 writer pins an entry only while copying its record.
+  // options_.t3.queue_bytes. The T3 writer pins an entry only while copying its record.
   struct ClusterWrite {
     ChunkKey key;
     uint64_t bytes = 0;
   };
-  std::deque<ClusterWrite> t3_queue_;
-  uint64_t t3_queued_bytes_ = 0;
-  bool t3_busy_ = false;                // the T3 writer holds a record (copying or putting)
+  std::deque<ClusterWrite> t3_queue_ GUARDED_BY(mu_);
+  uint64_t t3_queued_bytes_ GUARDED_BY(mu_) = 0;
+  bool t3_busy_ GUARDED_BY(mu_) = false;  // the T3 writer holds a record (copying or putting)
   std::condition_variable t3_cv_;       // T3 work, or shutdown
   // Keys being fetched from T3 by OpenChunk (at most one fetch per key; others wait on
   // progress_cv_). A key leaves the set when its entry is committed or the fetch failed.
-  std::unordered_set<ChunkKey, DigestHash> t3_fetching_;
+  std::unordered_set<ChunkKey, DigestHash> t3_fetching_ GUARDED_BY(mu_);
 
-  mutable StoreStats stats_;
+  mutable StoreStats stats_ GUARDED_BY(mu_);
   mutable std::atomic<uint64_t> bytes_loaded_{0};
   std::thread writer_;
   std::thread t3_writer_;  // runs when remote_

@@ -2,6 +2,7 @@
 // context overflow; continuous batching; look-ahead.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <filesystem>
 #include <random>
 
@@ -59,8 +60,8 @@ class EngineTest : public ::testing::Test {
     StoreOptions o;
     if (env != nullptr) o.env = env;
     o.dir = dir_.string();
-    o.dram_bytes = dram;
-    o.ssd_bytes = 256ull << 20;
+    o.t1_bytes = dram;
+    o.t2_bytes = 256ull << 20;
     o.page_bytes = 4096;
     o.segment_bytes = 4ull << 20;
     auto s = Store::Open(o);
@@ -138,7 +139,7 @@ TEST_F(EngineTest, RestoredKvGivesTheSameLogits) {
   auto inside = Concat(first, RandomTokens(3, 30));
   auto r2 = e.Generate(inside, Params(1, true));
   EXPECT_EQ(r2.hit_tokens, 40);  // partial chunk reused
-  EXPECT_EQ(r2.tier, Tier::kHost);
+  EXPECT_EQ(r2.tier, Tier::kT1);
   ExpectMatchesRecompute(inside, r2);
   e.WaitForSaves();
 
@@ -176,7 +177,7 @@ TEST_F(EngineTest, SsdHitAfterStoreRestart) {
   auto longer = Concat(prompt, RandomTokens(21, 9));
   auto r = e.Generate(longer, Params(1, true));
   EXPECT_EQ(r.hit_tokens, 70);
-  EXPECT_EQ(r.tier, Tier::kDisk);
+  EXPECT_EQ(r.tier, Tier::kT2);
   EXPECT_EQ(r.hit_tokens_t2, 70);
   ExpectMatchesRecompute(longer, r);
   // The engine measured what the planner needs: the SSD reads, the copies, the prefills.
@@ -231,6 +232,40 @@ TEST_F(EnginePlannerTest, RecomputesInsteadOfReadingASlowDisk) {
   EXPECT_EQ(r.plan.kind, kvault::planner::PlanKind::kRecompute) << r.plan.ToJson();
   EXPECT_EQ(r.hit_tokens, 0);
   EXPECT_EQ(r.computed_tokens, 89);
+  ExpectRowsMatchRecompute(prompt, r, 0);
+}
+
+// A T1 lead followed by a T2 tail on a slow disk: the planner loads the lead and recomputes the
+// tail with the new tokens (LoadPlan::tail_recompute_chunks); the engine honours it, and the
+// output equals recomputing the whole prompt.
+TEST_F(EnginePlannerTest, LoadsTheT1LeadAndRecomputesASlowT2Tail) {
+  auto history = RandomTokens(56, 80);  // 5 chunks of 16
+  auto prompt = Concat(history, RandomTokens(57, 9));
+  ASSERT_NO_FATAL_FAILURE(SaveThenRestart({history}));
+  {
+    // A request over the first two chunks (planner off: load) promotes them into T1.
+    EngineOptions warm = Options();
+    warm.hint_window = 0;
+    warm.plan = PlanMode::kLoad;
+    Engine w(model_, warm);
+    auto lead = w.Generate(std::vector<uint32_t>(history.begin(), history.begin() + 33), Params(1));
+    ASSERT_TRUE(lead.status.ok()) << lead.status.ToString();
+    ASSERT_EQ(lead.hit_tokens, 32);
+  }
+  EngineOptions o = Options();
+  o.hint_window = 0;
+  const double chunk_bytes = static_cast<double>(LayoutFor(config_, torch::kFloat32, 16).chunk_bytes(16));
+  o.planner.fixed_prefill.per_token_s = 1e-3;
+  o.planner.fixed_t2_read_gbps = chunk_bytes / 1.0 / 1e9;  // a second per chunk
+  o.planner.fixed_copy_gbps = 100;
+  Engine e(model_, o);
+  auto r = e.Generate(prompt, Params(1, true));
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(r.plan.kind, kvault::planner::PlanKind::kLoad) << r.plan.ToJson();
+  EXPECT_EQ(r.plan.tail_recompute_chunks, 3u) << r.plan.ToJson();
+  EXPECT_EQ(r.hit_tokens, 32);
+  EXPECT_EQ(r.hit_tokens_t2, 0);
+  EXPECT_EQ(r.computed_tokens, 48 + 9);
   ExpectRowsMatchRecompute(prompt, r, 0);
 }
 
@@ -583,6 +618,125 @@ TEST_F(EngineTest, PromptThatCannotFitIsAClearError) {
   Engine e(model_, o);
   auto r = e.Generate(RandomTokens(70, 100), Params(1));
   EXPECT_EQ(r.status.code(), Code::kInvalidArgument);
+}
+
+// A store that counts which entry points the engine uses: the token methods would hash the
+// stream again, the keyed ones take the keys the engine computed once. It checks every key it
+// is given against a hash of the tokens, and forwards everything to `inner`.
+class KeyCountingStore final : public Store {
+ public:
+  explicit KeyCountingStore(Store* inner) : inner_(inner) {}
+
+  LookupResult Lookup(const Namespace& ns, std::span<const uint32_t> tokens) override {
+    ++token_calls;
+    return inner_->Lookup(ns, tokens);
+  }
+  LookupResult LookupFrom(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens) override {
+    ++token_calls;
+    return inner_->LookupFrom(ns, parent, tokens);
+  }
+  LookupResult LookupKeyed(const Namespace& ns, const KeyedTokens& prompt) override {
+    ++keyed_lookups;
+    if (prompt.first_parent != ns.id()) ++keyed_lookups_after_a_gap;
+    CheckKeys(ns, prompt);
+    return inner_->LookupKeyed(ns, prompt);
+  }
+  Result<ChunkWriter> BeginPut(const Namespace& ns, const ChunkKey& parent, std::span<const uint32_t> tokens) override {
+    ++token_calls;
+    return inner_->BeginPut(ns, parent, tokens);
+  }
+  Result<ChunkWriter> BeginPutKeyed(const Namespace& ns, const ChunkSpan& chunk,
+                                    std::span<const uint32_t> chunk_tokens) override {
+    ++keyed_puts;
+    if (chunk.key != ChainKey(ns, chunk.parent, chunk_tokens) || chunk.tokens != chunk_tokens.size()) ++wrong_keys;
+    return inner_->BeginPutKeyed(ns, chunk, chunk_tokens);
+  }
+  Result<ChunkReader> OpenChunk(const Namespace& ns, const ChunkKey& key) override { return inner_->OpenChunk(ns, key); }
+  void Hint(const Namespace& ns, const std::vector<std::span<const uint32_t>>& prompts) override {
+    ++token_calls;
+    inner_->Hint(ns, prompts);
+  }
+  void HintKeyed(const Namespace& ns, const std::vector<const KeyedTokens*>& prompts) override {
+    hints.push_back(prompts);  // addresses only: compared, never read after the call
+    for (const KeyedTokens* p : prompts) {
+      if (p->first_parent != ns.id()) ++wrong_keys;
+      CheckKeys(ns, *p);
+    }
+    inner_->HintKeyed(ns, prompts);
+  }
+  Status Flush() override { return inner_->Flush(); }
+  void WaitForPrefetch() override { inner_->WaitForPrefetch(); }
+  StoreStats Stats() const override { return inner_->Stats(); }
+  std::vector<std::span<std::byte>> HostMemory() const override { return inner_->HostMemory(); }
+
+  // Calls from the engine loop's thread (lookups, hints, puts begun) and the loader's (opens).
+  std::atomic<int> token_calls{0}, keyed_lookups{0}, keyed_lookups_after_a_gap{0}, keyed_puts{0}, wrong_keys{0};
+  std::vector<std::vector<const KeyedTokens*>> hints;
+
+ private:
+  void CheckKeys(const Namespace& ns, const KeyedTokens& k) {
+    const auto expected = ChunkKeysFrom(ns, k.first_parent, k.tokens, /*include_partial=*/false);
+    bool same = expected.size() == k.full.size();
+    for (size_t i = 0; same && i < expected.size(); ++i) {
+      same = expected[i].key == k.full[i].key && expected[i].parent == k.full[i].parent &&
+             expected[i].begin == k.full[i].begin && expected[i].tokens == k.full[i].tokens;
+    }
+    if (!same) ++wrong_keys;
+  }
+  Store* inner_;
+};
+
+// A prompt is keyed once, at Submit: the engine looks it up (once per prefill; the head and
+// the tail after an overflow), hints it and saves it by those keys, through the store's keyed
+// entry points, which hash nothing again; a queued prompt's keys are the same object at every
+// admission that hints it, not keyed again.
+TEST_F(EngineTest, APromptIsKeyedOnceAndTheStoreGetsKeys) {
+  KeyCountingStore counting(store_.get());
+  EngineOptions o = Options();
+  o.store = &counting;
+  o.max_batch = 1;  // admitted one at a time: each admission hints the requests behind it
+  Engine e(model_, o);
+  auto history = RandomTokens(110, 40);
+  ASSERT_TRUE(e.Generate(history, Params(4)).status.ok());  // saves the prompt, then generated KV
+  e.WaitForSaves();
+  EXPECT_EQ(counting.keyed_lookups, 1);
+  EXPECT_GE(counting.keyed_puts, 4);  // 2 whole chunks and a partial one, then the generated tail
+  const std::vector<std::vector<uint32_t>> prompts = {Concat(history, RandomTokens(111, 20)), RandomTokens(112, 33),
+                                                      RandomTokens(113, 50)};
+  std::vector<RequestResult> results(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    e.Submit(prompts[i], Params(3, i == 0), [&, i](RequestResult r) { results[i] = std::move(r); });
+  }
+  e.RunUntilIdle();
+  e.WaitForSaves();
+  EXPECT_EQ(results[0].hit_tokens, 40);
+  ExpectMatchesRecompute(prompts[0], results[0]);
+  for (const auto& r : results) EXPECT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_EQ(counting.keyed_lookups, 4);  // one per prefill
+  // Hints at each admission: [history], then [p0, p1, p2], [p1, p2], [p2].
+  ASSERT_EQ(counting.hints.size(), 4u);
+  ASSERT_EQ(counting.hints[1].size(), 3u);
+  ASSERT_EQ(counting.hints[2].size(), 2u);
+  ASSERT_EQ(counting.hints[3].size(), 1u);
+  EXPECT_EQ(counting.hints[1][1], counting.hints[2][0]);
+  EXPECT_EQ(counting.hints[1][2], counting.hints[2][1]);
+  EXPECT_EQ(counting.hints[1][2], counting.hints[3][0]);
+
+  // Context overflow: the head and the tail after the dropped chunks are looked up by the
+  // prompt's own keys, the tail's chain continuing after the last dropped chunk.
+  EngineOptions narrow = o;
+  narrow.max_context = 80;
+  narrow.keep_head_tokens = 16;
+  Engine n(model_, narrow);
+  auto r = n.Generate(Concat(Concat(history, RandomTokens(114, 60)), RandomTokens(115, 20)), Params(1));
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_GT(r.dropped_tokens, 0);
+  EXPECT_EQ(r.hit_tokens, 16);  // the head: the history's first chunk
+  EXPECT_EQ(counting.keyed_lookups, 6);
+  EXPECT_EQ(counting.keyed_lookups_after_a_gap, 1);
+
+  EXPECT_EQ(counting.token_calls, 0);
+  EXPECT_EQ(counting.wrong_keys, 0);
 }
 
 }  // namespace

@@ -360,7 +360,7 @@ TEST(SmolLM2, CachedAnswersEqualRecomputeAcrossTurnsAndRestart) {
   eo.kv_pool_tokens = 4096;
   eo.max_context = 2048;
   eo.hint_window = 0;
-  std::vector<serve::ChatMessage> messages;
+  std::vector<tokenizer::ChatMessage> messages;
   std::vector<std::vector<uint32_t>> prompts;
   std::vector<std::vector<uint32_t>> answers;
   {
@@ -380,8 +380,8 @@ TEST(SmolLM2, CachedAnswersEqualRecomputeAcrossTurnsAndRestart) {
   }
   StoreOptions so;
   so.dir = dir.path();
-  so.dram_bytes = 256ull << 20;
-  so.ssd_bytes = 1ull << 30;
+  so.t1_bytes = 256ull << 20;
+  so.t2_bytes = 1ull << 30;
   {
     auto store = Store::Open(so);
     ASSERT_TRUE(store.ok()) << store.status().ToString();

@@ -1,5 +1,6 @@
-// The CPU path of LlamaModel (model.cc's kernels: the flash kernel over paged pre-RoPE KV with
-// its key splits, the GEMM attention in blocks, the matrix-vector products, RMSNorm, SiLU)
+// The CPU path of LlamaModel (cpu_forward.cc and the kernels of cpu_kernels.h: the flash
+// kernel over paged pre-RoPE KV with its key splits, the GEMM attention in blocks, the
+// matrix-vector products, RMSNorm, SiLU)
 // against a plain double-precision forward written here, at lengths and head sizes the tiny
 // Hugging Face fixtures do not reach: a whole prompt at once, the same prompt as a prefix then
 // a chunk then one token at a time over pages that are not adjacent, with and without a

@@ -1,0 +1,67 @@
+#include "apps/cli/commands.h"
+#include "gpu_ttft_bench.h"
+#include "model_bench.h"
+#include "share_bench.h"
+#include "store_bench.h"
+
+namespace kvault::cli {
+
+void AddBenchCommand(CLI::App& app) {
+  CLI::App* bench = app.add_subcommand("bench", "Benchmarks that print JSON next to the hardware limit");
+  bench->require_subcommand(1);
+  auto opt = std::make_shared<StoreBenchOptions>();
+  CLI::App* store = bench->add_subcommand("store", "T1/T2 bandwidth, lookup rate and index rebuild of the store");
+  store->add_option("--dir", opt->dir, "Directory on the disk to measure (T2 and the O_DIRECT probe)")->capture_default_str();
+  store->add_flag("--quick", opt->quick, "A run of about 20 s instead of about 2 minutes");
+  store->add_flag("--json", opt->json, "Print one JSON object instead of a table");
+  store->add_option("--rebuild-entries", opt->rebuild_entries, "Entries for the index-rebuild measurement (default 20k quick, 100k full)");
+  store->callback([opt] { SetExitCode(RunStoreBench(*opt)); });
+
+  auto so = std::make_shared<ShareBenchOptions>();
+  CLI::App* share = bench->add_subcommand(
+      "share", "Two processes share KV through kvaultd: hits, byte identity, shared-memory GB/s vs memcpy, lookup RTT");
+  share->add_flag("--json", so->json, "Print one JSON object instead of a table");
+  share->add_option("--tokens", so->tokens, "Conversation length (Llama-3-8B-shaped KV: 128 KiB per token)")->capture_default_str();
+  share->add_option("--engine-tokens", so->engine_tokens, "Prompt of the tiny engine's request")->capture_default_str();
+  share->add_option("--lookups", so->lookups, "Lookup round trips timed")->capture_default_str();
+  share->add_option("--dir", so->dir, "Daemon directory (default: a fresh temporary one, removed after)");
+  share->add_option("--role", so->role, "Internal: the role of a child process")->group("");
+  share->add_option("--socket", so->socket, "Internal: the daemon's socket")->group("");
+  share->callback([so] { SetExitCode(RunShareBench(*so)); });
+
+  auto go = std::make_shared<GpuTtftBenchOptions>();
+  CLI::App* gpu = bench->add_subcommand(
+      "gpu-ttft", "TTFT of a returning conversation: recompute, T1 hit, cold T2 hit, planner, vs the copy peak");
+  gpu->add_option("--preset", go->preset, "Model shape with random weights: llama3-8b or tiny")->capture_default_str();
+  gpu->add_option("--device", go->device, "cuda or cpu (default: cuda when LibTorch sees a GPU)");
+  gpu->add_option("--dtype", go->dtype, "bf16 or fp32 (default: bf16 on cuda, fp32 on cpu)");
+  gpu->add_option("--histories", go->histories, "History lengths in tokens")->delimiter(',')->capture_default_str();
+  gpu->add_option("--new-tokens", go->new_tokens, "New tokens after the history")->capture_default_str();
+  gpu->add_option("--repeats", go->repeats, "Timed runs per measurement (median reported)")->capture_default_str();
+  gpu->add_option("--chunk-tokens", go->chunk_tokens, "Store chunk = KV page size")->capture_default_str();
+  gpu->add_option("--overlap-new-tokens", go->overlap_new_tokens,
+                  "New tokens of the overlap run at the longest history (0: none)")->capture_default_str();
+  gpu->add_option("--dir", go->dir, "Store directory (T2; default: a fresh temporary one, removed after)");
+  gpu->add_option("--json", go->json, "Also write the JSON (indented) to this file");
+  gpu->add_option("--seed", go->seed, "Seed of the weights and tokens")->capture_default_str();
+  gpu->callback([go] { SetExitCode(RunGpuTtftBench(*go)); });
+
+  auto mo = std::make_shared<ModelBenchOptions>();
+  CLI::App* model = bench->add_subcommand(
+      "model", "A real model on this CPU: load, GEMM peer, prefill, decode, returning turn vs its floor (--profile: where the time goes)");
+  model->add_option("--model", mo->model, "smollm2, a .gguf file or a Hugging Face model directory")->capture_default_str();
+  model->add_option("--threads", mo->threads, "Compute threads (0: every core but one)")->capture_default_str();
+  model->add_option("--dtype", mo->dtype, "fp32 or bf16")->capture_default_str();
+  model->add_option("--prompt-tokens", mo->prompt_tokens, "Prompt of the prefill and of turn 1")->capture_default_str();
+  model->add_option("--decode-tokens", mo->decode_tokens, "Greedy steps timed after the first token")->capture_default_str();
+  model->add_option("--new-tokens", mo->new_tokens, "Turn 2's new tokens after turn 1's prompt and answer")->capture_default_str();
+  model->add_option("--answer-tokens", mo->answer_tokens, "Turn 1's answer")->capture_default_str();
+  model->add_option("--chunk-tokens", mo->chunk_tokens, "Store chunk = KV page size")->capture_default_str();
+  model->add_option("--repeats", mo->repeats, "Timed runs per figure (medians reported)")->capture_default_str();
+  model->add_option("--text", mo->text, "Text file the prompt is tokenized from (default: a license text)");
+  model->add_flag("--profile", mo->profile, "Also break a prefill, a returning turn and a decode step down by category");
+  model->add_flag("--json", mo->json, "Print one JSON object instead of a summary");
+  model->callback([mo] { SetExitCode(RunModelBench(*mo)); });
+}
+
+}  // namespace kvault::cli
