@@ -581,6 +581,27 @@ TEST(Hint, AwareKeepsWindowChunksInDramWhereLruDoesNot) {
   EXPECT_EQ(lru_stats.t1_evictions, 8u) << lru_stats.ToJson();
 }
 
+// Proves keys of another namespace protect nothing: HintKeyed takes the caller's keys (kvaultd
+// passes a client's on), so Bob naming Alice's chain A by her keys must leave A unprotected —
+// "aware" evicts it under the same puts as if nothing were hinted — while Alice's own keyed
+// hint keeps it in T1.
+TEST(Hint, KeysOfAnotherNamespaceDoNotEnterTheWindow) {
+  for (const bool own : {false, true}) {
+    TempDir dir;
+    auto store = OpenStore(HintOptions(dir.path(), 8, "aware"));
+    ASSERT_TRUE(store);
+    const Namespace alice = MakeNamespace(kLayout, "alice");
+    const Namespace bob = MakeNamespace(kLayout, "bob");
+    const Tokens a = Chain(1, 4);
+    PutFlushed(*store, alice, a);
+    const kvault::KeyedTokens keyed = kvault::KeyTokens(alice, a);
+    store->HintKeyed(own ? alice : bob, {&keyed});
+    store->WaitForPrefetch();
+    for (int i = 0; i < 6; ++i) PutFlushed(*store, alice, Chain(10 + i, 2));
+    EXPECT_EQ(TiersOf(*store, alice, a), own ? "HHHH" : "DDDD") << (own ? "Alice's hint" : "Bob's hint");
+  }
+}
+
 // Proves an empty hint clears the window: after Hint({A}) then Hint({}), "aware" evicts A
 // under the same puts (its chunks are no longer protected).
 TEST(Hint, EmptyHintClearsTheWindow) {
