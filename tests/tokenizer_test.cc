@@ -341,6 +341,18 @@ TEST(TokenizerErrors, SentencePieceUnsupportedAndTruncated) {
   auto nfkc = LoadSentencePieceModel(model + std::string("\x1a\x04\x12\x02xx", 6), "");
   ASSERT_FALSE(nfkc.ok());
   EXPECT_NE(nfkc.status().message().find("normalizer"), std::string::npos);
+  // A BYTE piece that is not "<0xHH>" (e.g. "<0x-1>", once an index of -1) is refused: append
+  // pieces { piece: "<0x-1>" type: BYTE }.
+  for (const std::string text : {"<0x-1>", "<0x+5>", "<0x 5>", "<0xG0>"}) {
+    const std::string piece = std::string("\x0a\x06", 2) + text + std::string("\x18\x06", 2);
+    auto bad = LoadSentencePieceModel(model + std::string("\x0a", 1) + static_cast<char>(piece.size()) + piece, "");
+    ASSERT_FALSE(bad.ok()) << text;
+    EXPECT_EQ(bad.status().code(), Code::kInvalidArgument) << text;
+    EXPECT_NE(bad.status().message().find("byte piece"), std::string::npos) << bad.status().message();
+  }
+  // A well-formed one loads (lower-case hex too).
+  const std::string ok_piece = std::string("\x0a\x06", 2) + "<0x0a>" + std::string("\x18\x06", 2);
+  EXPECT_TRUE(LoadSentencePieceModel(model + std::string("\x0a", 1) + static_cast<char>(ok_piece.size()) + ok_piece, "").ok());
 }
 
 TEST(TokenizerErrors, FuzzedFilesNeverCrash) {
