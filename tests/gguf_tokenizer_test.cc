@@ -20,6 +20,7 @@
 #include "gguf/gguf_file.h"
 #include "gguf_writer.h"
 #include "tokenizer/hf_pipeline.h"
+#include "tokenizer/utf8.h"
 #include "smollm2_locator.h"
 
 namespace kvault::tokenizer {
@@ -109,17 +110,7 @@ std::vector<std::string> RoundTripCorpus() {
       uint32_t cp;
       do cp = code_point(rng);
       while ((cp >= 0xD800 && cp <= 0xDFFF) || cp == 0x2581);
-      if (cp < 0x80) {
-        s.push_back(static_cast<char>(cp));
-      } else if (cp < 0x800) {
-        s += {static_cast<char>(0xC0 | (cp >> 6)), static_cast<char>(0x80 | (cp & 0x3F))};
-      } else if (cp < 0x10000) {
-        s += {static_cast<char>(0xE0 | (cp >> 12)), static_cast<char>(0x80 | ((cp >> 6) & 0x3F)),
-              static_cast<char>(0x80 | (cp & 0x3F))};
-      } else {
-        s += {static_cast<char>(0xF0 | (cp >> 18)), static_cast<char>(0x80 | ((cp >> 12) & 0x3F)),
-              static_cast<char>(0x80 | ((cp >> 6) & 0x3F)), static_cast<char>(0x80 | (cp & 0x3F))};
-      }
+      kvault::tokenizer::AppendUtf8(cp, &s);
     }
     corpus.push_back(std::move(s));
   }

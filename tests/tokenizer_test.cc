@@ -12,6 +12,7 @@
 
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode_nfc.h"
+#include "tokenizer/utf8.h"
 
 namespace kvault::tokenizer {
 namespace {
@@ -98,19 +99,7 @@ std::string RandomText(std::mt19937& rng) {
     uint32_t cp;
     do cp = code_point(rng);
     while ((cp >= 0xD800 && cp <= 0xDFFF) || cp == 0x2581);
-    std::string one;
-    if (cp < 0x80) {
-      one.push_back(static_cast<char>(cp));
-    } else if (cp < 0x800) {
-      one = {static_cast<char>(0xC0 | (cp >> 6)), static_cast<char>(0x80 | (cp & 0x3F))};
-    } else if (cp < 0x10000) {
-      one = {static_cast<char>(0xE0 | (cp >> 12)), static_cast<char>(0x80 | ((cp >> 6) & 0x3F)),
-             static_cast<char>(0x80 | (cp & 0x3F))};
-    } else {
-      one = {static_cast<char>(0xF0 | (cp >> 18)), static_cast<char>(0x80 | ((cp >> 12) & 0x3F)),
-             static_cast<char>(0x80 | ((cp >> 6) & 0x3F)), static_cast<char>(0x80 | (cp & 0x3F))};
-    }
-    s += one;
+    kvault::tokenizer::AppendUtf8(cp, &s);
   }
   return s;
 }

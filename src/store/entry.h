@@ -59,6 +59,8 @@ struct Entry {
   bool on_t2 = false;
   DiskLocation location;
 
+  // Keyed in namespace (ns_id, layout): a key alone names no chunk across namespaces.
+  bool InNamespace(const Digest& id, const KvLayout& l) const { return ns_id == id && layout == l; }
   bool partial() const { return tokens < layout.chunk_tokens; }
   // A `moving` entry may leave T1: its T2 copy (being moved) keeps it.
   bool evictable() const { return committed && in_t1 && pins == 0 && !promoting && !writing; }

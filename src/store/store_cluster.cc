@@ -63,10 +63,7 @@ std::optional<Result<ChunkReader>> StoreImpl::FetchFromClusterLocked(MutexLock& 
     std::memcpy(p, src, n);
     src += n;
   });
-  const uint64_t padded = RoundUpToBlock(e->bytes);  // zeros, so that no stale bytes reach the disk
-  if (padded > e->bytes) {
-    arena_->ForEachPiece(e->pages, e->bytes, padded - e->bytes, [](std::byte* p, size_t n) { std::memset(p, 0, n); });
-  }
+  ZeroPadding(e);
   lock.Lock(mu_);
   core_->Commit(e, {});
   ++stats_.t3_fetches;
@@ -93,11 +90,7 @@ void StoreImpl::EnqueueClusterWriteLocked(Entry* e) {
 std::vector<std::byte> StoreImpl::CopyRecordOut(const Entry* e, RecordHeader* h, bool hash) const {
   std::vector<std::span<const std::byte>> pieces;
   arena_->ForEachPiece(e->pages, 0, e->bytes, [&](std::byte* p, size_t n) { pieces.push_back({p, n}); });
-  if (hash) {  // written out of order and not yet hashed by the T2 write-behind
-    PayloadChecksum sum;
-    for (std::span<const std::byte> piece : pieces) sum.Update(piece);
-    h->payload_checksum = sum.Digest();
-  }
+  if (hash) h->payload_checksum = PayloadChecksumOf(e);  // written out of order, not yet hashed by the T2 write-behind
   return EncodeRemoteRecord(*h, pieces);
 }
 

@@ -170,6 +170,11 @@ class StoreImpl final : private TierCoreListener {
   // e's record (remote_record.h) copied out of its pages; fills in h->payload_checksum when
   // `hash`. REQUIRES: e pinned by the caller; mu_ not held.
   std::vector<std::byte> CopyRecordOut(const Entry* e, RecordHeader* h, bool hash) const;
+  // XXH3 of a pinned entry's payload, in one pass over its pages (mu_ not needed).
+  uint64_t PayloadChecksumOf(const Entry* e) const;
+  // Zeros a pinned entry's pages past its payload up to the block boundary, so that no stale
+  // bytes reach the disk or T3 (mu_ not needed).
+  void ZeroPadding(const Entry* e);
   // Publishes committed entry e (in T1) to T3: pins it, copies its record out and unpins it
   // with mu_ released, then puts the record with mu_ released; counts the outcome. The T3
   // writer thread only. REQUIRES: mu_ held via `lock`.

@@ -146,7 +146,7 @@ void StoreImpl::Hint(std::span<const HintPrompt> prompts) {
         // Keys come from the caller (kvaultd takes a client's on trust within its namespace):
         // an entry of another namespace under such a key never enters this window.
         const Entry* e = FindLocked(full[j].key);
-        if (e != nullptr && (e->ns_id != ns.id() || e->layout != ns.layout())) continue;
+        if (e != nullptr && !e->InNamespace(ns.id(), ns.layout())) continue;
         chains[i].push_back(full[j].key);
       }
     }

@@ -45,7 +45,7 @@ Result<ChunkWriter> StoreImpl::BeginPut(const Namespace& ns, const ChunkSpan& ch
   if (Entry* stored = core_->Find(chunk.key)) {
     // The key came from the caller: one naming another namespace's (or layout's) entry is a
     // caller error, never "exists" (that would report someone else's chunk as stored).
-    if (stored->ns_id != ns.id() || stored->layout != layout) {
+    if (!stored->InNamespace(ns.id(), layout)) {
       return Status::InvalidArgument("chunk key " + chunk.key.ShortHex() + " is not keyed in this namespace");
     }
     return PutOfStoredChunkLocked(stored);
@@ -55,13 +55,8 @@ Result<ChunkWriter> StoreImpl::BeginPut(const Namespace& ns, const ChunkSpan& ch
   if (!e.ok()) return e.status();
   lock.Unlock();
 
-  // Zero the padding so that no stale bytes reach the disk.
   Entry* entry = e.value();
-  const uint64_t padded = RoundUpToBlock(entry->bytes);
-  if (padded > entry->bytes) {
-    arena_->ForEachPiece(entry->pages, entry->bytes, padded - entry->bytes,
-                         [](std::byte* p, size_t len) { std::memset(p, 0, len); });
-  }
+  ZeroPadding(entry);
   return ChunkWriter(chunk.key, chunk.tokens, layout, /*exists=*/false,
                      std::make_unique<StoreWriterBackend>(this, entry, std::move(superseded)));
 }
@@ -177,6 +172,19 @@ void StoreImpl::EnqueueWriteLocked(Entry* e) {
   e->seq = next_seq_++;
   last_queued_seq_ = e->seq;
   write_queue_.emplace_back(e->seq, e->key);
+}
+
+void StoreImpl::ZeroPadding(const Entry* e) {
+  const uint64_t padded = RoundUpToBlock(e->bytes);
+  if (padded > e->bytes) {
+    arena_->ForEachPiece(e->pages, e->bytes, padded - e->bytes, [](std::byte* p, size_t n) { std::memset(p, 0, n); });
+  }
+}
+
+uint64_t StoreImpl::PayloadChecksumOf(const Entry* e) const {
+  PayloadChecksum sum;
+  arena_->ForEachPiece(e->pages, 0, e->bytes, [&](std::byte* p, size_t n) { sum.Update({p, n}); });
+  return sum.Digest();
 }
 
 }  // namespace kvault

@@ -9,8 +9,6 @@ namespace kvault {
 
 namespace {
 
-bool SameNamespace(const Entry& e, const Namespace& ns) { return e.ns_id == ns.id() && e.layout == ns.layout(); }
-
 // A ChunkReader's view of a committed entry pinned in T1.
 class StoreReaderBackend final : public ChunkReaderBackend {
  public:
@@ -46,7 +44,7 @@ Result<ChunkReader> StoreImpl::OpenChunk(const Namespace& ns, const ChunkKey& ke
       if (r) return std::move(*r);
       continue;  // it turned up locally during the fetch
     }
-    if (e == nullptr || !e->committed || !SameNamespace(*e, ns)) {
+    if (e == nullptr || !e->committed || !e->InNamespace(ns.id(), ns.layout())) {
       ++stats_.err_load_miss;
       return Status::NotFound("chunk " + key.ShortHex() + " is not cached");
     }

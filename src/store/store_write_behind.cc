@@ -31,7 +31,7 @@ void StoreImpl::WriterLoop() {
       e->writing = true;
       ++e->pins;
       batch.push_back(e);
-      record_sizes.push_back(kBlockBytes + RoundUpToBlock(e->bytes));
+      record_sizes.push_back(TierCore::RecordBytes(*e));
       record_bytes += record_sizes.back();
     }
     if (batch.empty()) {
@@ -50,11 +50,7 @@ void StoreImpl::WriterLoop() {
 
     // The entries are pinned: their pages can be read without the lock.
     for (size_t i = 0; i < batch.size(); ++i) {
-      if (needs_checksum[i]) {  // written out of order: hash it now
-        PayloadChecksum sum;
-        arena_->ForEachPiece(batch[i]->pages, 0, batch[i]->bytes, [&](std::byte* p, size_t n) { sum.Update({p, n}); });
-        items[i].header.payload_checksum = sum.Digest();
-      }
+      if (needs_checksum[i]) items[i].header.payload_checksum = PayloadChecksumOf(batch[i]);  // written out of order
       arena_->ForEachPiece(batch[i]->pages, 0, RoundUpToBlock(batch[i]->bytes),
                            [&](std::byte* p, size_t n) { items[i].payload.push_back({p, n}); });
     }
@@ -220,7 +216,7 @@ void StoreImpl::CompactSegment(uint32_t id) {
   // its cap are dropped instead, the last ones first (the cap holds at every moment).
   std::vector<uint64_t> sizes;
   for (Move& m : moves) {
-    if (m.ok) sizes.push_back(kBlockBytes + RoundUpToBlock(m.header.payload_bytes));
+    if (m.ok) sizes.push_back(m.header.record_bytes());
   }
   while (!sizes.empty() && log_->UsedBytes() + log_->BytesNeeded(sizes) > options_.t2_bytes) sizes.pop_back();
   std::vector<AppendItem> items;

@@ -42,7 +42,7 @@ Entry* TierCore::Add(std::unique_ptr<Entry> entry) {
 // --- lookup ------------------------------------------------------------------------------
 
 Tier TierCore::TierOf(const Entry* e, const Digest& ns_id, const KvLayout& layout) {
-  if (e == nullptr || !e->committed || e->ns_id != ns_id || e->layout != layout) return Tier::kNone;
+  if (e == nullptr || !e->committed || !e->InNamespace(ns_id, layout)) return Tier::kNone;
   if (e->in_t1) return Tier::kT1;
   if (e->on_t2 || e->promoting) return Tier::kT2;
   return Tier::kNone;
