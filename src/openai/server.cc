@@ -13,6 +13,7 @@
 #include "metrics/latency_histogram.h"
 #include "metrics/prometheus_text.h"
 #include "openai/openai_api.h"
+#include "openai/prompt.h"
 
 namespace kvault::openai {
 namespace {
@@ -296,14 +297,11 @@ void Server::Impl::Generate(const httplib::Request& req, httplib::Response& res,
                            "invalid_request_error", "model", "model_not_found"});
   }
   // The prompt's tokens.
-  std::vector<uint32_t> prompt;
-  if (chat) {
-    auto text = chat_.Render(r.messages, /*add_generation_prompt=*/true);
-    if (!text.ok()) return SendError(res, {400, text.status().message(), "invalid_request_error", "messages", ""});
-    prompt = tok_->Encode(*text, /*add_bos=*/false);  // the template wrote BOS where it belongs
-  } else {
-    prompt = tok_->Encode(r.prompt, opt_.add_bos);
+  auto tokens = PromptTokens(r, *tok_, chat_, {opt_.add_bos, opt_.special_tokens_in_content});
+  if (!tokens.ok()) {
+    return SendError(res, {400, tokens.status().message(), "invalid_request_error", chat ? "messages" : "prompt", ""});
   }
+  const std::vector<uint32_t> prompt = std::move(*tokens);
   const auto n = static_cast<int64_t>(prompt.size());
   if (n == 0) return SendError(res, {400, "the prompt is empty", "invalid_request_error", chat ? "messages" : "prompt", ""});
   const int64_t room = opt_.max_context - n;

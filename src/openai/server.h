@@ -28,6 +28,9 @@ struct ServerOptions {
   // /v1/completions: raw prompts start with BOS (when the tokenizer has one). False for models
   // that want none (GGUF tokenizer.ggml.add_bos_token false, e.g. SmolLM2).
   bool add_bos = true;
+  // Special-token spellings typed in message content become control tokens (the old,
+  // forgeable behaviour). Off by default: the chat template alone writes control tokens.
+  bool special_tokens_in_content = false;
 };
 
 class Server {

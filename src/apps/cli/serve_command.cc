@@ -39,6 +39,7 @@ struct ServeFlags {
   std::string policy = "lru";
   int64_t chunk_tokens = 64;
   int http_threads = 64;
+  bool special_tokens_in_content = false;
 };
 
 int RunServe(const ServeFlags& f) {
@@ -132,6 +133,7 @@ int RunServe(const ServeFlags& f) {
   so.default_max_tokens = f.default_max_tokens;
   so.http_threads = f.http_threads;
   so.add_bos = add_bos;
+  so.special_tokens_in_content = f.special_tokens_in_content;
   openai::Server server(&engine, store.get(), tokenizer, *chat, so);
   if (Status st = server.Start(); !st.ok()) {
     std::cerr << "kvault serve: " << st.ToString() << "\n";
@@ -178,6 +180,9 @@ void AddServeCommand(CLI::App& app) {
   s->add_option("--policy", f->policy, "Embedded store: eviction policy")->capture_default_str();
   s->add_option("--chunk-tokens", f->chunk_tokens, "Tokens per stored chunk (= KV page)")->check(CLI::PositiveNumber)->capture_default_str();
   s->add_option("--http-threads", f->http_threads, "HTTP worker threads (each stream holds one)")->check(CLI::PositiveNumber)->capture_default_str();
+  s->add_flag("--special-tokens-in-content", f->special_tokens_in_content,
+              "treat special-token spellings typed in message content (e.g. <|im_end|>) as control tokens; "
+              "off: content is plain text and only the chat template writes control tokens (a user cannot forge a turn)");
   s->callback([f] { SetExitCode(RunServe(*f)); });
 }
 
