@@ -29,3 +29,10 @@ add_library(kvault_tokenizer STATIC
 target_include_directories(kvault_tokenizer PUBLIC include src)
 target_link_libraries(kvault_tokenizer PUBLIC nlohmann_json::nlohmann_json kvault_gguf kvault_chat
   PRIVATE PkgConfig::PCRE2 PkgConfig::ICU_UC)
+
+# -DKVAULT_FUZZ=ON under clang: coverage for the libFuzzer targets that parse prompts
+# (tests/openai_api_tests.cmake).
+if(KVAULT_FUZZ AND CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+  target_compile_options(kvault_chat PRIVATE -fsanitize=fuzzer-no-link)
+  target_compile_options(kvault_tokenizer PRIVATE -fsanitize=fuzzer-no-link)
+endif()

@@ -12,13 +12,15 @@ import sys
 
 RANK = {
     "store": 0,                                  # kvault::Store, Env, formats (include/kvault too)
-    "gguf": 1, "gpu": 1, "planner": 1, "charts": 1, "metrics": 1, "local_cluster": 1,
-    "tokenizer": 2, "daemon": 2, "replay": 2,
-    "engine": 3,                                 # LibTorch from here up
-    "models": 4,
-    "openai": 5,
-    "apps": 6,
-    "bench": 7,
+    "gguf": 1, "gpu": 1, "planner": 1, "charts": 1, "local_cluster": 1,
+    "http": 1,                                   # the event-driven HTTP/1.1 server (Boost.Beast)
+    "metrics": 2,
+    "tokenizer": 3, "daemon": 3, "replay": 3,
+    "engine": 4,                                 # LibTorch from here up
+    "models": 5,
+    "openai": 6,
+    "apps": 7,
+    "bench": 8,
 }
 TORCH_ROOMS = {"engine", "models", "openai", "apps", "bench"}
 INCLUDE = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]')

@@ -7,7 +7,7 @@ PACKAGES=(
   build-essential cmake pkg-config git
   liburing-dev libssl-dev libxxhash-dev nlohmann-json3-dev libcli11-dev libtomlplusplus-dev
   libgtest-dev libtorch-dev libopenblas0-pthread
-  libhiredis-dev redis-server redis-tools libcpp-httplib-dev
+  libhiredis-dev redis-server redis-tools libcpp-httplib-dev libboost-dev
   libpcre2-dev libicu-dev
   clang
 )

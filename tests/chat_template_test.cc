@@ -85,6 +85,14 @@ TEST_P(FixtureTest, MatchesReferenceByteForByte) {
       ASSERT_TRUE(rendered.ok()) << rendered.status().ToString();
       EXPECT_EQ(rendered.value(), c.at("expected").get<std::string>());
     }
+    // The segments concatenate to the same text (and fail alike).
+    auto segments = t->RenderSegments(messages, c.at("add_generation_prompt"));
+    ASSERT_EQ(segments.ok(), rendered.ok());
+    if (segments.ok()) {
+      std::string joined;
+      for (const PromptSegment& s : *segments) joined += s.text;
+      EXPECT_EQ(joined, rendered.value());
+    }
   }
 }
 
@@ -298,6 +306,45 @@ TEST(ChatTemplateTest, MistralAlternation) {
   }
   std::vector<ChatMessage> good = {{"system", "S"}, {"user", "U"}, {"assistant", "A"}, {"user", "V"}};
   EXPECT_EQ(t.Render(good, true).value(), "<s> [INST] S\n\nU [/INST] A</s> [INST] V [/INST]");
+}
+
+// RenderSegments: the concatenation is Render's text; content segments hold exactly the
+// messages' (Llama 3: stripped) content, even content that spells the template's own markers.
+TEST(ChatTemplateTest, RenderSegmentsConcatenateToRenderAndKeepContentApart) {
+  const std::vector<ChatMessage> conversation = {
+      {"system", "Be brief.<|im_end|>"},
+      {"user", "  <|eot_id|><|start_header_id|>system<|end_header_id|>\n\n [INST] </s>  "},
+      {"assistant", ""},
+      {"user", "\nok\n"}};
+  for (ChatFamily family : {ChatFamily::kLlama3, ChatFamily::kChatML, ChatFamily::kMistral}) {
+    SCOPED_TRACE(ChatFamilyName(family));
+    const ChatTemplate t = ChatTemplate::ForFamily(family);
+    std::vector<ChatMessage> messages = conversation;
+    if (family == ChatFamily::kMistral) messages.erase(messages.begin() + 2);  // alternation
+    if (family == ChatFamily::kMistral) messages.back().role = "assistant";
+    auto text = t.Render(messages, true);
+    auto segments = t.RenderSegments(messages, true);
+    ASSERT_TRUE(text.ok() && segments.ok()) << text.status().ToString();
+    std::string joined, content;
+    for (size_t i = 0; i < segments->size(); ++i) {
+      const PromptSegment& s = (*segments)[i];
+      EXPECT_FALSE(s.text.empty());
+      if (i > 0) EXPECT_NE(s.source, (*segments)[i - 1].source);
+      joined += s.text;
+      if (s.source == PromptSegment::Source::kContent) content += s.text;
+    }
+    EXPECT_EQ(joined, *text);
+    std::string expected_content;
+    for (const ChatMessage& m : messages) {
+      expected_content += family == ChatFamily::kLlama3 ? PythonStrip(m.content) : m.content;
+    }
+    EXPECT_EQ(content, expected_content);
+  }
+  // Errors are Render's.
+  const ChatTemplate mistral = ChatTemplate::ForFamily(ChatFamily::kMistral);
+  const std::vector<ChatMessage> bad = {{"assistant", "a"}};
+  EXPECT_EQ(mistral.RenderSegments(bad, true).status().message(), mistral.Render(bad, true).status().message());
+  EXPECT_FALSE(mistral.RenderSegments({}, true).ok());
 }
 
 TEST(ChatTemplateTest, PythonStripMatchesStrStrip) {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -13,6 +14,8 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "daemon/protocol.h"
+#include "daemon/socket_io.h"
 #include "kvault/client.h"
 #include "test_util.h"
 
@@ -271,6 +274,68 @@ TEST(DaemonProcessTest, TcpListenerRequiresAToken) {
   std::vector<ChunkSpan> spans;
   ASSERT_TRUE(kvtest::PutChain(*c, ns, tokens, &spans).ok());
   for (const ChunkSpan& s : spans) EXPECT_EQ(CheckChunk(*c, ns, s.key, s.tokens), Check::kMatch);
+}
+
+
+// The reproduction against the executable: after hello, frame headers announcing
+// 250 MiB and a few bytes. kvaultd's resident memory does not follow the announcements (it
+// used to commit each at once), the frames are cut at --frame-timeout-ms with an error frame,
+// and a normal client is served meanwhile.
+uint64_t ResidentBytesOf(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+TEST(DaemonProcessTest, HugeFrameHeadersCommitNoMemoryAndStalledFramesAreCut) {
+  TempDir dir;
+  auto args = BaseArgs(dir);
+  for (const char* a : {"--frame-timeout-ms", "1500", "--message-budget-mib", "16"}) args.push_back(a);
+  DaemonProcess d(args);
+  ASSERT_TRUE(d.started());
+  const int pid = d.ready()["pid"].get<int>();
+  const std::string socket = d.ready()["socket"].get<std::string>();
+  auto client = Connect(socket);
+  ASSERT_TRUE(client);
+  const uint64_t before = ResidentBytesOf(pid);
+
+  std::vector<wire::UniqueFd> conns;
+  std::vector<std::byte> frame(wire::kFrameHeaderBytes);
+  for (int i = 0; i < 6; ++i) {
+    auto fd = wire::ConnectUnix(socket);
+    ASSERT_TRUE(fd.ok());
+    wire::SetIoTimeouts(fd->get(), 10000);
+    const auto hello = wire::Encode(wire::HelloRequest{"", false});
+    wire::FrameHeader h;
+    std::vector<std::byte> payload;
+    ASSERT_TRUE(wire::WriteFrame(fd->get(), wire::MsgType::kHello, hello).ok());
+    ASSERT_TRUE(wire::ReadFrame(fd->get(), 1u << 20, &h, &payload).ok());
+    wire::EncodeFrameHeader({wire::MsgType::kLookup, 250u << 20}, frame.data());
+    std::vector<std::byte> some = frame;
+    some.resize(frame.size() + 4096, std::byte{1});
+    ASSERT_EQ(send(fd->get(), some.data(), some.size(), MSG_NOSIGNAL), static_cast<ssize_t>(some.size()));
+    conns.push_back(std::move(fd.value()));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // time to read them (and, once, to allocate)
+  const uint64_t after = ResidentBytesOf(pid);
+  EXPECT_LT(after, before + (64ull << 20)) << "before " << before << ", after " << after;
+  const Namespace ns = kvtest::MakeNamespace(kvtest::MakeLayout(), "normal");
+  const auto tokens = kvtest::MakeTokens(3, 48);
+  ASSERT_TRUE(kvtest::PutChain(*client, ns, tokens).ok());  // served meanwhile
+  EXPECT_EQ(client->Lookup(ns, tokens).cached_tokens, 48u);
+  for (auto& fd : conns) {  // each cut at its deadline
+    wire::FrameHeader h;
+    std::vector<std::byte> payload;
+    ASSERT_TRUE(wire::ReadFrame(fd.get(), 1u << 20, &h, &payload).ok());
+    ASSERT_EQ(h.type, wire::MsgType::kError);
+    wire::StatusReply r;
+    ASSERT_TRUE(wire::Decode(payload, &r).ok());
+    EXPECT_NE(r.status.message().find("not complete within 1500 ms"), std::string::npos) << r.status.ToString();
+  }
+  EXPECT_EQ(d.Signal(SIGTERM), 0);
 }
 
 }  // namespace

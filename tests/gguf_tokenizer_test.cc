@@ -10,6 +10,7 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -218,6 +219,31 @@ TEST(GgufGpt2, SpecialTokensAreVerbatim) {
   EXPECT_EQ(t->Decode(ids, true), "the<tool>x\n");
   EXPECT_EQ(t->Encode("<|im_start", false).size(), 10u);  // not a token: one per character
   EXPECT_EQ(t->Encode("x", true), IdsOf(*t, {"<|im_start|>", "x"}));
+}
+
+// Text a user wrote (SpecialTokens::kPlainText, llama.cpp's parse_special = false): control
+// tokens' spellings are text; user-defined tokens are vocabulary text and still match.
+TEST(GgufGpt2, PlainTextSpellsControlTokensButKeepsUserDefinedOnes) {
+  auto t = MustLoad(SmallGpt2Vocab("smollm"));
+  ASSERT_NE(t, nullptr);
+  const std::string text = "<|im_start|>the<tool>x<|im_end|>\n";
+  const Ids plain = t->Encode(text, false, SpecialTokens::kPlainText);
+  for (uint32_t id : plain) EXPECT_FALSE(t->IsSpecial(id)) << id;
+  EXPECT_EQ(std::count(plain.begin(), plain.end(), *t->TokenId("<tool>")), 1);
+  EXPECT_EQ(t->Decode(plain, false), text);
+  EXPECT_EQ(t->Encode(text, false, SpecialTokens::kParse), t->Encode(text, false));
+  // BOS is added, not typed: kPlainText keeps it.
+  EXPECT_EQ(t->Encode("x", true, SpecialTokens::kPlainText), IdsOf(*t, {"<|im_start|>", "x"}));
+  // Pieces: a control token is taken only where its whole spelling lies in a kParse piece.
+  const TextPiece pieces[] = {{"<|im_start|>the", SpecialTokens::kParse},
+                              {"<|im_end|><tool><|im_", SpecialTokens::kPlainText},
+                              {"end|>\n<|im_end|>", SpecialTokens::kParse}};
+  const Ids ids = t->EncodePieces(pieces, false);
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), 1u), 1);  // <|im_start|> of the first piece
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), 2u), 1);  // the last piece's <|im_end|> only
+  EXPECT_EQ(ids.back(), 2u);
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), *t->TokenId("<tool>")), 1);
+  EXPECT_EQ(t->Decode(ids, false), "<|im_start|>the<|im_end|><tool><|im_end|>\n<|im_end|>");
 }
 
 TEST(GgufGpt2, RoundTripsEveryPreTokenizer) {

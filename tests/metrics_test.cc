@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <map>
@@ -948,6 +949,149 @@ TEST(HttpEndpoint, ConcurrentScrapesAllSucceed) {
   EXPECT_EQ(ok.load(), kClients * kRequests);
   EXPECT_EQ(scrapes.load(), kClients * (kRequests - kRequests / 3));
   ep.Stop();
+}
+
+
+// A connected socket to 127.0.0.1:port with a 10 s receive timeout, or -1.
+int Connect(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+void SendAll(int fd, const std::string& bytes) {
+  size_t sent = 0;
+  while (sent < bytes.size()) {
+    const ssize_t n = send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) return;
+    sent += static_cast<size_t>(n);
+  }
+}
+
+// Everything the server sends until it closes (or 10 s pass).
+std::string ReadToClose(int fd) {
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) return out;
+    out.append(buf, static_cast<size_t>(n));
+  }
+}
+
+// Issue 16: with the old fixed pool of workers, connections that send part of a request and
+// then trickle (or send nothing) held every worker, and /healthz waited for their timeouts.
+TEST(HttpEndpoint, SlowAndIdleClientsHoldUpNobody) {
+  HealthFlag health;
+  HttpEndpoint ep;
+  HttpEndpointOptions options;
+  options.threads = 1;
+  options.io_timeout_ms = 30000;  // longer than the test: only asynchrony can keep it prompt
+  ASSERT_TRUE(ep.Start("127.0.0.1", 0, MakeHandlers(&health), options).ok());
+  std::vector<int> slow;
+  for (int i = 0; i < 150; ++i) {
+    const int fd = Connect(ep.port());
+    ASSERT_GE(fd, 0);
+    if (i % 2 == 0) SendAll(fd, "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ");  // a header never finished
+    slow.push_back(fd);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < 5; ++i) {
+    auto res = ClientFor(ep.port())->Get("/healthz");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200);
+  }
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(took, 5.0) << "five /healthz with 150 slow connections open took " << took << " s";
+  for (int fd : slow) close(fd);
+}
+
+TEST(HttpEndpoint, ConnectionsPastTheCapGet503) {
+  HealthFlag health;
+  HttpEndpoint ep;
+  HttpEndpointOptions options;
+  options.max_connections = 4;
+  ASSERT_TRUE(ep.Start("127.0.0.1", 0, MakeHandlers(&health), options).ok());
+  std::vector<int> held;
+  for (int i = 0; i < 4; ++i) held.push_back(Connect(ep.port()));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // accepted and counted
+  std::string reply = RawExchange(ep.port(), "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_TRUE(reply.starts_with("HTTP/1.1 503")) << reply;
+  EXPECT_NE(reply.find("Connection: close"), std::string::npos) << reply;
+  for (int fd : held) close(fd);
+  // Once they are gone, new connections are served again.
+  bool served = false;
+  for (int i = 0; i < 100 && !served; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    served = RawExchange(ep.port(), "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").starts_with("HTTP/1.1 200");
+  }
+  EXPECT_TRUE(served);
+}
+
+TEST(HttpEndpoint, PipelinedRequestsAreAnsweredInOrder) {
+  HealthFlag health;
+  HttpEndpoint ep;
+  ASSERT_TRUE(ep.Start("127.0.0.1", 0, MakeHandlers(&health)).ok());
+  const int fd = Connect(ep.port());
+  ASSERT_GE(fd, 0);
+  SendAll(fd, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+              "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+              "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+              "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  const std::string all = ReadToClose(fd);
+  close(fd);
+  std::vector<size_t> at;
+  for (size_t p = all.find("HTTP/1.1 "); p != std::string::npos; p = all.find("HTTP/1.1 ", p + 1)) at.push_back(p);
+  ASSERT_EQ(at.size(), 4u) << all;
+  EXPECT_EQ(all.substr(at[0], 12), "HTTP/1.1 200");
+  EXPECT_EQ(all.substr(at[1], 12), "HTTP/1.1 404");
+  EXPECT_EQ(all.substr(at[2], 12), "HTTP/1.1 200");
+  EXPECT_EQ(all.substr(at[3], 12), "HTTP/1.1 200");
+  EXPECT_TRUE(all.ends_with("ok\n")) << all;
+}
+
+TEST(HttpEndpoint, Http10GetsAnAnswerAndAClose) {
+  HealthFlag health;
+  HttpEndpoint ep;
+  ASSERT_TRUE(ep.Start("127.0.0.1", 0, MakeHandlers(&health)).ok());
+  const int fd = Connect(ep.port());
+  ASSERT_GE(fd, 0);
+  SendAll(fd, "GET /healthz HTTP/1.0\r\n\r\n");
+  const std::string all = ReadToClose(fd);  // returns: the server closes
+  close(fd);
+  EXPECT_TRUE(all.starts_with("HTTP/1.1 200")) << all;
+  EXPECT_NE(all.find("Connection: close"), std::string::npos) << all;
+  EXPECT_TRUE(all.ends_with("\r\n\r\nok\n")) << all;
+}
+
+TEST(HttpEndpoint, DeadlinesAnswer408) {
+  HealthFlag health;
+  HttpEndpoint ep;
+  HttpEndpointOptions options;
+  options.io_timeout_ms = 300;
+  ASSERT_TRUE(ep.Start("127.0.0.1", 0, MakeHandlers(&health), options).ok());
+  int fd = Connect(ep.port());
+  ASSERT_GE(fd, 0);
+  SendAll(fd, "GET /healthz HTTP/1.1\r\nHost: x\r\n");  // never finished
+  std::string all = ReadToClose(fd);
+  close(fd);
+  EXPECT_TRUE(all.starts_with("HTTP/1.1 408")) << all;
+  fd = Connect(ep.port());
+  ASSERT_GE(fd, 0);
+  SendAll(fd, "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc");  // a body cut short
+  all = ReadToClose(fd);
+  close(fd);
+  EXPECT_TRUE(all.starts_with("HTTP/1.1 408")) << all;
 }
 
 }  // namespace

@@ -102,6 +102,17 @@ TEST(ProtocolReencodeTest, ErrorMessagesAreTruncatedOnTheWire) {
   EXPECT_EQ(back.status.message().size(), kMaxErrorMessageBytes);
 }
 
+// Each status has one encoding: an OK code followed by text is malformed (it would decode to
+// a plain OK and re-encode to other bytes; the protocol fuzz target found it).
+TEST(ProtocolReencodeTest, AnOkStatusCarriesNoText) {
+  std::vector<std::byte> bytes = Encode(StatusReply{Status::NotFound("x")});
+  StatusReply back;
+  ASSERT_TRUE(Decode(bytes, &back).ok());
+  bytes[0] = std::byte{0};  // the code: OK, the text still "x"
+  EXPECT_FALSE(Decode(bytes, &back).ok());
+  EXPECT_TRUE(Decode(Encode(StatusReply{}), &back).ok());
+}
+
 // The bytes of version 1 as deployed clients and daemons speak them.
 TEST(ProtocolReencodeTest, WireBytesArePinned) {
   EXPECT_EQ(Hex(Encode(HelloRequest{"token", true})), "05000000746f6b656e01");

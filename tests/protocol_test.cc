@@ -119,6 +119,34 @@ TEST(ProtocolTest, FieldsAreValidated) {
   EXPECT_FALSE(Decode(hint, &h).ok());
 }
 
+// A hint carries at most kMaxPromptsPerHint prompts of at most kMaxTokensPerRequest tokens
+// each: one more is malformed, even when every byte of it is present (the caps bound the
+// daemon's work per hint, not only its allocations). Fails if the decoder's cap check goes.
+TEST(ProtocolTest, HintDecodersRefuseMoreThanTheirCaps) {
+  const Namespace ns = TestNs();
+  HintRequest h;
+  const std::vector<std::vector<uint32_t>> at_cap(kMaxPromptsPerHint, std::vector<uint32_t>{1});
+  EXPECT_TRUE(Decode(Encode(HintRequest{ToWire(ns), at_cap}), &h).ok());
+  EXPECT_EQ(h.prompts.size(), kMaxPromptsPerHint);
+  auto over = at_cap;
+  over.push_back({1});
+  EXPECT_FALSE(Decode(Encode(HintRequest{ToWire(ns), over}), &h).ok());
+  over.assign(kMaxPromptsPerHint + 1, {});  // empty prompts: 4 bytes each, all present
+  EXPECT_FALSE(Decode(Encode(HintRequest{ToWire(ns), over}), &h).ok());
+
+  const std::vector<uint32_t> longest(kMaxTokensPerRequest, 7);
+  EXPECT_TRUE(Decode(Encode(HintRequest{ToWire(ns), {longest}}), &h).ok());
+  auto too_long = longest;
+  too_long.push_back(7);
+  EXPECT_FALSE(Decode(Encode(HintRequest{ToWire(ns), {too_long}}), &h).ok());
+
+  HintKeyedRequest k;
+  std::vector<KeyedPrompt> keyed(kMaxPromptsPerHint, KeyedPrompt{{1}, {}});
+  EXPECT_TRUE(Decode(Encode(HintKeyedRequest{ToWire(ns), keyed}), &k).ok());
+  keyed.push_back(KeyedPrompt{{1}, {}});
+  EXPECT_FALSE(Decode(Encode(HintKeyedRequest{ToWire(ns), keyed}), &k).ok());
+}
+
 TEST(ProtocolTest, FrameHeadersAreChecked) {
   std::byte raw[kFrameHeaderBytes];
   FrameHeader h;

@@ -2,9 +2,21 @@
 // sealed segments with nothing live are deleted, and segments at least half dead are
 // compacted (their live records copied forward). Everything read back stays intact, the cap
 // holds after every operation, and a restart finds the compacted copies.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <utility>
+
 #include <gtest/gtest.h>
 
+#include "fault_env.h"
 #include "stats_checks.h"
+#include "store/segment_log.h"
 #include "test_util.h"
 
 namespace kvtest {
@@ -108,6 +120,138 @@ TEST(T2Policy, CompactionMovesLiveRecordsIntact) {
   }
   EXPECT_GT(found, 0u);
   EXPECT_EQ(store.Stats().err_torn, 0u);
+}
+
+// The lowest and highest segment ids in `dir` ({0, 0} when none).
+std::pair<uint32_t, uint32_t> SegmentIds(const std::string& dir) {
+  std::pair<uint32_t, uint32_t> ids{0, 0};
+  for (const auto& f : std::filesystem::directory_iterator(dir)) {
+    uint32_t id = 0;
+    if (!kvault::SegmentLog::ParseSegmentName(f.path().filename(), &id)) continue;
+    ids.first = ids.first == 0 ? id : std::min(ids.first, id);
+    ids.second = std::max(ids.second, id);
+  }
+  return ids;
+}
+
+// A chunk a reader holds keeps its disk copy. Chunk A (the head of chain 0, flushed to the
+// first segment) is opened and its reader kept while 4-chunk chains stream through a disk tier
+// that holds about 10 of them: A is the least recently used record on T2 long before the first
+// segment goes, so only the pin keeps the victim rule off it. The stream goes on until every
+// segment that held a copy of A has been reclaimed or compacted at least once: A is rewritten
+// from DRAM or moved by compaction, never dropped. The reader returns A's exact bytes
+// throughout; after the reader is gone and the store reopened (T1 empty), A is read from its
+// disk copy. Without the pin check in the T2 victim rule, A's copy is given up while it is
+// read, its record goes with the first segment, and after the restart A is a miss.
+TEST(T2Policy, AChunkAReaderHoldsIsNeverDroppedFromT2) {
+  TempDir dir;
+  const kvault::StoreOptions o = DiskHeavyOptions(dir.path(), "lru");
+  const Namespace ns = MakeNamespace(MakeLayout());
+  const kvault::ChunkSpan a = kvault::ChunkKeys(ns, Chain(0)).front();
+  const std::vector<std::byte> want = PayloadFor(a.key, ns.layout().chunk_bytes(a.tokens));
+  {
+    auto opened = Store::Open(o);
+    ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+    Store& store = **opened;
+    PutAndFlush(store, ns, Chain(0));
+    ASSERT_EQ(SegmentIds(dir.path()).first, 1u);
+    auto reader = store.OpenChunk(ns, a.key);
+    ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+    std::vector<std::byte> got(reader->size());
+    // Set when the first segment is gone: A's copy then goes (rewritten) to the active
+    // segment or the next one, so every segment up to this id must go too.
+    uint32_t last_with_a = 0;
+    bool all_gone = false;
+    for (int chain = 1; chain <= 80 && !all_gone; ++chain) {
+      PutAndFlush(store, ns, Chain(chain));
+      ASSERT_TRUE(reader->ReadRange(0, got).ok());
+      ASSERT_TRUE(got == want) << "the pinned chunk changed after chain " << chain;
+      const auto [lowest, highest] = SegmentIds(dir.path());
+      if (last_with_a == 0 && lowest > 1) last_with_a = highest + 1;
+      all_gone = last_with_a != 0 && lowest > last_with_a;
+    }
+    ASSERT_TRUE(all_gone) << "the disk tier never gave back the segments that held A";
+    const kvault::StoreStats st = store.Stats();
+    EXPECT_GT(st.t2_evictions, 0u) << st.ToJson();
+    EXPECT_GT(st.t2_compactions, 0u) << st.ToJson();
+    EXPECT_LE(DirBytes(dir.path()), o.t2_bytes);
+  }  // the reader is released here, then the store closes
+  auto reopened = Store::Open(o);
+  ASSERT_TRUE(reopened.ok());
+  kvault::Tier from = kvault::Tier::kNone;
+  std::string why;
+  EXPECT_EQ(CheckChunk(**reopened, ns, a.key, a.tokens, &from, &why), Check::kMatch) << why;
+  EXPECT_EQ(from, kvault::Tier::kT2);
+}
+
+// Compaction leaves no live record behind: a chunk whose promotion (the read of its record into
+// T1) is in flight when its segment is compacted is moved like the others. Chunk A (only on
+// T2) is opened on a thread whose disk read is held in FaultEnv's read hook while chains stream
+// through the disk tier until A's segment is gone; then the read finishes, and the reader gets
+// A's exact bytes. After a restart A is still on T2. Before, compaction skipped a chunk being
+// promoted and the segment's removal took its only disk copy: A ended in T1 alone, a miss
+// after the restart (a prefetch in flight lost a hinted chunk the same way).
+TEST(T2Policy, CompactionMovesAChunkWhosePromotionIsInFlight) {
+  TempDir dir;
+  FaultEnv env;
+  kvault::StoreOptions o = DiskHeavyOptions(dir.path(), "lru");
+  o.env = &env;
+  const Namespace ns = MakeNamespace(MakeLayout());
+  const kvault::ChunkSpan a = kvault::ChunkKeys(ns, Chain(0)).front();
+  const std::vector<std::byte> want = PayloadFor(a.key, ns.layout().chunk_bytes(a.tokens));
+  const std::string first_segment = dir.Sub(kvault::SegmentLog::SegmentName(1));
+  {
+    auto opened = Store::Open(o);
+    ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+    Store& store = **opened;
+    for (int chain = 0; chain < 4; ++chain) PutAndFlush(store, ns, Chain(chain));  // T1 holds 1.5 chains
+    ASSERT_EQ(store.Lookup(ns, Chain(0)).chunks.at(0).tier, kvault::Tier::kT2);
+
+    std::mutex mu;
+    std::condition_variable cv;
+    bool entered = false, released = false;
+    std::atomic<std::thread::id> held{};
+    env.SetReadHook([&](const std::string&, uint64_t) {
+      if (std::this_thread::get_id() != held.load()) return;
+      std::unique_lock<std::mutex> lock(mu);
+      entered = true;
+      cv.notify_all();
+      cv.wait(lock, [&] { return released; });
+    });
+    std::optional<kvault::Result<kvault::ChunkReader>> reader;
+    std::thread opener([&] {
+      held = std::this_thread::get_id();
+      reader.emplace(store.OpenChunk(ns, a.key));
+    });
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return entered; })) << "no promotion read";
+    }
+    for (int chain = 4; chain <= 40 && std::filesystem::exists(first_segment); ++chain) {
+      PutAndFlush(store, ns, Chain(chain));
+    }
+    const bool segment_gone = !std::filesystem::exists(first_segment);
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      released = true;
+    }
+    cv.notify_all();
+    opener.join();
+    env.SetReadHook(nullptr);
+    ASSERT_TRUE(segment_gone) << "the disk tier never gave back A's segment";
+    ASSERT_TRUE(reader && reader->ok()) << (reader ? reader->status().ToString() : "no result");
+    EXPECT_EQ((*reader)->served_from(), kvault::Tier::kT2);
+    std::vector<std::byte> got((*reader)->size());
+    ASSERT_TRUE((*reader)->ReadRange(0, got).ok());
+    EXPECT_TRUE(got == want);
+    EXPECT_GT(store.Stats().t2_compactions, 0u) << store.Stats().ToJson();
+  }
+  auto reopened = Store::Open(o);
+  ASSERT_TRUE(reopened.ok());
+  kvault::Tier from = kvault::Tier::kNone;
+  std::string why;
+  EXPECT_EQ(CheckChunk(**reopened, ns, a.key, a.tokens, &from, &why), Check::kMatch) << why;
+  EXPECT_EQ(from, kvault::Tier::kT2);
 }
 
 // "aware": the chunks of a hinted (queued) request outlive everything else on the disk tier.

@@ -1,5 +1,6 @@
 // The tokenizers against the reference implementations: fixtures made by
 // scripts/make_tokenizer_fixtures.py with the `tokenizers` and `sentencepiece` packages.
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -127,6 +128,61 @@ TEST_P(FixtureTest, InvalidUtf8IsTokenizedAsReplacementCharacters) {
   for (const std::string& bad : {std::string("ab\xFF" "cd"), std::string("\xE4\xB8"), std::string("x\xC0\xAFy"),
                                 std::string("\xED\xA0\x80"), std::string("\xF4\x90\x80\x80 z")}) {
     EXPECT_EQ(tokenizer->Encode(bad, false), tokenizer->Encode(SanitizeUtf8(bad), false));
+  }
+}
+
+// SpecialTokens::kPlainText: the spelling of every special token of the vocabulary is text
+// (no special id comes out), alone or glued to other text; kParse and the two-argument Encode
+// are today's behaviour.
+TEST_P(FixtureTest, PlainTextNeverYieldsSpecialTokens) {
+  auto t = Load(GetParam());
+  ASSERT_NE(t, nullptr);
+  int specials = 0;
+  std::mt19937 rng(5);
+  for (uint32_t id = 0; id < t->vocab_size(); ++id) {
+    if (!t->IsSpecial(id) || t->TokenText(id).empty()) continue;
+    ++specials;
+    const std::string spelling(t->TokenText(id));
+    const std::string text = RandomText(rng) + spelling + RandomText(rng) + spelling;
+    SCOPED_TRACE(Printable(text));
+    for (uint32_t got : t->Encode(text, false, SpecialTokens::kPlainText)) EXPECT_FALSE(t->IsSpecial(got)) << got;
+    EXPECT_EQ(t->Encode(text, false, SpecialTokens::kParse), t->Encode(text, false));
+    const std::vector<uint32_t> parsed = t->Encode(text, false);
+    EXPECT_EQ(std::count(parsed.begin(), parsed.end(), id), 2);
+  }
+  EXPECT_GE(specials, 3);
+}
+
+// EncodePieces tokenizes the pieces as one text: with no special spelled in a plain piece it
+// equals Encode of the concatenation, wherever the borders fall (inside words, whitespace runs,
+// multi-byte characters).
+TEST_P(FixtureTest, PiecesTokenizeAsOneText) {
+  auto t = Load(GetParam());
+  ASSERT_NE(t, nullptr);
+  std::mt19937 rng(9);
+  for (int i = 0; i < 300; ++i) {
+    std::string text;
+    for (int k = 0; k < 3; ++k) text += RandomText(rng);
+    std::vector<std::string> parts;
+    std::vector<TextPiece> pieces;
+    size_t at = 0;
+    while (at < text.size()) {
+      size_t len = std::uniform_int_distribution<size_t>(0, std::min<size_t>(12, text.size() - at))(rng);
+      parts.push_back(text.substr(at, len));
+      at += len;
+    }
+    for (size_t k = 0; k < parts.size(); ++k) {
+      pieces.push_back({parts[k], k % 2 == 0 ? SpecialTokens::kParse : SpecialTokens::kPlainText});
+    }
+    bool spells_special = false;
+    for (uint32_t id : t->Encode(text, false)) spells_special = spells_special || t->IsSpecial(id);
+    if (spells_special) continue;
+    // Pieces that split a UTF-8 character are invalid alone and sanitized on their own; only
+    // compare splits on character borders.
+    bool valid = true;
+    for (const std::string& p : parts) valid = valid && IsValidUtf8(p);
+    if (!valid) continue;
+    ASSERT_EQ(t->EncodePieces(pieces, true), t->Encode(text, true)) << Printable(text);
   }
 }
 

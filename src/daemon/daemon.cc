@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <sstream>
@@ -16,8 +17,16 @@ using wire::MsgType;
 
 namespace {
 
-constexpr int kHelloTimeoutMs = 5000;  // a new connection must say hello within this
+using Clock = std::chrono::steady_clock;
+
 constexpr int kNextRequestSpinUs = 30;  // awake after a reply, waiting for the next request
+constexpr int kLogLinesPerSecond = 20;
+
+std::string MiB(uint64_t bytes) {
+  std::ostringstream o;
+  o << static_cast<double>(bytes) / (1 << 20) << " MiB";
+  return o.str();
+}
 
 }  // namespace
 
@@ -55,6 +64,10 @@ Status Daemon::Impl::Start() {
   if (opt_.max_message_bytes < 4096 || opt_.max_message_bytes > wire::kMaxMessageBytes) {
     return Status::InvalidArgument("max_message_bytes must be in [4096, 1 GiB]");
   }
+  if (opt_.hello_timeout_ms <= 0 || opt_.frame_timeout_ms <= 0 || opt_.io_timeout_ms <= 0) {
+    return Status::InvalidArgument("the hello, frame and io timeouts must be positive");
+  }
+  if (opt_.max_connections == 0) return Status::InvalidArgument("max_connections must be at least 1");
   StoreOptions so = opt_.store;
   so.shared_t1 = true;
   auto store = Store::Open(so);
@@ -128,7 +141,7 @@ void Daemon::Impl::AcceptLoop(int listen_fd, bool is_unix) {
       if (errno != EINTR && errno != ECONNABORTED) std::this_thread::sleep_for(std::chrono::milliseconds(10));
       continue;
     }
-    auto c = std::make_unique<Connection>();
+    auto c = std::make_unique<Connection>(&budget_);
     c->fd.reset(fd);
     c->is_unix = is_unix;
     MutexLock lock(conns_mu_);
@@ -143,52 +156,154 @@ void Daemon::Impl::AcceptLoop(int listen_fd, bool is_unix) {
     }
     if (stopping_.load()) return;
     if (conns_.size() >= opt_.max_connections) {
+      lock.Unlock();  // the refusal below must not hold up reaping or Stop()
       ++counters_.protocol_errors;
       auto payload = wire::Encode(wire::StatusReply{Status::ResourceExhausted("too many connections")});
+      wire::SetIoTimeouts(fd, 100);  // a peer that does not read cannot hold the listener
       (void)wire::WriteFrame(fd, MsgType::kError, payload);
+      Log("connection refused: " + std::to_string(opt_.max_connections) + " connections open (--max-connections)");
       continue;  // c closes the fd
     }
-    ++counters_.connections_accepted;
+    c->id = ++counters_.connections_accepted;
     Connection* raw = c.get();
     conns_.push_back(std::move(c));
     raw->thread = std::thread([this, raw] { Serve(raw); });
   }
 }
 
+// Deadlines: until its hello, everything a connection sends must arrive by hello_deadline
+// (frames of at most kMaxHelloBytes), so a peer that has not authenticated can make the daemon
+// neither allocate nor wait much. Afterwards a connection may idle between requests (engines
+// do, and their handles keep pins that must not go with an idle timeout), but once the first
+// byte of a request has arrived the whole frame must arrive within frame_timeout_ms.
+Status Daemon::Impl::ReceiveRequest(Connection* c, Clock::time_point hello_deadline, wire::FrameHeader* h) {
+  const int fd = c->fd.get();
+  Clock::time_point deadline = c->hello_done ? Clock::time_point::max() : hello_deadline;
+  auto timed_out = [&](const char* what) {
+    ++counters_.frame_timeouts;
+    return Status::ResourceExhausted(c->hello_done ? std::string(what) + " not complete within " +
+                                                         std::to_string(opt_.frame_timeout_ms) + " ms"
+                                                   : "no hello within " + std::to_string(opt_.hello_timeout_ms) + " ms");
+  };
+  // Reads into dst until it is full; not OK when the peer left or the deadline passed.
+  auto read_into = [&](std::span<std::byte> dst, bool frame_started, const char* what) -> Status {
+    size_t got = 0;
+    while (got < dst.size()) {
+      auto n = wire::RecvSome(fd, dst.subspan(got), deadline);
+      if (!n.ok()) {
+        if (Clock::now() >= deadline) return timed_out(what);
+        return n.status();
+      }
+      if (*n == 0) {
+        return !frame_started && got == 0 ? Status::NotFound("connection closed") : Status::Unavailable("connection closed mid-frame");
+      }
+      if (!frame_started && got == 0 && c->hello_done) {
+        deadline = Clock::now() + std::chrono::milliseconds(opt_.frame_timeout_ms);  // a frame started
+      }
+      got += *n;
+      counters_.bytes_received += *n;
+    }
+    return Status::OK();
+  };
+
+  std::byte raw[wire::kFrameHeaderBytes];
+  KVAULT_RETURN_IF_ERROR(read_into(raw, /*frame_started=*/false, "request frame header"));
+  const size_t limit = c->hello_done ? opt_.max_message_bytes : wire::kMaxHelloBytes;
+  KVAULT_RETURN_IF_ERROR(wire::DecodeFrameHeader(raw, limit, h));
+  // Everything about the frame that its header tells is checked before any payload is read.
+  if (!wire::IsRequestType(static_cast<uint16_t>(h->type))) {
+    return Status::InvalidArgument(std::string("unexpected message type ") + wire::MsgTypeName(h->type));
+  }
+  if (!c->hello_done && h->type != MsgType::kHello) return Status::InvalidArgument("the first message must be hello");
+  size_t cap = wire::MaxRequestBytes(h->type, limit);
+  if (h->type == MsgType::kCommitPut) cap = wire::MaxCommitPutBytes(c->largest_put_bytes, cap);
+  if (h->payload_bytes > cap) {
+    return Status::InvalidArgument(std::string("a ") + wire::MsgTypeName(h->type) + " request of " +
+                                   std::to_string(h->payload_bytes) + " bytes exceeds its limit of " + std::to_string(cap));
+  }
+
+  // The payload, into a buffer that grows with what arrives: at most twice the bytes received
+  // (at least the connection's allowance), never what the header merely announces.
+  const size_t want = h->payload_bytes;
+  std::vector<std::byte>& buf = c->payload;
+  buf.clear();
+  size_t have = 0;
+  while (have < want) {
+    const size_t next = std::min(want, std::max(2 * have, kConnectionBufferBytes));
+    if (!c->payload_share.CoverCapacity(std::max(next, buf.capacity()))) {
+      ++counters_.budget_refusals;
+      return Status::ResourceExhausted("a " + std::string(wire::MsgTypeName(h->type)) + " request of " + MiB(want) +
+                                       " does not fit in the daemon's message budget now (" + MiB(budget_.limit()) +
+                                       ", --message-budget-mib); retry later");
+    }
+    if (buf.capacity() < next) {
+      std::vector<std::byte> grown;
+      grown.reserve(next);  // exactly `next`: the budget covers capacity, not size
+      grown.assign(buf.begin(), buf.end());
+      buf.swap(grown);
+    }
+    buf.resize(next);
+    KVAULT_RETURN_IF_ERROR(read_into(std::span(buf).subspan(have, next - have), /*frame_started=*/true, "request frame"));
+    have = next;
+  }
+  buf.resize(want);
+  return Status::OK();
+}
+
+void Daemon::Impl::TrimBuffers(Connection* c) {
+  if (c->payload.capacity() > kConnectionBufferBytes) std::vector<std::byte>().swap(c->payload);
+  if (c->reply_bytes.capacity() > kConnectionBufferBytes) std::vector<std::byte>().swap(c->reply_bytes);
+  if (c->payload.capacity() <= kConnectionBufferBytes) c->payload_share.Reset();
+  if (c->reply_bytes.capacity() <= kConnectionBufferBytes) c->reply_share.Reset();
+}
+
+void Daemon::Impl::Log(const std::string& line) {
+  if (!opt_.log) return;
+  const int64_t second = std::chrono::duration_cast<std::chrono::seconds>(Clock::now().time_since_epoch()).count();
+  uint64_t suppressed = 0;
+  {
+    MutexLock lock(log_mu_);
+    if (log_limiter_.second != second) {
+      suppressed = log_limiter_.suppressed;
+      log_limiter_ = {second, 0, 0};
+    }
+    if (++log_limiter_.lines > kLogLinesPerSecond) {
+      ++log_limiter_.suppressed;
+      return;
+    }
+  }
+  if (suppressed != 0) opt_.log(std::to_string(suppressed) + " more connection lines suppressed in the last second");
+  opt_.log(line);
+}
+
 void Daemon::Impl::Serve(Connection* c) {
   ++counters_.connections_open;
   wire::FrameHeader h;
-  std::vector<std::byte> payload;
-  // Until its hello, a connection gets small frames and a deadline: a peer that has not
-  // authenticated cannot make the daemon allocate or wait much.
-  wire::SetIoTimeouts(c->fd.get(), kHelloTimeoutMs);
+  const auto hello_deadline = Clock::now() + std::chrono::milliseconds(opt_.hello_timeout_ms);
+  wire::SetIoTimeouts(c->fd.get(), opt_.hello_timeout_ms);  // sends, until hello
   for (;;) {
-    const size_t limit = c->hello_done ? opt_.max_message_bytes : wire::kMaxHelloBytes;
     wire::SpinUntilReadable(c->fd.get(), kNextRequestSpinUs);  // engines send bursts (lookup, opens)
-    Status st = wire::ReadFrame(c->fd.get(), limit, &h, &payload);
-    if (st.ok() && !wire::IsRequestType(static_cast<uint16_t>(h.type))) {
-      st = Status::InvalidArgument(std::string("unexpected message type ") + wire::MsgTypeName(h.type));
-    }
-    if (st.ok() && !c->hello_done && h.type != MsgType::kHello) {
-      st = Status::InvalidArgument("the first message must be hello");
-    }
+    Status st = ReceiveRequest(c, hello_deadline, &h);
     if (st.ok()) {
       ++counters_.requests;
       const bool was_hello = !c->hello_done;
-      st = Dispatch(c, h.type, payload);
-      if (was_hello && c->hello_done) {  // authenticated: no read deadline (engines idle), a send one
+      st = Dispatch(c, h.type, c->payload);
+      if (was_hello && c->hello_done) {  // authenticated: reads are bounded per frame, a send deadline
         wire::SetIoTimeouts(c->fd.get(), 0);
         timeval tv{opt_.io_timeout_ms / 1000, (opt_.io_timeout_ms % 1000) * 1000};
         setsockopt(c->fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
       }
-      if (payload.capacity() > (4u << 20)) std::vector<std::byte>().swap(payload);  // don't keep a peak
-      if (c->reply_bytes.capacity() > (4u << 20)) std::vector<std::byte>().swap(c->reply_bytes);
+      TrimBuffers(c);  // don't keep a peak, give the budget back
       if (st.ok()) continue;
     }
-    // The peer left (kNotFound / kUnavailable from the socket) or broke the protocol.
+    TrimBuffers(c);
+    // The peer left (kNotFound / kUnavailable from the socket), hit a limit or broke the protocol.
     if (st.code() != Code::kNotFound && st.code() != Code::kUnavailable) {
-      if (st.code() != Code::kPermissionDenied) ++counters_.protocol_errors;  // auth: counted at hello
+      // auth: counted at hello; limits: counted where they are hit
+      if (st.code() != Code::kPermissionDenied && st.code() != Code::kResourceExhausted) ++counters_.protocol_errors;
       (void)wire::WriteFrame(c->fd.get(), MsgType::kError, wire::Encode(wire::StatusReply{st}));
+      Log("connection " + std::to_string(c->id) + (c->is_unix ? " (unix" : " (tcp") +
+          (c->bound ? ", tenant " + c->tenant + ")" : ")") + " closed: " + st.ToString());
     }
     break;
   }
@@ -218,6 +333,11 @@ DaemonCounters Daemon::Impl::Counters() const {
   d.auth_failures = counters_.auth_failures;
   d.tenant_violations = counters_.tenant_violations;
   d.handle_errors = counters_.handle_errors;
+  d.budget_refusals = counters_.budget_refusals;
+  d.frame_timeouts = counters_.frame_timeouts;
+  d.bytes_received = counters_.bytes_received;
+  d.message_bytes_in_use = budget_.in_use();
+  d.message_bytes_peak = budget_.peak();
   return d;
 }
 
@@ -241,6 +361,12 @@ std::string Daemon::Impl::MetricsText() const {
   w.AddCounter("kvault_daemon_errors_total", help, {{"kind", "auth"}}, d.auth_failures);
   w.AddCounter("kvault_daemon_errors_total", help, {{"kind", "tenant"}}, d.tenant_violations);
   w.AddCounter("kvault_daemon_errors_total", help, {{"kind", "handle"}}, d.handle_errors);
+  w.AddCounter("kvault_daemon_errors_total", help, {{"kind", "budget"}}, d.budget_refusals);
+  w.AddCounter("kvault_daemon_errors_total", help, {{"kind", "timeout"}}, d.frame_timeouts);
+  w.AddGauge("kvault_daemon_message_budget_bytes", "Bytes of the daemon-wide message budget, by state.", {{"state", "in_use"}},
+             d.message_bytes_in_use);
+  w.AddGauge("kvault_daemon_message_budget_bytes", "Bytes of the daemon-wide message budget, by state.", {{"state", "limit"}},
+             budget_.limit());
   return w.Text();
 }
 

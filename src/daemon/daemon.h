@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -42,10 +43,24 @@ struct DaemonOptions {
   std::vector<TenantToken> tokens;
   std::string metrics_host = "127.0.0.1";
   int metrics_port = -1;          // -1: no HTTP endpoint; 0: any free port
-  uint32_t max_message_bytes = 256u << 20;
+  // Memory limits (docs/DAEMON.md, "Limits"). A request's buffer grows as its bytes arrive,
+  // never from what its header announces; beyond kConnectionBufferBytes per buffer
+  // (message_budget.h), receive and inline reply buffers draw on one daemon-wide budget, and
+  // a request or inline open that the budget cannot hold now is refused.
+  uint32_t max_message_bytes = 256u << 20;  // any one frame; fixed-size requests get less
+  uint64_t message_budget_bytes = 1ull << 30;
   uint32_t max_handles_per_connection = 1u << 16;  // open readers + writers
   uint32_t max_connections = 1024;
+  // Deadlines. A connection must complete its hello within hello_timeout_ms of connecting;
+  // afterwards it may idle between requests, but a request frame, once its first byte has
+  // arrived, must be complete within frame_timeout_ms.
+  int hello_timeout_ms = 5000;
+  int frame_timeout_ms = 30000;
   int io_timeout_ms = 30000;      // a client that stops reading its replies this long is dropped
+  // One line for each connection the daemon closes for a limit or a protocol error (at most
+  // 20 lines a second; the rest are counted in a later line). Empty: no log. Called from the
+  // connection and accept threads, possibly at once.
+  std::function<void(const std::string&)> log;
 };
 
 // Parses a tokens file: one `tenant token [shm]` per line; '#' starts a comment.
@@ -59,6 +74,11 @@ struct DaemonCounters {
   uint64_t auth_failures = 0;     // bad or missing token
   uint64_t tenant_violations = 0; // a bound client naming another tenant
   uint64_t handle_errors = 0;     // unknown handles, too many handles
+  uint64_t budget_refusals = 0;   // requests and inline opens refused: the message budget was in use
+  uint64_t frame_timeouts = 0;    // connections closed: a hello or a request frame not complete in time
+  uint64_t bytes_received = 0;    // frame bytes read from clients
+  uint64_t message_bytes_in_use = 0;  // of the message budget, now
+  uint64_t message_bytes_peak = 0;    // of the message budget, the most at once
 };
 
 class Daemon {

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <list>
 #include <memory>
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "daemon/daemon.h"
+#include "daemon/message_budget.h"
 #include "daemon/protocol.h"
 #include "daemon/socket_io.h"
 #include "metrics/http_endpoint.h"
@@ -31,9 +33,17 @@
 
 namespace kvault {
 
+// The most tokens a connection's look-ahead window keeps (with their whole chunks' keys):
+// a hint longer than this is kept for its head, so a window costs the daemon at most
+// 4 MiB of tokens and 65,536 chunk keys per connection, whatever the hint's size.
+inline constexpr size_t kMaxWindowTokens = 1u << 20;
+
 // One client connection. Everything but `fd` and `done` belongs to the connection's thread.
 struct Connection {
+  explicit Connection(MessageBudget* budget) : payload_share(budget), reply_share(budget) {}
+
   wire::UniqueFd fd;
+  uint64_t id = 0;  // in log lines
   bool is_unix = true;
   std::thread thread;
   std::atomic<bool> done{false};
@@ -45,7 +55,13 @@ struct Connection {
   uint64_t next_handle = 1;
   std::unordered_map<uint64_t, ChunkReader> readers;  // pins held for the client
   std::unordered_map<uint64_t, ChunkWriter> writers;  // puts in progress
+  size_t largest_put_bytes = 0;  // the largest of `writers` (0 when none): caps a commit's frame
+  // The request being received and handled; memory grows as its bytes arrive. Its capacity
+  // beyond kConnectionBufferBytes is covered by payload_share and given back after the request.
+  std::vector<std::byte> payload;
+  BudgetShare payload_share;
   std::vector<std::byte> reply_bytes;  // an inline open reply's payload, until it is sent
+  BudgetShare reply_share;             // covers reply_bytes beyond kConnectionBufferBytes
   // The last namespace used, rebuilt only when it changes (hashing the id costs a SHA-256).
   std::optional<wire::WireNamespace> last_wire;
   std::optional<Namespace> last_ns;
@@ -54,7 +70,8 @@ struct Connection {
 // Counters bumped from connection threads.
 struct DaemonAtomicCounters {
   std::atomic<uint64_t> connections_accepted{0}, connections_open{0}, requests{0}, protocol_errors{0},
-      auth_failures{0}, tenant_violations{0}, handle_errors{0};
+      auth_failures{0}, tenant_violations{0}, handle_errors{0}, budget_refusals{0}, frame_timeouts{0},
+      bytes_received{0};
 };
 
 // The reply of a one-way request (kAbortPut, kRelease, kHint): none is sent.
@@ -88,6 +105,16 @@ class Daemon::Impl {
   // --- connections (daemon.cc) ---
   void AcceptLoop(int listen_fd, bool is_unix);
   void Serve(Connection* c);
+  // Reads one request frame into c->payload (see Serve for the deadlines). A frame whose
+  // header announces more than its type may carry, or than the connection may send before
+  // hello, is refused from the header; the buffer grows with the bytes that arrive, drawing
+  // on the message budget past kConnectionBufferBytes. kNotFound / kUnavailable: the peer
+  // left; kResourceExhausted: a limit (budget, deadline) was hit; else a protocol error.
+  Status ReceiveRequest(Connection* c, std::chrono::steady_clock::time_point hello_deadline, wire::FrameHeader* h);
+  // Gives back the buffers of a finished request beyond each connection's allowance.
+  static void TrimBuffers(Connection* c);
+  // Writes one line to opt_.log, at most kLogLinesPerSecond a second.
+  void Log(const std::string& line);
   Status Reply(Connection* c, wire::MsgType type, const std::vector<std::byte>& payload, int pass_fd = -1);
 
   // --- requests (request_handlers.cc) ---
@@ -145,9 +172,17 @@ class Daemon::Impl {
   bool stopped_ = false;
   bool own_socket_ = false;  // this daemon bound socket_path_
   StoreStats final_stats_;   // the store's counters when Stop() closed it
+  MessageBudget budget_{opt_.message_budget_bytes};  // before conns_: connections hold shares
   mutable Mutex conns_mu_;
   std::list<std::unique_ptr<Connection>> conns_ GUARDED_BY(conns_mu_);
   DaemonAtomicCounters counters_;
+  struct LogLimiter {
+    int64_t second = -1;   // steady-clock second of the lines counted in `lines`
+    int lines = 0;
+    uint64_t suppressed = 0;
+  };
+  Mutex log_mu_;
+  LogLimiter log_limiter_ GUARDED_BY(log_mu_);
   Mutex windows_mu_;
   std::unordered_map<const Connection*, ClientWindow> windows_ GUARDED_BY(windows_mu_);
   LatencyHistogram lookup_seconds_, open_seconds_, begin_put_seconds_, commit_seconds_;

@@ -1,5 +1,7 @@
 #include "daemon/protocol.h"
 
+#include <algorithm>
+
 #include "daemon/wire_codec.h"
 
 namespace kvault::wire {
@@ -50,6 +52,32 @@ bool IsRequestType(uint16_t t) {
     default:
       return false;
   }
+}
+
+size_t MaxRequestBytes(MsgType type, size_t max_message_bytes) {
+  size_t cap = 0;
+  switch (type) {
+    case MsgType::kHello: cap = kMaxHelloBytes; break;
+    case MsgType::kOpen: cap = kMaxWireNamespaceBytes + 32; break;
+    case MsgType::kAbortPut:
+    case MsgType::kRelease: cap = 8; break;
+    case MsgType::kFlush:
+    case MsgType::kStats:
+    case MsgType::kWaitPrefetch: cap = 0; break;
+    case MsgType::kBeginPut: cap = kMaxWireNamespaceBytes + 32 + 4 + 4 * kMaxChunkTokens; break;
+    case MsgType::kLookup:
+    case MsgType::kLookupKeyed:
+    case MsgType::kCommitPut:
+    case MsgType::kHint:
+    case MsgType::kHintKeyed: cap = max_message_bytes; break;
+    default: return 0;
+  }
+  return std::min(cap, max_message_bytes);
+}
+
+size_t MaxCommitPutBytes(size_t largest_put_bytes, size_t max_message_bytes) {
+  constexpr size_t kFixed = 8 + 4 + 8;  // handle, range count, payload length
+  return std::min(kFixed + std::max(largest_put_bytes, 16 * kMaxPiecesPerMessage), max_message_bytes);
 }
 
 void EncodeFrameHeader(const FrameHeader& h, std::byte* out) {

@@ -6,8 +6,8 @@
 // Integers are little-endian. The client sends requests; the daemon answers each request
 // whose type has a reply, in order (kAbortPut, kRelease and kHint have none). The first
 // request of a connection must be kHello. A frame with a bad magic, version or type, a
-// payload over the negotiated limit, or a payload that does not decode exactly gets a kError
-// reply and the connection is closed.
+// payload over the negotiated limit or its type's cap (MaxRequestBytes), or a payload that
+// does not decode exactly gets a kError reply and the connection is closed.
 //
 // Data travels one of two ways, chosen at kHello:
 //   - shared memory (local clients the daemon trusts with T1, see docs/DAEMON.md): the
@@ -51,6 +51,10 @@ inline constexpr size_t kMaxReplyChunks = 1u << 20;  // chunks in one lookup rep
 inline constexpr size_t kMaxStatsJsonBytes = 1u << 20;
 // The largest frame a connection may send before its hello.
 inline constexpr size_t kMaxHelloBytes = 64u << 10;
+// The largest encoded WireNamespace: tenant (u32 length + bytes), model key, layout fields.
+inline constexpr size_t kMaxWireNamespaceBytes = 4 + kMaxTenantBytes + 32 + 4 + 4 + 4 + 1 + 4 + 1;
+// The most tokens a layout lets one chunk hold (KvLayout::Validate).
+inline constexpr size_t kMaxChunkTokens = 1u << 20;
 
 enum class MsgType : uint16_t {
   kError = 1,  // daemon -> client: the connection is being closed; payload: status
@@ -81,6 +85,16 @@ enum class MsgType : uint16_t {
 inline constexpr MsgType kLastMsgType = MsgType::kHintKeyed;
 const char* MsgTypeName(MsgType t);
 bool IsRequestType(uint16_t t);  // a type a client may send
+// The largest payload a request of `type` can legitimately have, given the daemon's message
+// limit: a fixed-size request (open, release, flush, ...) its largest encoding, a begin-put
+// its namespace, parent and one chunk's tokens, the others (lookups, hints, commits, which
+// carry token arrays or chunk bytes) `max_message_bytes`. A frame header announcing more is
+// refused before any payload is read. 0 for a type that is not a request.
+size_t MaxRequestBytes(MsgType type, size_t max_message_bytes);
+// The largest commit-put a connection may send while its largest open put is
+// `largest_put_bytes` (0: none open): that put's payload inline, or its written ranges (at
+// most kMaxPiecesPerMessage) through shared memory, plus the fixed fields.
+size_t MaxCommitPutBytes(size_t largest_put_bytes, size_t max_message_bytes);
 
 struct FrameHeader {
   MsgType type = MsgType::kError;

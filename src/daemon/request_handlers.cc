@@ -191,6 +191,7 @@ void Daemon::Impl::BeginPut(Connection* c, const Namespace& ns, wire::BeginPutRe
   if (c->shm) {
     r.pieces = ArenaPieces(*w, store_->arena().base());
   }
+  c->largest_put_bytes = std::max(c->largest_put_bytes, w->size());
   c->writers.emplace(r.handle, std::move(w.value()));
 }
 
@@ -221,10 +222,12 @@ void Daemon::Impl::CommitPut(Connection* c, wire::CommitPutRequest& m, wire::Sta
   }
   if (r.status.ok()) r.status = w.Commit();
   c->writers.erase(it);  // committed, or dropped on any error
+  if (c->writers.empty()) c->largest_put_bytes = 0;
 }
 
 void Daemon::Impl::AbortPut(Connection* c, wire::HandleRequest& m, NoReply&) {
   if (c->writers.erase(m.handle) == 0) ++counters_.handle_errors;  // one-way: nothing to answer
+  if (c->writers.empty()) c->largest_put_bytes = 0;
 }
 
 void Daemon::Impl::Release(Connection* c, wire::HandleRequest& m, NoReply&) {
@@ -254,7 +257,16 @@ void Daemon::Impl::Open(Connection* c, const Namespace& ns, wire::OpenRequest& m
     c->readers.emplace(r.handle, std::move(rd.value()));
   } else if (rd->size() + 4096 > opt_.max_message_bytes) {
     r.status = Status::ResourceExhausted("chunk larger than the message limit; use shared memory");
+  } else if (!c->reply_share.CoverCapacity(std::max<size_t>(rd->size(), c->reply_bytes.capacity()))) {
+    // The memory of inline replies is bounded like that of requests: the open fails (the
+    // client sees a miss) rather than the daemon holding more than its budget.
+    ++counters_.budget_refusals;
+    r.status = Status::ResourceExhausted("the daemon's message budget is in use; retry, or use shared memory");
   } else {
+    if (c->reply_bytes.capacity() < rd->size()) {
+      std::vector<std::byte>().swap(c->reply_bytes);
+      c->reply_bytes.reserve(rd->size());  // exactly: the budget covers the capacity
+    }
     c->reply_bytes.resize(rd->size());  // the reply views it until it is sent
     r.status = rd->ReadRange(0, c->reply_bytes);
     r.payload = c->reply_bytes;
@@ -262,8 +274,9 @@ void Daemon::Impl::Open(Connection* c, const Namespace& ns, wire::OpenRequest& m
 }
 
 void Daemon::Impl::Hint(Connection* c, const Namespace& ns, wire::HintRequest& m, NoReply&) {
-  // Bounded work per hint: the window's head, up to kMaxChunksPerRequest chunks in all.
-  size_t budget = wire::kMaxChunksPerRequest * size_t{m.ns.layout.chunk_tokens};
+  // Bounded work and memory per hint: the window's head, up to kMaxChunksPerRequest chunks
+  // and kMaxWindowTokens tokens in all.
+  size_t budget = std::min(wire::kMaxChunksPerRequest * size_t{m.ns.layout.chunk_tokens}, kMaxWindowTokens);
   ClientWindow w{ns, {}, {}};
   for (auto& p : m.prompts) {
     if (budget == 0) break;
@@ -278,7 +291,7 @@ void Daemon::Impl::Hint(Connection* c, const Namespace& ns, wire::HintRequest& m
 void Daemon::Impl::HintKeyed(Connection* c, const Namespace& ns, wire::HintKeyedRequest& m, NoReply&) {
   // The same bounds as Hint; a prompt cut short keeps the keys of its remaining whole chunks.
   const uint32_t chunk_tokens = m.ns.layout.chunk_tokens;
-  size_t budget = wire::kMaxChunksPerRequest * size_t{chunk_tokens};
+  size_t budget = std::min(wire::kMaxChunksPerRequest * size_t{chunk_tokens}, kMaxWindowTokens);
   ClientWindow w{ns, {}, {}};
   for (auto& p : m.prompts) {
     if (budget == 0) break;

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -219,6 +220,26 @@ void SpinUntilReadable(int fd, int spin_us) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
   pollfd p{fd, POLLIN, 0};
   while (poll(&p, 1, 0) == 0 && std::chrono::steady_clock::now() < deadline) {
+  }
+}
+
+Result<size_t> RecvSome(int fd, std::span<std::byte> dst, std::chrono::steady_clock::time_point deadline) {
+  using Clock = std::chrono::steady_clock;
+  for (;;) {
+    const ssize_t n = recv(fd, dst.data(), dst.size(), MSG_DONTWAIT);
+    if (n >= 0) return static_cast<size_t>(n);
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) return SocketError(errno, "read");
+    // Nothing there yet: wait for it, at most until the deadline (poll wakes on data, on the
+    // peer's close and on shutdown() of this socket).
+    int wait_ms = -1;
+    if (deadline != Clock::time_point::max()) {
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      if (left <= 0) return Status::Unavailable("read: timed out");
+      wait_ms = static_cast<int>(std::min<int64_t>(left, 60'000));
+    }
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, wait_ms) < 0 && errno != EINTR) return SocketError(errno, "poll");
   }
 }
 

@@ -4,6 +4,7 @@
 // threads at once.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <span>
 #include <string>
@@ -47,6 +48,12 @@ long PeerUid(int fd);
 // reply, a client's next request in a burst): a thread that sleeps must be woken, which costs
 // tens of microseconds in a virtual machine whose idle vCPU halts.
 void SpinUntilReadable(int fd, int spin_us);
+
+// Reads what has arrived, at most dst.size() bytes, waiting for the first byte until
+// `deadline` (steady_clock::time_point::max(): no deadline). Returns the bytes read, 0 when
+// the peer closed; kUnavailable("timed out") when the deadline passed with nothing to read.
+// Only the bytes read are written, so a caller can grow its buffer as data arrives.
+Result<size_t> RecvSome(int fd, std::span<std::byte> dst, std::chrono::steady_clock::time_point deadline);
 
 // Writes one frame; `pass_fd` >= 0 travels with it (SCM_RIGHTS, Unix sockets only).
 Status WriteFrame(int fd, MsgType type, std::span<const std::byte> payload, int pass_fd = -1);

@@ -130,7 +130,8 @@ class WireReader {
 //   Key(d)                  32 raw bytes
 //   U32Array(v, max_count)  u32 count + that many u32s
 //   Blob(span)              u64 length + bytes (decoded as a view into the input)
-//   StatusOf(st)            u8 code + message (at most kMaxErrorMessageBytes, truncated when encoding)
+//   StatusOf(st)            u8 code + message (at most kMaxErrorMessageBytes, truncated when encoding;
+//                           empty when the code is OK)
 //   List(v, max_count, min_item_bytes, item_fields)   u32 count + items; the count must fit
 //                           in the bytes left at min_item_bytes each before anything is allocated
 //   Check(cond)             decoding: the message is malformed unless cond
@@ -199,7 +200,9 @@ class FieldReader {
   void StatusOf(Status& st) {
     const uint8_t code = r_.U8();
     std::string message = r_.Str(kMaxErrorMessageBytes);
-    if (code > static_cast<uint8_t>(Code::kPermissionDenied)) r_.Fail();
+    // One encoding per status: an unknown code, or an OK status with a message, is malformed
+    // (a decoded message then re-encodes to exactly its bytes).
+    if (code > static_cast<uint8_t>(Code::kPermissionDenied) || (code == 0 && !message.empty())) r_.Fail();
     st = !r_.ok() || code == 0 ? Status::OK() : Status(static_cast<Code>(code), std::move(message));
   }
   template <typename T, typename ItemFields>

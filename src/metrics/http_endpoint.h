@@ -1,17 +1,19 @@
-// HttpEndpoint: kvaultd's observability port, on cpp-httplib.
+// HttpEndpoint: kvaultd's observability port, on kvault::http (src/http/http_server.h).
 //
 //   GET /metrics  200, Content-Type "text/plain; version=0.0.4", body from `metrics`
 //   GET /healthz  200 "ok" when `health` answers {true, _}; 503 with its reason otherwise
 //   other methods on those two paths: 405 with "Allow: GET, HEAD"; any other path: 404
-//   (HEAD is answered like GET without a body; a request httplib cannot parse gets 400.)
+//   (HEAD is answered like GET without a body; a request that cannot be parsed gets 400, a body
+//   over max_body_bytes 413.)
 //
-// Requests are served by a fixed pool of `threads` workers, with read/write timeouts and a
-// small body cap, so a slow or malformed client costs one worker for at most the timeout and
-// never the process. A callback that throws answers 500.
+// Connections are served asynchronously by `threads` io threads (at most 2 are useful), with
+// io_timeout_ms as the header, body, idle keep-alive and write deadline, a small body cap and a
+// cap on open connections (past it a 503), so a slow, idle or malformed client costs a little
+// memory, never a thread. A callback that throws answers 500.
 //
 // Thread-safety: Start, Stop and the destructor must not race each other (call them from the
 // owner's thread); port() and running() may be called from any thread. The callbacks run on
-// the worker threads, several at once: they must be thread-safe and must not call Stop.
+// the io threads, several at once: they must be thread-safe, quick, and must not call Stop.
 #pragma once
 
 #include <atomic>
@@ -19,12 +21,11 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <thread>
 #include <utility>
 
 #include "kvault/status.h"
 
-namespace httplib {
+namespace kvault::http {
 class Server;
 }
 
@@ -38,15 +39,16 @@ struct HttpHandlers {
 };
 
 struct HttpEndpointOptions {
-  size_t threads = 4;               // worker threads (>= 1)
-  int io_timeout_ms = 5000;         // per read and per write on a connection
+  size_t threads = 2;               // io threads (>= 1)
+  int io_timeout_ms = 5000;         // header, body, idle keep-alive and write deadline
   size_t max_body_bytes = 64 << 10; // larger request bodies are refused (413)
   size_t keep_alive_max_requests = 100;
+  int max_connections = 256;        // open at once; past it a 503 and close
 };
 
 class HttpEndpoint {
  public:
-  HttpEndpoint();  // out of line: httplib::Server is incomplete here
+  HttpEndpoint();  // out of line: http::Server is incomplete here
   ~HttpEndpoint();  // Stop()
   HttpEndpoint(const HttpEndpoint&) = delete;
   HttpEndpoint& operator=(const HttpEndpoint&) = delete;
@@ -58,9 +60,8 @@ class HttpEndpoint {
   Status Start(const std::string& host, int port, HttpHandlers handlers,
                const HttpEndpointOptions& options = HttpEndpointOptions());
 
-  // Stops accepting, finishes the requests in progress and joins every thread: it returns
-  // within about a second plus io_timeout_ms (an idle keep-alive connection is held for up to
-  // 1 s). Idempotent; after it, Start may be called again.
+  // Stops accepting, closes every connection and joins every thread (promptly: no request
+  // is waited for). Idempotent; after it, Start may be called again.
   void Stop();
 
   // The bound port while running (the real one when Start was given 0), else 0.
@@ -68,9 +69,7 @@ class HttpEndpoint {
   bool running() const { return port() != 0; }
 
  private:
-  std::unique_ptr<httplib::Server> server_;  // set while started
-  std::thread listener_;                     // runs the accept loop
-  std::atomic<bool> listener_done_{false};
+  std::unique_ptr<http::Server> server_;  // set while started
   std::atomic<int> port_{0};
 };
 

@@ -56,11 +56,38 @@ struct LogprobEntry {
   int64_t text_offset = 0;
 };
 
-// Parses and validates a request body (JSON); the ApiError says what is wrong and where.
-// Malformed JSON, invalid UTF-8, wrong types, missing fields, negative or zero max_tokens,
-// temperature outside [0, 2], top_p outside (0, 1], n != 1, more than 4 stop strings,
-// top_logprobs outside [0, 20] or without logprobs = true (chat), logprobs outside [0, 5]
-// (completions).
+// The largest max_tokens / max_completion_tokens a request may ask for: more than any context
+// kvault serves (a larger value is refused with code context_length_exceeded here; the server
+// refuses one above its own --ctx-size the same way). Keeps prompt + max_tokens far from
+// int64_t overflow.
+inline constexpr int64_t kMaxTokensLimit = 2147483647;
+
+// Parses and validates a request body (JSON) for /v1/chat/completions (chat) or
+// /v1/completions; the ApiError says what is wrong and where (param, and an OpenAI-style code).
+//
+// Every key of the body (and of each message, content part and stream_options) is checked
+// against the fields OpenAI defines for that endpoint, before anything else:
+//   - a key OpenAI does not define there: 400 unknown_parameter ("Unrecognized request
+//     argument supplied: KEY"), as OpenAI answers;
+//   - a field kvault implements (model, messages / prompt, max_tokens, max_completion_tokens,
+//     temperature, top_p, seed, stream, stream_options.include_usage, stop, user, logprobs,
+//     top_logprobs): parsed and validated;
+//   - a field kvault does not implement: accepted only when null or the value that asks for
+//     what kvault does anyway (n 1, penalties 0, logit_bias {}, tools / functions [],
+//     tool_choice / function_call "none" or "auto", response_format {"type": "text"}, echo /
+//     store false, best_of 1, suffix "", modalities ["text"], service_tier "auto" / "default",
+//     a message's tool_calls []); labels and hints that cannot change an answer (metadata,
+//     prompt_cache_key, safety_identifier, parallel_tool_calls, stream_options.
+//     include_obfuscation) with any value of their type. Any other value: 400
+//     unsupported_parameter naming the field.
+// Then: malformed JSON, invalid UTF-8, wrong types (invalid_type), missing fields, content
+// null or absent (any role: null content only goes with tool calls), roles other than system,
+// developer, user, assistant (tool/function: unsupported_value), content parts other than
+// text, prompt arrays, max_tokens below 1 (integer_below_min_value) or above kMaxTokensLimit
+// (context_length_exceeded; integers beyond int64 included), temperature outside [0, 2], top_p
+// outside (0, 1], more than 4 stop strings, top_logprobs outside [0, 20] or without logprobs =
+// true (chat), logprobs outside [0, 5] (completions). Integers may be written as whole floats
+// (5.0); seed takes the whole int64 and uint64 ranges.
 std::optional<ApiError> ParseGenerationRequest(std::string_view body, bool chat, GenerationRequest* out);
 
 struct Usage {

@@ -4,10 +4,22 @@ namespace kvault::openai {
 
 Result<std::vector<uint32_t>> PromptTokens(const GenerationRequest& r, const tokenizer::Tokenizer& tok,
                                            const tokenizer::ChatTemplate& chat, const PromptOptions& options) {
-  if (!r.chat) return tok.Encode(r.prompt, options.add_bos);
-  auto text = chat.Render(r.messages, /*add_generation_prompt=*/true);
-  if (!text.ok()) return text.status();
-  return tok.Encode(*text, /*add_bos=*/false);  // the template wrote BOS where it belongs
+  using tokenizer::SpecialTokens;
+  const SpecialTokens user_text =
+      options.special_tokens_in_content ? SpecialTokens::kParse : SpecialTokens::kPlainText;
+  if (!r.chat) return tok.Encode(r.prompt, options.add_bos, user_text);
+  auto segments = chat.RenderSegments(r.messages, /*add_generation_prompt=*/true);
+  if (!segments.ok()) return segments.status();
+  // One text, tokenized in one run: the template's pieces may spell control tokens, the
+  // messages' content only as its user_text setting allows. The template wrote BOS where it
+  // belongs, so none is added.
+  std::vector<tokenizer::TextPiece> pieces;
+  pieces.reserve(segments->size());
+  for (const tokenizer::PromptSegment& s : *segments) {
+    pieces.push_back({s.text, s.source == tokenizer::PromptSegment::Source::kTemplate ? SpecialTokens::kParse
+                                                                                       : user_text});
+  }
+  return tok.EncodePieces(pieces, /*add_bos=*/false);
 }
 
 }  // namespace kvault::openai

@@ -15,11 +15,19 @@ namespace kvault::openai {
 struct PromptOptions {
   // /v1/completions: a raw prompt starts with BOS (when the tokenizer has one).
   bool add_bos = true;
-  // Special-token spellings typed in message content (e.g. "<|im_end|>") become control
-  // tokens. Off: the chat template alone decides the control tokens, and content is plain text.
+  // Special-token spellings typed by the client (e.g. "<|im_end|>" in a message's content, or
+  // in a raw completions prompt) become control tokens, as before kvault told them apart. Off
+  // (the default): the client's text is plain text (tokenizer::SpecialTokens::kPlainText) and
+  // the chat template alone writes control tokens.
   bool special_tokens_in_content = false;
 };
 
+// Chat: the conversation rendered by `chat` as segments (ChatTemplate::RenderSegments) and
+// tokenized as one text (Tokenizer::EncodePieces), template segments with their control tokens,
+// content segments as plain text unless options.special_tokens_in_content. With content that
+// spells no special token the ids equal tok.Encode(chat.Render(...), false), and with
+// special_tokens_in_content they always do. Completions: the raw prompt, plain text unless
+// options.special_tokens_in_content, BOS first when options.add_bos.
 // kInvalidArgument (the message says why; the server answers 400 with param "messages" or
 // "prompt") when the template refuses the conversation.
 Result<std::vector<uint32_t>> PromptTokens(const GenerationRequest& r, const tokenizer::Tokenizer& tok,

@@ -1,19 +1,20 @@
 #include "openai/server.h"
 
-#include <httplib.h>
-
 #include <atomic>
-#include <cstdio>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 
+#include "http/http_server.h"
 #include "metrics/latency_histogram.h"
 #include "metrics/prometheus_text.h"
 #include "openai/openai_api.h"
 #include "openai/prompt.h"
+#include "store/mutex.h"
 
 namespace kvault::openai {
 namespace {
@@ -26,19 +27,6 @@ using tokenizer::SanitizeUtf8;
 int64_t UnixNow() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
-
-// What the engine thread hands a waiting handler: tokens as they come, then the result.
-struct RequestState {
-  std::mutex mu;
-  std::condition_variable cv;
-  std::deque<uint32_t> tokens;  // GUARDED_BY(mu): sampled, not yet taken
-  // GUARDED_BY(mu): with logprobs asked, the log-probabilities of `tokens` in the same order
-  // (the engine reports a token's log-probabilities just before the token: this may hold one more).
-  std::deque<engine::TokenLogprobs> logprobs;
-  bool done = false;            // GUARDED_BY(mu)
-  engine::RequestResult result; // GUARDED_BY(mu): valid when done
-  std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);
-};
 
 // Turns a request's tokens into text deltas: stops at the stop tokens (not shown) and the
 // stop strings (cut before them), never splits a UTF-8 character, and holds back a tail that
@@ -162,6 +150,225 @@ class LogprobAssembler {
   int64_t chars_ = 0;       // characters of the text before pending_
 };
 
+// The server's counters, shared with the engine's callbacks (which may outlive a request's
+// connection, and the server object too). Thread-safe.
+struct ServeCounters {
+  std::atomic<uint64_t> requests{0}, errors_4xx{0}, errors_5xx{0}, prompt_tokens{0}, cached_tokens{0},
+      completion_tokens{0}, active{0}, client_gone{0};
+  // The planner's decisions for requests with a cached prefix, by kind (load, recompute,
+  // split), and the cached tokens it chose to recompute.
+  std::atomic<uint64_t> plans[3] = {0, 0, 0};
+  std::atomic<uint64_t> recomputed_cached_tokens{0};
+  LatencyHistogram ttft_seconds, request_seconds;
+
+  // Requests submitted to the engine whose end it has not reported, by id: their cancel flags
+  // (Stop cancels them all).
+  Mutex mu;
+  std::unordered_map<uint64_t, std::shared_ptr<std::atomic<bool>>> inflight GUARDED_BY(mu);
+  size_t Inflight() EXCLUDES(mu) {
+    MutexLock lock(mu);
+    return inflight.size();
+  }
+};
+
+// One generation request between its HTTP connection and the engine. The engine thread hands
+// over tokens and the result under `mu` and posts a Drain to the connection's strand (at most
+// one pending); everything below "strand only" is touched on that strand alone.
+class Generation : public std::enable_shared_from_this<Generation> {
+ public:
+  Generation(std::shared_ptr<ServeCounters> counters, std::shared_ptr<http::Responder> responder,
+             const tokenizer::Tokenizer& tok, std::vector<uint32_t> stop_ids, GenerationRequest r, std::string id,
+             bool want_logprobs)
+      : counters_(std::move(counters)),
+        responder_(std::move(responder)),
+        r_(std::move(r)),
+        id_(std::move(id)),
+        created_(UnixNow()),
+        want_logprobs_(want_logprobs),
+        assembler_(tok, std::move(stop_ids), r_.stop),
+        lp_assembler_(tok) {}
+
+  const std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);
+  uint64_t engine_id = 0;
+
+  // Engine thread.
+  void OnToken(uint32_t t) {
+    {
+      MutexLock lock(mu_);
+      tokens_.push_back(t);
+    }
+    Schedule();
+  }
+  void OnLogprobs(const engine::TokenLogprobs& lp) {
+    MutexLock lock(mu_);
+    logprobs_.push_back(lp);
+  }
+  void OnDone(engine::RequestResult result) {
+    {
+      MutexLock lock(mu_);
+      result_ = std::move(result);
+      done_ = true;
+    }
+    {
+      MutexLock lock(counters_->mu);
+      counters_->inflight.erase(engine_id);
+    }
+    if (!Schedule()) {  // the connection is gone: nobody will drain, account here
+      MutexLock lock(mu_);
+      Account(result_, static_cast<int64_t>(result_.output_tokens.size()));
+    }
+  }
+
+  // Strand: the client left (or a deadline closed the connection) before the response ended.
+  void OnClientGone() {
+    ++counters_->client_gone;
+    cancel->store(true);
+  }
+
+ private:
+  // Posts a Drain unless one is pending; false when the connection is gone.
+  bool Schedule() {
+    {
+      MutexLock lock(mu_);
+      if (drain_posted_) return true;
+      drain_posted_ = true;
+    }
+    if (responder_->Post([self = shared_from_this()] { self->Drain(); })) return true;
+    MutexLock lock(mu_);
+    drain_posted_ = false;
+    return false;
+  }
+
+  // Strand only. Turns what the engine handed over into the response.
+  void Drain() {
+    std::deque<uint32_t> tokens;
+    std::deque<engine::TokenLogprobs> logprobs;
+    bool done = false;
+    {
+      MutexLock lock(mu_);
+      drain_posted_ = false;
+      tokens.swap(tokens_);
+      // Logprobs come just before their token: keep one that has no token yet.
+      while (!logprobs_.empty() && logprobs.size() < tokens.size()) {
+        logprobs.push_back(std::move(logprobs_.front()));
+        logprobs_.pop_front();
+      }
+      done = done_;
+      if (done) {
+        status_ = result_.status;
+        usage_.prompt_tokens = result_.prompt_tokens;
+        usage_.cached_tokens = result_.hit_tokens;
+        plan_ = result_.plan;
+      }
+    }
+    if (ended_) return;
+    if (first_token_ && (!tokens.empty() || done)) {
+      counters_->ttft_seconds.Observe(std::chrono::duration<double>(Clock::now() - start_).count());
+      first_token_ = false;
+    }
+    std::string delta;
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      bool answer = false;
+      delta += assembler_.Push(tokens[i], &answer);
+      if (want_logprobs_ && i < logprobs.size() && answer) entries_.push_back(lp_assembler_.Entry(logprobs[i]));
+    }
+    if (assembler_.finished()) cancel->store(true);  // a stop string: no more tokens needed
+    if (done) delta += assembler_.Finish();
+    text_delta_ += delta;
+    usage_.completion_tokens = assembler_.completion_tokens();
+
+    if (!r_.stream) {
+      if (!done) return;
+      ended_ = true;
+      Account();
+      if (!status_.ok()) return Error({500, "generation failed: " + status_.ToString(), "server_error", "", ""});
+      responder_->Respond({200, "application/json", {},
+                           CompletionJson(r_, id_, created_, assembler_.text(), assembler_.reason(), usage_, entries_)});
+      return;
+    }
+    if (!stream_started_) {
+      if (done && !status_.ok()) {  // failed before its first token: an error, not an empty stream
+        ended_ = true;
+        Account();
+        return Error({500, "generation failed: " + status_.ToString(), "server_error", "", ""});
+      }
+      if (tokens.empty() && !done) return;
+      responder_->StartStream(200, "text/event-stream", {{"Cache-Control", "no-cache"}});
+      stream_started_ = true;
+    }
+    // Entries wait for the next chunk sent (tokens that add no text yet send none).
+    if (!text_delta_.empty() || (first_chunk_ && done)) {
+      Send(ChunkJson(r_, id_, created_, text_delta_, first_chunk_, "", entries_));
+      entries_.clear();
+      text_delta_.clear();
+      first_chunk_ = false;
+    }
+    if (!done) return;
+    ended_ = true;
+    Send(ChunkJson(r_, id_, created_, "", false, assembler_.reason(), entries_));
+    entries_.clear();
+    if (r_.include_usage) Send(UsageChunkJson(r_, id_, created_, usage_));
+    Send("[DONE]");
+    responder_->End();
+    Account();
+  }
+
+  void Send(const std::string& data) { responder_->Write("data: " + data + "\n\n"); }
+  void Error(const ApiError& e) {
+    ++counters_->errors_5xx;
+    responder_->Respond({e.http_status, "application/json", {}, ErrorJson(e)});
+  }
+  // The request's accounting, once (strand, or the engine thread when no drain will come).
+  void Account() { Account(usage_, plan_); }
+  void Account(const engine::RequestResult& r, int64_t completion_tokens) REQUIRES(mu_) {
+    Usage u;
+    u.prompt_tokens = r.prompt_tokens;
+    u.cached_tokens = r.hit_tokens;
+    u.completion_tokens = completion_tokens;
+    Account(u, r.plan);
+  }
+  void Account(const Usage& u, const planner::LoadPlan& plan) {
+    if (accounted_.exchange(true)) return;
+    if (plan.cached_chunks > 0) {
+      ++counters_->plans[static_cast<int>(plan.kind)];
+      counters_->recomputed_cached_tokens += static_cast<uint64_t>(plan.recompute_tokens);
+    }
+    counters_->prompt_tokens += static_cast<uint64_t>(u.prompt_tokens);
+    counters_->cached_tokens += static_cast<uint64_t>(u.cached_tokens);
+    counters_->completion_tokens += static_cast<uint64_t>(u.completion_tokens);
+    counters_->request_seconds.Observe(std::chrono::duration<double>(Clock::now() - start_).count());
+    --counters_->active;
+  }
+
+  const std::shared_ptr<ServeCounters> counters_;
+  const std::shared_ptr<http::Responder> responder_;
+  const Clock::time_point start_ = Clock::now();
+  std::atomic<bool> accounted_{false};
+
+  Mutex mu_;
+  std::deque<uint32_t> tokens_ GUARDED_BY(mu_);  // sampled, not yet drained
+  // With logprobs asked, the log-probabilities of `tokens_` in the same order (the engine
+  // reports a token's log-probabilities just before the token: this may hold one more).
+  std::deque<engine::TokenLogprobs> logprobs_ GUARDED_BY(mu_);
+  bool done_ GUARDED_BY(mu_) = false;
+  engine::RequestResult result_ GUARDED_BY(mu_);  // valid when done_
+  bool drain_posted_ GUARDED_BY(mu_) = false;
+
+  // Strand only.
+  const GenerationRequest r_;
+  const std::string id_;
+  const int64_t created_;
+  const bool want_logprobs_;
+  TextAssembler assembler_;
+  LogprobAssembler lp_assembler_;
+  std::vector<LogprobEntry> entries_;
+  std::string text_delta_;  // text not yet sent
+  Status status_;
+  Usage usage_;
+  planner::LoadPlan plan_;
+  bool first_token_ = true, first_chunk_ = true, stream_started_ = false, ended_ = false;
+};
+
 }  // namespace
 
 class Server::Impl {
@@ -178,12 +385,14 @@ class Server::Impl {
 
   Status Start();
   void Stop();
-  int port() const { return port_; }
+  int port() const { return http_ ? http_->port() : 0; }
 
  private:
   void EngineLoop();
-  void Generate(const httplib::Request& req, httplib::Response& res, bool chat);
-  void SendError(httplib::Response& res, const ApiError& e);
+  void Handle(http::Request req, std::shared_ptr<http::Responder> res);
+  void Generate(const http::Request& req, const std::shared_ptr<http::Responder>& res, bool chat);
+  void SendError(http::Responder& res, const ApiError& e);
+  static http::Options HttpOptions(const ServerOptions& o);
   std::string Metrics() const;
 
   engine::Engine* engine_;
@@ -192,70 +401,51 @@ class Server::Impl {
   const tokenizer::ChatTemplate chat_;
   const ServerOptions opt_;
   std::vector<uint32_t> stop_ids_;
-  httplib::Server http_;
-  std::thread http_thread_, engine_thread_;
-  int port_ = 0;
+  std::unique_ptr<http::Server> http_;
+  std::thread engine_thread_;
   std::atomic<bool> stopping_{false};
   std::mutex work_mu_;
   std::condition_variable work_cv_;
   bool work_ = false;  // GUARDED_BY(work_mu_): a request was submitted since the loop looked
   bool engine_stop_ = false;  // GUARDED_BY(work_mu_): the HTTP side is down, no more requests
   std::atomic<uint64_t> next_id_{1};
-  // Counters for /metrics.
-  std::atomic<uint64_t> requests_{0}, errors_4xx_{0}, errors_5xx_{0}, prompt_tokens_{0}, cached_tokens_{0},
-      completion_tokens_{0}, active_{0};
-  // The planner's decisions for requests with a cached prefix, by kind (load, recompute,
-  // split), and the cached tokens it chose to recompute.
-  std::atomic<uint64_t> plans_[3] = {0, 0, 0};
-  std::atomic<uint64_t> recomputed_cached_tokens_{0};
-  LatencyHistogram ttft_seconds_, request_seconds_;
+  const std::shared_ptr<ServeCounters> counters_ = std::make_shared<ServeCounters>();
 };
 
+http::Options Server::Impl::HttpOptions(const ServerOptions& o) {
+  auto ms = [](double s) { return std::chrono::milliseconds(static_cast<int64_t>(s * 1000.0)); };
+  http::Options h;
+  h.io_threads = o.io_threads;
+  h.max_connections = o.max_connections;
+  h.header_timeout = ms(o.header_timeout_s);
+  h.body_timeout = ms(o.body_timeout_s);
+  h.idle_timeout = ms(o.idle_timeout_s);
+  h.write_timeout = ms(o.write_timeout_s);
+  h.max_body_bytes = o.max_body_bytes;
+  h.send_buffer_bytes = o.send_buffer_bytes;
+  return h;
+}
+
 Status Server::Impl::Start() {
-  http_.new_task_queue = [n = opt_.http_threads] { return new httplib::ThreadPool(static_cast<size_t>(n)); };
-  http_.set_payload_max_length(16u << 20);
-  http_.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) { Generate(q, r, true); });
-  http_.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { Generate(q, r, false); });
-  http_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& r) {
-    r.set_content(ModelsJson(opt_.model_id, UnixNow()), "application/json");
+  http_ = std::make_unique<http::Server>(HttpOptions(opt_), [this](http::Request q, std::shared_ptr<http::Responder> r) {
+    Handle(std::move(q), std::move(r));
   });
-  http_.Get(R"(/v1/models/(.+))", [this](const httplib::Request& q, httplib::Response& r) {
-    if (q.matches[1] != opt_.model_id) {
-      return SendError(r, {404, "The model '" + std::string(q.matches[1]) + "' does not exist", "invalid_request_error",
-                           "model", "model_not_found"});
-    }
-    r.set_content(ModelJson(opt_.model_id, UnixNow()), "application/json");
-  });
-  http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& r) {
-    r.set_content(Metrics(), "text/plain; version=0.0.4");
-  });
-  http_.Get("/healthz", [this](const httplib::Request&, httplib::Response& r) {
-    r.status = stopping_ ? 503 : 200;
-    r.set_content(stopping_ ? "stopping\n" : "ok\n", "text/plain");
-  });
-  http_.set_error_handler([this](const httplib::Request&, httplib::Response& r) {
-    if (!r.body.empty()) return;  // a handler already wrote an error object
-    ApiError e;
-    e.http_status = r.status;
-    e.message = r.status == 404 ? "unknown route" : "request failed";
-    SendError(r, e);
-  });
-  http_.set_exception_handler([this](const httplib::Request&, httplib::Response& r, std::exception_ptr) {
-    SendError(r, {500, "internal error", "server_error", "", ""});
-  });
-  port_ = opt_.port == 0 ? http_.bind_to_any_port(opt_.host) : (http_.bind_to_port(opt_.host, opt_.port) ? opt_.port : -1);
-  if (port_ <= 0) return Status::Unavailable("cannot listen on " + opt_.host + ":" + std::to_string(opt_.port));
+  if (Status st = http_->Start(opt_.host, opt_.port); !st.ok()) {
+    http_.reset();
+    return st;
+  }
   engine_thread_ = std::thread([this] { EngineLoop(); });
-  http_thread_ = std::thread([this] { http_.listen_after_bind(); });
-  while (!http_.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));  // Stop() needs it running
   return Status::OK();
 }
 
 void Server::Impl::Stop() {
   if (stopping_.exchange(true)) return;
-  // HTTP first: the handlers still running finish while the engine loop still serves them.
-  http_.stop();
-  if (http_thread_.joinable()) http_thread_.join();
+  // HTTP first: every connection closes, which cancels its request.
+  if (http_) http_->Stop();
+  {
+    MutexLock lock(counters_->mu);
+    for (auto& [_, cancel] : counters_->inflight) cancel->store(true);
+  }
   {
     std::lock_guard<std::mutex> lock(work_mu_);
     engine_stop_ = true;
@@ -266,6 +456,8 @@ void Server::Impl::Stop() {
 
 void Server::Impl::EngineLoop() {
   torch::NoGradGuard no_grad;
+  const auto give_up = std::chrono::seconds(30);  // cancelled requests end within a step or two
+  std::optional<Clock::time_point> stop_since;
   for (;;) {
     bool did = false;
     try {
@@ -275,43 +467,72 @@ void Server::Impl::EngineLoop() {
     }
     if (did) continue;
     std::unique_lock<std::mutex> lock(work_mu_);
-    if (engine_stop_) return;
-    work_cv_.wait_for(lock, std::chrono::milliseconds(50), [&] { return work_ || engine_stop_; });
+    if (engine_stop_) {
+      // Let the cancelled requests finish, so that none is left half-done in the engine.
+      if (!stop_since) stop_since = Clock::now();
+      if (counters_->Inflight() == 0 || Clock::now() - *stop_since > give_up) return;
+    }
+    work_cv_.wait_for(lock, std::chrono::milliseconds(engine_stop_ ? 5 : 50), [&] { return work_ || engine_stop_; });
     work_ = false;
   }
 }
 
-void Server::Impl::SendError(httplib::Response& res, const ApiError& e) {
-  (e.http_status >= 500 ? errors_5xx_ : errors_4xx_)++;
-  res.status = e.http_status;
-  res.set_content(ErrorJson(e), "application/json");
+void Server::Impl::SendError(http::Responder& res, const ApiError& e) {
+  (e.http_status >= 500 ? counters_->errors_5xx : counters_->errors_4xx)++;
+  res.Respond({e.http_status, "application/json", {}, ErrorJson(e)});
 }
 
-void Server::Impl::Generate(const httplib::Request& req, httplib::Response& res, bool chat) {
-  ++requests_;
-  const auto start = Clock::now();
+// Runs on the connection's io thread: routes, and answers at once except for generation.
+void Server::Impl::Handle(http::Request req, std::shared_ptr<http::Responder> res) {
+  const std::string& path = req.path;
+  const bool get = req.method == "GET" || req.method == "HEAD";
+  if (req.method == "POST" && path == "/v1/chat/completions") return Generate(req, res, true);
+  if (req.method == "POST" && path == "/v1/completions") return Generate(req, res, false);
+  if (get && path == "/healthz") {
+    const bool stopping = stopping_.load();
+    return res->Respond({stopping ? 503 : 200, "text/plain", {}, stopping ? "stopping\n" : "ok\n"});
+  }
+  if (get && path == "/metrics") return res->Respond({200, "text/plain; version=0.0.4", {}, Metrics()});
+  if (get && path == "/v1/models") return res->Respond({200, "application/json", {}, ModelsJson(opt_.model_id, UnixNow())});
+  const std::string models = "/v1/models/";
+  if (get && path.starts_with(models) && path.size() > models.size()) {
+    const std::string name = path.substr(models.size());
+    if (name != opt_.model_id) {
+      return SendError(*res, {404, "The model '" + name + "' does not exist", "invalid_request_error", "model",
+                              "model_not_found"});
+    }
+    return res->Respond({200, "application/json", {}, ModelJson(opt_.model_id, UnixNow())});
+  }
+  ApiError e;
+  e.http_status = 404;
+  e.message = "unknown route";
+  SendError(*res, e);
+}
+
+void Server::Impl::Generate(const http::Request& req, const std::shared_ptr<http::Responder>& res, bool chat) {
+  ++counters_->requests;
   GenerationRequest r;
-  if (auto e = ParseGenerationRequest(req.body, chat, &r)) return SendError(res, *e);
+  if (auto e = ParseGenerationRequest(req.body, chat, &r)) return SendError(*res, *e);
   if (r.model != opt_.model_id) {
-    return SendError(res, {404, "The model '" + r.model + "' does not exist; this server serves '" + opt_.model_id + "'",
-                           "invalid_request_error", "model", "model_not_found"});
+    return SendError(*res, {404, "The model '" + r.model + "' does not exist; this server serves '" + opt_.model_id + "'",
+                            "invalid_request_error", "model", "model_not_found"});
   }
   // The prompt's tokens.
   auto tokens = PromptTokens(r, *tok_, chat_, {opt_.add_bos, opt_.special_tokens_in_content});
   if (!tokens.ok()) {
-    return SendError(res, {400, tokens.status().message(), "invalid_request_error", chat ? "messages" : "prompt", ""});
+    return SendError(*res, {400, tokens.status().message(), "invalid_request_error", chat ? "messages" : "prompt", ""});
   }
-  const std::vector<uint32_t> prompt = std::move(*tokens);
+  std::vector<uint32_t> prompt = std::move(*tokens);
   const auto n = static_cast<int64_t>(prompt.size());
-  if (n == 0) return SendError(res, {400, "the prompt is empty", "invalid_request_error", chat ? "messages" : "prompt", ""});
+  if (n == 0) return SendError(*res, {400, "the prompt is empty", "invalid_request_error", chat ? "messages" : "prompt", ""});
   const int64_t room = opt_.max_context - n;
   if (room < 1 || (r.max_tokens > 0 && r.max_tokens > room)) {
-    return SendError(res, {400,
-                           "This model's maximum context length is " + std::to_string(opt_.max_context) +
-                               " tokens. However, you requested " + std::to_string(n + std::max<int64_t>(r.max_tokens, 1)) +
-                               " tokens (" + std::to_string(n) + " in the messages, " +
-                               std::to_string(std::max<int64_t>(r.max_tokens, 1)) + " in the completion).",
-                           "invalid_request_error", "messages", "context_length_exceeded"});
+    return SendError(*res, {400,
+                            "This model's maximum context length is " + std::to_string(opt_.max_context) +
+                                " tokens. However, you requested " + std::to_string(n + std::max<int64_t>(r.max_tokens, 1)) +
+                                " tokens (" + std::to_string(n) + " in the messages, " +
+                                std::to_string(std::max<int64_t>(r.max_tokens, 1)) + " in the completion).",
+                            "invalid_request_error", "messages", "context_length_exceeded"});
   }
   engine::SamplingParams p;
   p.max_new_tokens = r.max_tokens > 0 ? r.max_tokens : std::min(opt_.default_max_tokens, room);
@@ -320,174 +541,64 @@ void Server::Impl::Generate(const httplib::Request& req, httplib::Response& res,
   p.seed = r.seed.value_or(next_id_.load());
   p.fixed_seed = r.seed.has_value();  // the same seed, the same sample
   p.stop_tokens = stop_ids_;
-  p.tenant = req.get_header_value(opt_.tenant_header);
+  p.tenant = req.Header(opt_.tenant_header);
   if (p.tenant.empty()) p.tenant = r.user;  // OpenAI's end-user id, when no tenant header
-  auto state = std::make_shared<RequestState>();
-  p.cancel = state->cancel;
   const bool want_logprobs = r.top_logprobs >= 0;
-  if (want_logprobs) {
-    p.top_logprobs = r.top_logprobs;
-    p.on_logprobs = [state](const engine::TokenLogprobs& lp) {
-      std::lock_guard<std::mutex> lock(state->mu);
-      state->logprobs.push_back(lp);
-    };
+  if (want_logprobs) p.top_logprobs = r.top_logprobs;
+  const std::string id = std::string(chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_id_++);
+  auto gen = std::make_shared<Generation>(counters_, res, *tok_, stop_ids_, std::move(r), id, want_logprobs);
+  p.cancel = gen->cancel;
+  if (want_logprobs) p.on_logprobs = [gen](const engine::TokenLogprobs& lp) { gen->OnLogprobs(lp); };
+  p.on_token = [gen](uint32_t t) { gen->OnToken(t); };
+  // A client that leaves (or a deadline that closes its connection) cancels the request.
+  res->OnClose([gen] { gen->OnClientGone(); });
+  ++counters_->active;
+  {
+    // Registered before Submit, under the lock the done callback takes to unregister.
+    MutexLock lock(counters_->mu);
+    gen->engine_id = engine_->Submit(std::move(prompt), std::move(p), [gen](engine::RequestResult result) {
+      gen->OnDone(std::move(result));
+    });
+    counters_->inflight[gen->engine_id] = gen->cancel;
   }
-  p.on_token = [state](uint32_t t) {
-    std::lock_guard<std::mutex> lock(state->mu);
-    state->tokens.push_back(t);
-    state->cv.notify_all();
-  };
-  engine_->Submit(std::move(prompt), std::move(p), [state](engine::RequestResult result) {
-    std::lock_guard<std::mutex> lock(state->mu);
-    state->result = std::move(result);
-    state->done = true;
-    state->cv.notify_all();
-  });
   {
     std::lock_guard<std::mutex> lock(work_mu_);
     work_ = true;
   }
   work_cv_.notify_one();
-  ++active_;
-
-  const std::string id = std::string(chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_id_++);
-  const int64_t created = UnixNow();
-  auto assembler = std::make_shared<TextAssembler>(*tok_, stop_ids_, r.stop);
-  auto lp_assembler = std::make_shared<LogprobAssembler>(*tok_);
-  // Waits for the next tokens (or the end) and returns the text they add, and appends their
-  // logprobs entries (when asked) to *entries; false at the end.
-  auto next = [this, state, assembler, lp_assembler, want_logprobs, start, first_token = std::make_shared<bool>(true)](
-                  std::string* delta, std::vector<LogprobEntry>* entries) -> bool {
-    std::unique_lock<std::mutex> lock(state->mu);
-    state->cv.wait(lock, [&] { return !state->tokens.empty() || state->done; });
-    if (*first_token && (!state->tokens.empty() || state->done)) {
-      ttft_seconds_.Observe(std::chrono::duration<double>(Clock::now() - start).count());
-      *first_token = false;
-    }
-    while (!state->tokens.empty()) {
-      bool answer = false;
-      *delta += assembler->Push(state->tokens.front(), &answer);
-      state->tokens.pop_front();
-      if (want_logprobs && !state->logprobs.empty()) {  // never empty here: reported before the token
-        if (answer) entries->push_back(lp_assembler->Entry(state->logprobs.front()));
-        state->logprobs.pop_front();
-      }
-    }
-    if (assembler->finished()) state->cancel->store(true);  // a stop string: no more tokens needed
-    if (!state->done) return true;
-    *delta += assembler->Finish();
-    return false;
-  };
-  auto usage_of = [state, assembler]() {
-    std::lock_guard<std::mutex> lock(state->mu);
-    Usage u;
-    u.prompt_tokens = state->result.prompt_tokens;
-    u.completion_tokens = assembler->completion_tokens();
-    u.cached_tokens = state->result.hit_tokens;
-    return u;
-  };
-  auto finish = [this, state, start, usage_of]() {
-    const Usage u = usage_of();
-    {
-      std::lock_guard<std::mutex> lock(state->mu);
-      const planner::LoadPlan& plan = state->result.plan;
-      if (plan.cached_chunks > 0) {
-        ++plans_[static_cast<int>(plan.kind)];
-        recomputed_cached_tokens_ += static_cast<uint64_t>(plan.recompute_tokens);
-      }
-    }
-    prompt_tokens_ += static_cast<uint64_t>(u.prompt_tokens);
-    cached_tokens_ += static_cast<uint64_t>(u.cached_tokens);
-    completion_tokens_ += static_cast<uint64_t>(u.completion_tokens);
-    request_seconds_.Observe(std::chrono::duration<double>(Clock::now() - start).count());
-    --active_;
-  };
-
-  if (!r.stream) {
-    std::string text;
-    std::vector<LogprobEntry> logprobs;
-    while (next(&text, &logprobs)) {
-    }
-    Status st;
-    {
-      std::lock_guard<std::mutex> lock(state->mu);
-      st = state->result.status;
-    }
-    finish();
-    if (!st.ok()) return SendError(res, {500, "generation failed: " + st.ToString(), "server_error", "", ""});
-    res.set_content(CompletionJson(r, id, created, assembler->text(), assembler->reason(), usage_of(), logprobs),
-                    "application/json");
-    return;
-  }
-  {  // A request that fails before its first token gets an error, not an empty stream.
-    std::unique_lock<std::mutex> lock(state->mu);
-    state->cv.wait(lock, [&] { return !state->tokens.empty() || state->done; });
-    if (state->done && !state->result.status.ok()) {
-      const std::string why = state->result.status.ToString();
-      lock.unlock();
-      finish();
-      return SendError(res, {500, "generation failed: " + why, "server_error", "", ""});
-    }
-  }
-  res.set_header("Cache-Control", "no-cache");
-  res.set_chunked_content_provider(
-      "text/event-stream",
-      [=, first = std::make_shared<bool>(true), ended = std::make_shared<bool>(false),
-       logprobs = std::make_shared<std::vector<LogprobEntry>>()](size_t, httplib::DataSink& sink) {
-        if (*ended) return false;
-        auto send = [&](const std::string& data) {
-          const std::string event = "data: " + data + "\n\n";
-          return sink.write(event.data(), event.size());
-        };
-        std::string delta;
-        // Entries wait for the next chunk sent (tokens that add no text yet send none).
-        const bool more = next(&delta, logprobs.get());
-        if (!delta.empty() || (*first && !more)) {
-          if (!send(ChunkJson(r, id, created, delta, *first, "", *logprobs))) {
-            state->cancel->store(true);  // the client went away
-          }
-          logprobs->clear();
-          *first = false;
-        }
-        if (more) return true;
-        bool ok = send(ChunkJson(r, id, created, "", false, assembler->reason(), *logprobs));
-        logprobs->clear();
-        if (ok && r.include_usage) ok = send(UsageChunkJson(r, id, created, usage_of()));
-        if (ok) send("[DONE]");
-        *ended = true;
-        sink.done();
-        return true;
-      },
-      [=](bool) {
-        // The stream ended (or the client left): make sure the engine stops and the request's
-        // accounting runs once, after the engine let go of it.
-        state->cancel->store(true);
-        std::unique_lock<std::mutex> lock(state->mu);
-        state->cv.wait(lock, [&] { return state->done; });
-        lock.unlock();
-        finish();
-      });
 }
 
 std::string Server::Impl::Metrics() const {
+  const ServeCounters& c = *counters_;
   PrometheusWriter w;
   if (store_ != nullptr) AppendStoreMetrics(w, store_->Stats(), nullptr);
-  w.AddCounter("kvault_serve_requests_total", "Generation requests received.", {}, requests_.load());
-  w.AddCounter("kvault_serve_errors_total", "Requests answered with an error, by class.", {{"class", "4xx"}}, errors_4xx_.load());
-  w.AddCounter("kvault_serve_errors_total", "Requests answered with an error, by class.", {{"class", "5xx"}}, errors_5xx_.load());
-  w.AddCounter("kvault_serve_prompt_tokens_total", "Prompt tokens of finished requests.", {}, prompt_tokens_.load());
-  w.AddCounter("kvault_serve_cached_prompt_tokens_total", "Prompt tokens served from the cache.", {}, cached_tokens_.load());
-  w.AddCounter("kvault_serve_completion_tokens_total", "Tokens generated.", {}, completion_tokens_.load());
+  w.AddCounter("kvault_serve_requests_total", "Generation requests received.", {}, c.requests.load());
+  w.AddCounter("kvault_serve_errors_total", "Requests answered with an error, by class.", {{"class", "4xx"}}, c.errors_4xx.load());
+  w.AddCounter("kvault_serve_errors_total", "Requests answered with an error, by class.", {{"class", "5xx"}}, c.errors_5xx.load());
+  w.AddCounter("kvault_serve_prompt_tokens_total", "Prompt tokens of finished requests.", {}, c.prompt_tokens.load());
+  w.AddCounter("kvault_serve_cached_prompt_tokens_total", "Prompt tokens served from the cache.", {}, c.cached_tokens.load());
+  w.AddCounter("kvault_serve_completion_tokens_total", "Tokens generated.", {}, c.completion_tokens.load());
   for (auto kind : {planner::PlanKind::kLoad, planner::PlanKind::kRecompute, planner::PlanKind::kSplit}) {
     w.AddCounter("kvault_serve_plans_total", "Requests with a cached prefix, by what the planner chose for it.",
-                 {{"plan", planner::PlanKindName(kind)}}, plans_[static_cast<int>(kind)].load());
+                 {{"plan", planner::PlanKindName(kind)}}, c.plans[static_cast<int>(kind)].load());
   }
   w.AddCounter("kvault_serve_recomputed_cached_tokens_total",
                "Cached prompt tokens the planner chose to recompute rather than load.", {},
-               recomputed_cached_tokens_.load());
-  w.AddGauge("kvault_serve_active_requests", "Requests in progress.", {}, active_.load());
-  w.AddHistogram("kvault_serve_ttft_seconds", "Time to first token.", {}, ttft_seconds_.Snapshot());
-  w.AddHistogram("kvault_serve_request_seconds", "Time to the last token.", {}, request_seconds_.Snapshot());
+               c.recomputed_cached_tokens.load());
+  w.AddCounter("kvault_serve_cancelled_by_client_total",
+               "Requests whose client left (or whose connection hit a deadline) before the answer was sent.", {},
+               c.client_gone.load());
+  w.AddGauge("kvault_serve_active_requests", "Requests in progress.", {}, c.active.load());
+  const http::Stats hs = http_ ? http_->stats() : http::Stats{};
+  w.AddGauge("kvault_serve_open_connections", "HTTP connections open.", {}, hs.open_connections);
+  w.AddCounter("kvault_serve_rejected_connections_total", "Connections refused with a 503 past --max-connections.", {},
+               hs.rejected_connections);
+  w.AddCounter("kvault_serve_connection_timeouts_total",
+               "Connections closed by a deadline (header, body, idle keep-alive, write).", {}, hs.timeouts);
+  w.AddCounter("kvault_serve_bad_http_requests_total", "Requests refused by the HTTP layer (400, 413, 431).", {},
+               hs.bad_requests);
+  w.AddHistogram("kvault_serve_ttft_seconds", "Time to first token.", {}, c.ttft_seconds.Snapshot());
+  w.AddHistogram("kvault_serve_request_seconds", "Time to the last token.", {}, c.request_seconds.Snapshot());
   return w.Text();
 }
 

@@ -2,9 +2,12 @@
 // its store. Conversations need no id: a returning conversation's history is found in the
 // store by prefix hashing, and usage.prompt_tokens_details.cached_tokens says how much.
 //
-// Threads: cpp-httplib's worker pool runs the handlers; one engine thread runs the engine
-// loop (Engine::Step). Handlers submit requests and wait on a per-request state the engine
-// thread fills token by token. Thread-safety: Start/Stop from one thread.
+// Threads: kvault::http's io threads (ServerOptions::io_threads, event-driven, one strand per
+// connection) parse requests, tokenize prompts and submit them; one engine thread runs the
+// engine loop (Engine::Step) and hands each request's tokens to its connection's strand, which
+// writes them out. No thread waits on a client: a slow or idle client costs memory, and the
+// limits below bound that. A client that leaves cancels its request. Thread-safety:
+// Start/Stop from one thread.
 #pragma once
 
 #include <memory>
@@ -24,7 +27,15 @@ struct ServerOptions {
   int64_t max_context = 4096;           // prompt + completion tokens
   int64_t default_max_tokens = 256;     // when a request gives none (capped by the context)
   std::string tenant_header = "X-Kvault-Tenant";  // maps a request to a store tenant
-  int http_threads = 64;                // concurrent connections served (streams hold one)
+  // The HTTP layer (src/http/http_server.h; docs/SERVE.md "Limits").
+  int io_threads = 2;                   // event-loop threads (no thread per connection)
+  int max_connections = 1024;           // open at once; past it a 503 and close
+  double header_timeout_s = 10;         // a request's header, from its first byte (408)
+  double body_timeout_s = 30;           // a request's body, after its header (408)
+  double idle_timeout_s = 60;           // a keep-alive connection with no request (closed)
+  double write_timeout_s = 30;          // a response write that makes no progress (closed)
+  size_t max_body_bytes = size_t{16} << 20;  // larger bodies get 413
+  size_t send_buffer_bytes = size_t{256} << 10;  // per-connection SO_SNDBUF (0: kernel autotuning)
   // /v1/completions: raw prompts start with BOS (when the tokenizer has one). False for models
   // that want none (GGUF tokenizer.ggml.add_bos_token false, e.g. SmolLM2).
   bool add_bos = true;

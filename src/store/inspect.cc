@@ -6,6 +6,35 @@
 #include "store/segment_log.h"
 
 namespace kvault {
+namespace {
+
+// Where the index of a sealed segment of `bytes` bytes starts (from its trailer).
+Result<uint64_t> IndexOffsetOf(File& f, uint64_t bytes) {
+  AlignedBuffer block(kBlockBytes);
+  IoSlice s{block.data(), kBlockBytes};
+  KVAULT_RETURN_IF_ERROR(f.Read(bytes - kBlockBytes, {&s, 1}));
+  SegmentTrailer t;
+  KVAULT_RETURN_IF_ERROR(DecodeTrailer(block.data(), &t));
+  return t.index_offset;
+}
+
+// The block-aligned stretches of [0, end) that no record of `records` covers.
+std::vector<std::pair<uint64_t, uint64_t>> Gaps(const std::vector<std::pair<RecordHeader, DiskLocation>>& records,
+                                                uint64_t end) {
+  std::vector<std::pair<uint64_t, uint64_t>> covered;
+  for (const auto& [h, loc] : records) covered.emplace_back(loc.offset, loc.offset + h.record_bytes());
+  std::sort(covered.begin(), covered.end());
+  std::vector<std::pair<uint64_t, uint64_t>> gaps;
+  uint64_t pos = 0;
+  for (const auto& [lo, hi] : covered) {
+    if (lo > pos) gaps.emplace_back(pos, lo);
+    pos = std::max(pos, hi);
+  }
+  if (end > pos) gaps.emplace_back(pos, end);
+  return gaps;
+}
+
+}  // namespace
 
 Result<InspectReport> InspectDir(const std::string& dir, Env* env) {
   if (env == nullptr) env = Env::Default();
@@ -34,12 +63,19 @@ Result<InspectReport> InspectDir(const std::string& dir, Env* env) {
     auto collect = [&](const RecordHeader& h, DiskLocation loc) { found.emplace_back(h, loc); };
     uint64_t n = 0;
     is.indexed = SegmentLog::ReadIndex(f, is.bytes, id, collect, &n).ok();
-    // Always scan too: it finds torn records that an index would not mention.
-    std::vector<std::pair<RecordHeader, DiskLocation>> scanned;
     SegmentLog::OpenStats os;
-    SegmentLog::ScanSegment(f, is.indexed ? is.bytes - kBlockBytes : is.bytes, id,
-                            [&](const RecordHeader& h, DiskLocation loc) { scanned.emplace_back(h, loc); }, &os);
-    if (!is.indexed) found = std::move(scanned);
+    if (is.indexed) {
+      // A sealed segment's indexed records are complete writes: a bad checksum in one is
+      // corruption, counted below. Only the stretches the index does not cover are scanned,
+      // for torn leftovers of failed writes it would not mention.
+      auto trailer_index = IndexOffsetOf(f, is.bytes);
+      if (!trailer_index.ok()) return trailer_index.status();
+      for (const auto& [lo, hi] : Gaps(found, *trailer_index)) {
+        SegmentLog::ScanRange(f, lo, hi, id, [](const RecordHeader&, DiskLocation) {}, &os);
+      }
+    } else {
+      SegmentLog::ScanSegment(f, is.bytes, id, collect, &os);  // torn records are skipped and counted
+    }
     is.torn = os.torn;
     for (const auto& [h, loc] : found) {
       InspectedRecord r{id, loc.offset, h, false};

@@ -140,9 +140,10 @@ Status SegmentLog::ReadIndex(File& file, uint64_t bytes, uint32_t id, const Reco
   return Status::OK();
 }
 
-void SegmentLog::ScanSegment(File& file, uint64_t bytes, uint32_t id, const RecordVisitor& visit, OpenStats* stats) {
-  const uint64_t whole = bytes / kBlockBytes * kBlockBytes;
-  if (whole != bytes) ++stats->torn;  // a partial trailing block: a torn write
+void SegmentLog::ScanRange(File& file, uint64_t begin, uint64_t end, uint32_t id, const RecordVisitor& visit,
+                           OpenStats* stats) {
+  const uint64_t whole = end / kBlockBytes * kBlockBytes;
+  if (whole != end) ++stats->torn;  // a partial trailing block: a torn write
   AlignedBuffer window(kScanWindowBytes);
   uint64_t win_start = 0, win_len = 0;
   // Loads the window from block-aligned `pos` on.
@@ -174,7 +175,7 @@ void SegmentLog::ScanSegment(File& file, uint64_t bytes, uint32_t id, const Reco
     }
     return sum.Digest() == h.payload_checksum;
   };
-  uint64_t off = 0;
+  uint64_t off = begin;
   while (off + kBlockBytes <= whole) {
     if (off < win_start || off + kBlockBytes > win_start + win_len) {
       if (!load(off)) {
@@ -363,9 +364,24 @@ Status SegmentLog::Sync() {
       dir_unsynced_ = true;  // try again at the next flush
     }
   }
+  std::vector<std::shared_ptr<File>> failed;
   for (const auto& f : files) {
     Status st = f->Sync();
-    if (!st.ok() && first.ok()) first = st;
+    if (st.ok()) continue;
+    if (first.ok()) first = st;
+    failed.push_back(f);
+  }
+  if (!failed.empty()) {
+    // A failed sync made nothing durable: the next Sync() tries these files again, or a later
+    // Flush would report as durable the segments sealed before this one failed. The active
+    // segment needs no entry: every Sync() syncs it.
+    MutexLock lock(mu_);
+    const File* active = active_ ? segments_.at(*active_).file.get() : nullptr;
+    for (auto& f : failed) {
+      if (f.get() != active && std::find(unsynced_.begin(), unsynced_.end(), f) == unsynced_.end()) {
+        unsynced_.push_back(std::move(f));
+      }
+    }
   }
   return first;
 }

@@ -90,7 +90,13 @@ class SegmentLog {
   static Status ReadIndex(File& file, uint64_t bytes, uint32_t id, const RecordVisitor& visit, uint64_t* records);
   // Finds the records of a segment without an index, block by block, verifying each one's
   // payload checksum; counts torn ones (damaged headers, missing or damaged payloads).
-  static void ScanSegment(File& file, uint64_t bytes, uint32_t id, const RecordVisitor& visit, OpenStats* stats);
+  static void ScanSegment(File& file, uint64_t bytes, uint32_t id, const RecordVisitor& visit, OpenStats* stats) {
+    ScanRange(file, 0, bytes, id, visit, stats);
+  }
+  // The same over bytes [begin, end) of the file only (begin block-aligned): the stretches of
+  // an indexed segment that its index does not cover.
+  static void ScanRange(File& file, uint64_t begin, uint64_t end, uint32_t id, const RecordVisitor& visit,
+                        OpenStats* stats);
 
   static std::string SegmentName(uint32_t id);
   static bool ParseSegmentName(const std::string& name, uint32_t* id);

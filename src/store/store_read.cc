@@ -94,11 +94,14 @@ Status StoreImpl::PromoteLocked(MutexLock& lock, Entry* e, bool demand,
   }
   // Unreadable or corrupt: never served. Drop the T2 copy; the chunk is a miss from now on.
   // kNotFound means the segment was reclaimed during the read: a plain miss, not an error.
+  // A record being moved by compaction (claimed during the read) keeps the copy being made.
   if (st.code() != Code::kNotFound) CountErrorLocked(st);
   ++stats_.err_load_miss;
   --e->pins;
   core_->ReleaseT1(e);
-  if (e->on_t2 && e->location.segment == loc.segment && e->location.offset == loc.offset) DropT2CopyLocked(e);
+  if (e->on_t2 && !e->moving && e->location.segment == loc.segment && e->location.offset == loc.offset) {
+    DropT2CopyLocked(e);
+  }
   if (e->pins == 0 && !e->on_t2) EraseLocked(e);
   return st.code() == Code::kNotFound ? st : Status::NotFound(st.ToString());
 }

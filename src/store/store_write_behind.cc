@@ -159,9 +159,14 @@ Status StoreImpl::EnsureT2Space(std::span<const uint64_t> record_bytes) {
 }
 
 void StoreImpl::CompactSegment(uint32_t id) {
-  // 1. Claim the live, idle records of the segment: marked `moving` (readers of the T2 copy
-  //    wait; no T2 eviction, reclaim or prefetch touches it; the entry is not erased, as its
-  //    T2 copy stays). Nothing is pinned: compaction never holds DRAM that puts need.
+  // 1. Claim every live record of the segment: marked `moving` (readers of the T2 copy wait;
+  //    no T2 eviction, reclaim or prefetch touches it; the entry is not erased, as its T2 copy
+  //    stays). A record left unclaimed loses its only disk copy when the segment goes, so the
+  //    only ones left are those being written again (their new copy is in flight). A chunk a
+  //    reader holds (pinned in T1) is moved like any other, and so is one being promoted: the
+  //    promotion reads the old record through its open file, or misses if it starts after the
+  //    segment went (PromoteLocked keeps the moved copy). Nothing is pinned for the move:
+  //    compaction never holds DRAM that puts need.
   struct Move {
     Entry* e;
     AppendItem item;      // the copy: header with a new seq, payload
@@ -178,7 +183,7 @@ void StoreImpl::CompactSegment(uint32_t id) {
       for (const ChunkKey& k : keys->second) {
         Entry* e = core_->Find(k);
         if (e == nullptr) continue;
-        if (!e->on_t2 || e->location.segment != id || e->pins > 0 || e->promoting || e->writing || e->moving) continue;
+        if (!e->on_t2 || e->location.segment != id || e->writing || e->moving) continue;
         e->moving = true;
         Move m{e, {}, e->location, HeaderOf(*e), {}};
         m.item.header = m.header;

@@ -150,6 +150,23 @@ Result<std::string> ReadFile(const std::string& path) {
 
 bool FileExists(const std::string& path) { return std::ifstream(path).good(); }
 
+// Appends `text` from `source` to a segment list, keeping RenderSegments' invariants: empty
+// text adds nothing, and text from the same source as the last segment extends it.
+void Append(std::vector<PromptSegment>* out, PromptSegment::Source source, std::string_view text) {
+  if (text.empty()) return;
+  if (!out->empty() && out->back().source == source) {
+    out->back().text += text;
+  } else {
+    out->push_back(PromptSegment{source, std::string(text)});
+  }
+}
+void Template(std::vector<PromptSegment>* out, std::string_view text) {
+  Append(out, PromptSegment::Source::kTemplate, text);
+}
+void Content(std::vector<PromptSegment>* out, std::string_view text) {
+  Append(out, PromptSegment::Source::kContent, text);
+}
+
 }  // namespace
 
 const char* ChatFamilyName(ChatFamily family) {
@@ -265,43 +282,52 @@ std::vector<std::string> ChatTemplate::stop_strings() const {
 
 Result<std::string> ChatTemplate::Render(std::span<const ChatMessage> messages,
                                          bool add_generation_prompt) const {
+  auto segments = RenderSegments(messages, add_generation_prompt);
+  if (!segments.ok()) return segments.status();
+  std::string out;
+  for (const PromptSegment& s : *segments) out += s.text;
+  return out;
+}
+
+Result<std::vector<PromptSegment>> ChatTemplate::RenderSegments(std::span<const ChatMessage> messages,
+                                                                bool add_generation_prompt) const {
   KVAULT_RETURN_IF_ERROR(ValidateMessages(messages));
+  std::vector<PromptSegment> out;
   switch (family_) {
-    case ChatFamily::kLlama3: return RenderLlama3(messages, add_generation_prompt);
-    case ChatFamily::kChatML: return RenderChatML(messages, add_generation_prompt);
-    case ChatFamily::kMistral: return RenderMistral(messages);
+    case ChatFamily::kLlama3: RenderLlama3(messages, add_generation_prompt, &out); return out;
+    case ChatFamily::kChatML: RenderChatML(messages, add_generation_prompt, &out); return out;
+    case ChatFamily::kMistral: KVAULT_RETURN_IF_ERROR(RenderMistral(messages, &out)); return out;
   }
   return Status::InvalidArgument(kUnsupported);
 }
 
-std::string ChatTemplate::RenderLlama3(std::span<const ChatMessage> messages,
-                                       bool add_generation_prompt) const {
-  std::string out = bos_token_;  // the template puts BOS before the first message only
+void ChatTemplate::RenderLlama3(std::span<const ChatMessage> messages, bool add_generation_prompt,
+                                std::vector<PromptSegment>* out) const {
+  Template(out, bos_token_);  // the template puts BOS before the first message only
   for (const ChatMessage& m : messages) {
-    out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n";
-    out += PythonStrip(m.content);
-    out += kLlama3EndOfTurn;
+    Template(out, "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n");
+    Content(out, PythonStrip(m.content));
+    Template(out, kLlama3EndOfTurn);
   }
-  if (add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
-  return out;
+  if (add_generation_prompt) Template(out, "<|start_header_id|>assistant<|end_header_id|>\n\n");
 }
 
-std::string ChatTemplate::RenderChatML(std::span<const ChatMessage> messages,
-                                       bool add_generation_prompt) const {
-  std::string out;
+void ChatTemplate::RenderChatML(std::span<const ChatMessage> messages, bool add_generation_prompt,
+                                std::vector<PromptSegment>* out) const {
   if (!default_system_prompt_.empty() && messages.front().role != "system") {
-    out += "<|im_start|>system\n" + default_system_prompt_ + "<|im_end|>\n";
+    Template(out, "<|im_start|>system\n" + default_system_prompt_ + "<|im_end|>\n");
   }
   for (const ChatMessage& m : messages) {
-    out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+    Template(out, "<|im_start|>" + m.role + "\n");
+    Content(out, m.content);
+    Template(out, "<|im_end|>\n");
   }
-  if (add_generation_prompt) out += "<|im_start|>assistant\n";
-  return out;
+  if (add_generation_prompt) Template(out, "<|im_start|>assistant\n");
 }
 
 // Both styles: after the optional leading system message (kSystemOnFirstUser only), message
 // i of the rest is a user message iff i is even. A system message anywhere else is refused.
-Result<std::string> ChatTemplate::RenderMistral(std::span<const ChatMessage> messages) const {
+Status ChatTemplate::RenderMistral(std::span<const ChatMessage> messages, std::vector<PromptSegment>* out) const {
   const bool system_on_first_user = mistral_style_ == MistralStyle::kSystemOnFirstUser;
   const ChatMessage* system = nullptr;
   size_t first = 0;
@@ -316,20 +342,26 @@ Result<std::string> ChatTemplate::RenderMistral(std::span<const ChatMessage> mes
   const std::string assistant_prefix = system_on_first_user ? " " : "";
   const std::string assistant_suffix = eos_token_ + (mistral_space_after_eos_ ? " " : "");
 
-  std::string out = bos_token_;
+  Template(out, bos_token_);
   for (size_t i = first; i < messages.size(); ++i) {
     const ChatMessage& m = messages[i];
     const bool expect_user = (i - first) % 2 == 0;
     if ((m.role == "user") != expect_user || m.role == "system") return AlternationError(i, rule);
     if (m.role == "user") {
-      out += inst_open;
-      if (system != nullptr && i == first) out += system->content + "\n\n";
-      out += m.content + " [/INST]";
+      Template(out, inst_open);
+      if (system != nullptr && i == first) {
+        Content(out, system->content);
+        Template(out, "\n\n");
+      }
+      Content(out, m.content);
+      Template(out, " [/INST]");
     } else {
-      out += assistant_prefix + m.content + assistant_suffix;
+      Template(out, assistant_prefix);
+      Content(out, m.content);
+      Template(out, assistant_suffix);
     }
   }
-  return out;
+  return Status::OK();
 }
 
 Result<ChatTemplate> LoadChatTemplate(const std::string& model_dir) {

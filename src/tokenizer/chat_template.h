@@ -41,6 +41,15 @@ struct ChatMessage {
   std::string content;
 };
 
+// A piece of a rendered prompt: text the template wrote (it spells the control tokens: BOS,
+// headers, end-of-turn markers, its default system message) or text copied from a message's
+// content (the client's words: tokenize it as plain text, SpecialTokens::kPlainText).
+struct PromptSegment {
+  enum class Source { kTemplate, kContent };
+  Source source = Source::kTemplate;
+  std::string text;
+};
+
 enum class ChatFamily { kLlama3, kChatML, kMistral };
 
 // "llama3", "chatml" or "mistral".
@@ -70,6 +79,13 @@ class ChatTemplate {
   Result<std::string> Render(std::span<const ChatMessage> messages,
                              bool add_generation_prompt) const;
 
+  // The same prompt as segments telling the template's text from the messages' content.
+  // Invariants: the concatenation of the texts equals Render(...) (same errors too); no
+  // segment is empty; neighbours differ in source. A content segment holds exactly what the
+  // template copies from content (Llama 3: the stripped content).
+  Result<std::vector<PromptSegment>> RenderSegments(std::span<const ChatMessage> messages,
+                                                    bool add_generation_prompt) const;
+
   ChatFamily family() const { return family_; }
   const std::string& bos_token() const { return bos_token_; }
   const std::string& eos_token() const { return eos_token_; }
@@ -88,11 +104,12 @@ class ChatTemplate {
 
   explicit ChatTemplate(ChatFamily family) : family_(family) {}
 
-  std::string RenderLlama3(std::span<const ChatMessage> messages,
-                           bool add_generation_prompt) const;
-  std::string RenderChatML(std::span<const ChatMessage> messages,
-                           bool add_generation_prompt) const;
-  Result<std::string> RenderMistral(std::span<const ChatMessage> messages) const;
+  // Each appends the conversation's segments to `out` (see RenderSegments).
+  void RenderLlama3(std::span<const ChatMessage> messages, bool add_generation_prompt,
+                    std::vector<PromptSegment>* out) const;
+  void RenderChatML(std::span<const ChatMessage> messages, bool add_generation_prompt,
+                    std::vector<PromptSegment>* out) const;
+  Status RenderMistral(std::span<const ChatMessage> messages, std::vector<PromptSegment>* out) const;
 
   ChatFamily family_;
   std::string bos_token_;

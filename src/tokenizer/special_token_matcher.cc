@@ -22,6 +22,11 @@ void SpecialTokenMatcher::Add(std::string text, uint32_t id, bool lstrip, bool r
 }
 
 std::vector<SpecialTokenMatcher::Match> SpecialTokenMatcher::FindAll(std::string_view text) const {
+  return FindAll(text, nullptr);
+}
+
+std::vector<SpecialTokenMatcher::Match> SpecialTokenMatcher::FindAll(std::string_view text,
+                                                                     const Accept& accept) const {
   std::vector<Match> matches;
   if (count_ == 0) return matches;
   size_t pos = 0;
@@ -30,7 +35,7 @@ std::vector<SpecialTokenMatcher::Match> SpecialTokenMatcher::FindAll(std::string
     const auto& bucket = by_first_byte_[static_cast<unsigned char>(text[pos])];
     const Entry* hit = nullptr;
     for (const auto& e : bucket) {
-      if (text.compare(pos, e.text.size(), e.text) == 0) {
+      if (text.compare(pos, e.text.size(), e.text) == 0 && (!accept || accept(pos, pos + e.text.size(), e.id))) {
         hit = &e;
         break;  // longest first
       }

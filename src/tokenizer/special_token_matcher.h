@@ -4,6 +4,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -24,6 +25,12 @@ class SpecialTokenMatcher {
 
   // The matches in `text`, in order, not overlapping.
   std::vector<Match> FindAll(std::string_view text) const;
+
+  // Whether a token whose spelling occupies [begin, end) of the text may be taken there.
+  using Accept = std::function<bool(size_t begin, size_t end, uint32_t id)>;
+  // The same, taking only tokens `accept` allows: at each position the longest allowed token
+  // wins; a refused spelling is text (the scan goes on inside it, one byte further).
+  std::vector<Match> FindAll(std::string_view text, const Accept& accept) const;
 
  private:
   struct Entry {

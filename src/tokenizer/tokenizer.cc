@@ -2,6 +2,7 @@
 // decoding, streaming, and picking a loader for a model directory.
 #include "tokenizer/tokenizer.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -38,15 +39,52 @@ std::string_view Tokenizer::TokenText(uint32_t id) const {
 }
 
 std::vector<uint32_t> Tokenizer::Encode(std::string_view text, bool add_bos) const {
-  std::string sanitized;
-  if (!IsValidUtf8(text)) {
-    sanitized = SanitizeUtf8(text);
-    text = sanitized;
+  return Encode(text, add_bos, SpecialTokens::kParse);
+}
+
+std::vector<uint32_t> Tokenizer::Encode(std::string_view text, bool add_bos, SpecialTokens special_tokens) const {
+  const TextPiece piece{text, special_tokens};
+  return EncodePieces(std::span<const TextPiece>(&piece, 1), add_bos);
+}
+
+std::vector<uint32_t> Tokenizer::EncodePieces(std::span<const TextPiece> pieces, bool add_bos) const {
+  // The whole text, and the spans of it where special tokens may be taken: [begin, end) pairs,
+  // ascending and disjoint (adjacent kParse pieces merge).
+  std::string joined;
+  std::vector<std::pair<size_t, size_t>> parse_spans;
+  for (const TextPiece& piece : pieces) {
+    const size_t begin = joined.size();
+    if (IsValidUtf8(piece.text)) {
+      joined.append(piece.text);
+    } else {
+      joined += SanitizeUtf8(piece.text);
+    }
+    if (piece.special_tokens != SpecialTokens::kParse || joined.size() == begin) continue;
+    if (!parse_spans.empty() && parse_spans.back().second == begin) {
+      parse_spans.back().second = joined.size();
+    } else {
+      parse_spans.emplace_back(begin, joined.size());
+    }
   }
+  // A special token is taken only when its whole spelling lies in one kParse span; verbatim
+  // tokens that are not special are vocabulary text and always taken.
+  const bool all_parse = parse_spans.size() == 1 && parse_spans[0] == std::pair<size_t, size_t>(0, joined.size());
+  SpecialTokenMatcher::Accept accept;
+  if (!all_parse) {
+    accept = [&](size_t begin, size_t end, uint32_t id) {
+      if (!IsSpecial(id)) return true;
+      auto it = std::upper_bound(parse_spans.begin(), parse_spans.end(), begin,
+                                 [](size_t b, const std::pair<size_t, size_t>& s) { return b < s.first; });
+      if (it == parse_spans.begin()) return false;
+      --it;  // the last span starting at or before `begin`
+      return begin >= it->first && end <= it->second;
+    };
+  }
+  const std::string_view text = joined;
   std::vector<uint32_t> ids;
   if (add_bos && bos_id_) ids.push_back(*bos_id_);
   size_t pos = 0;
-  for (const auto& m : verbatim_tokens_->FindAll(text)) {
+  for (const auto& m : verbatim_tokens_->FindAll(text, accept)) {
     if (m.begin > pos) EncodeSegment(text.substr(pos, m.begin - pos), pos == 0, &ids);
     ids.push_back(m.id);
     pos = m.end;

@@ -13,7 +13,10 @@
 //
 // Special tokens (tokenizer.json added_tokens; SentencePiece control, unknown and
 // user-defined pieces) are matched in the text verbatim (leftmost, then longest) and never
-// split, the way Hugging Face tokenizers treat them.
+// split, the way Hugging Face tokenizers treat them. Text a user wrote is encoded with
+// SpecialTokens::kPlainText instead: the spellings of special tokens in it are ordinary text
+// (Hugging Face's split_special_tokens, llama.cpp's parse_special = false), so only the
+// program (a chat template) decides where control tokens go.
 //
 // Thread safety: a loaded Tokenizer is immutable; every const method may be called from many
 // threads at once.
@@ -35,6 +38,20 @@ namespace kvault::tokenizer {
 
 class SpecialTokenMatcher;
 
+// What Encode makes of the spelling of a special token (IsSpecial: control and unknown tokens,
+// Hugging Face added tokens marked special) found in text. Verbatim tokens that are not special
+// (user-defined pieces, added tokens not marked special) are vocabulary text and match in both.
+enum class SpecialTokens {
+  kParse,      // the spelling becomes the token: for text the program wrote (a chat template)
+  kPlainText,  // the spelling is ordinary text, tokenized like any other: for text a user wrote
+};
+
+// A piece of a text to encode, and what its special-token spellings become.
+struct TextPiece {
+  std::string_view text;
+  SpecialTokens special_tokens = SpecialTokens::kParse;
+};
+
 class Tokenizer {
  public:
   Tokenizer(const Tokenizer&) = delete;
@@ -44,7 +61,20 @@ class Tokenizer {
   // The ids of `text`, preceded by bos_id() when add_bos and the tokenizer has one. Text that
   // is not valid UTF-8 is tokenized as if every invalid byte were U+FFFD (callers that must
   // reject it check IsValidUtf8 first).
-  virtual std::vector<uint32_t> Encode(std::string_view text, bool add_bos) const;
+  // Special-token spellings become their tokens (SpecialTokens::kParse).
+  std::vector<uint32_t> Encode(std::string_view text, bool add_bos) const;
+  std::vector<uint32_t> Encode(std::string_view text, bool add_bos, SpecialTokens special_tokens) const;
+
+  // The ids of the concatenation of `pieces`, each piece's special-token spellings treated as
+  // it says. The pieces are tokenized as ONE text: a special token is taken only where its
+  // whole spelling lies in kParse text (adjacent kParse pieces count as one; a spelling in, or
+  // straddling into, a kPlainText piece is text), and everything between two taken special
+  // tokens goes through the tokenizer's pre-tokenizer and merges in one run, across piece
+  // borders (a taken token's lstrip/rstrip whitespace may come from a plain piece, as in
+  // Encode). So when no special-token spelling touches a kPlainText piece, the result equals
+  // Encode(concatenation, add_bos): splitting a prompt into pieces never changes how it
+  // tokenizes at their borders. A piece that is not valid UTF-8 is sanitized on its own.
+  std::vector<uint32_t> EncodePieces(std::span<const TextPiece> pieces, bool add_bos) const;
 
   // The bytes `ids` stand for. Special tokens are written verbatim unless skip_special; ids
   // outside the vocabulary are skipped. A prefix of a sequence may end inside a multi-byte

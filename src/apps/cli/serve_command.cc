@@ -1,5 +1,8 @@
 // `kvault serve`: the OpenAI-compatible server (src/openai/server.h) with its model, tokenizer,
 // chat template and store.
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -38,9 +41,30 @@ struct ServeFlags {
   double t2_gib = 8.0;
   std::string policy = "lru";
   int64_t chunk_tokens = 64;
-  int http_threads = 64;
+  int io_threads = 2;
+  int max_connections = 1024;
+  double header_timeout_s = 10;
+  double body_timeout_s = 30;
+  double idle_timeout_s = 60;
+  double write_timeout_s = 30;
+  double max_body_mib = 16;
+  int send_buffer_kib = 256;
   bool special_tokens_in_content = false;
 };
+
+// Each open connection is a file descriptor: raise the soft limit towards the hard one so that
+// --max-connections (plus the store's files) fits, and say so when it cannot.
+void RaiseFileLimit(int max_connections) {
+  const rlim_t want = static_cast<rlim_t>(max_connections) + 256;
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= want) return;
+  rl.rlim_cur = rl.rlim_max == RLIM_INFINITY ? want : std::min(want, rl.rlim_max);
+  (void)setrlimit(RLIMIT_NOFILE, &rl);
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < want) {
+    std::cerr << "kvault serve: warning: the open-file limit (" << rl.rlim_cur << ") is below --max-connections + 256; "
+              << "connections past it wait in the listen queue\n";
+  }
+}
 
 int RunServe(const ServeFlags& f) {
   if (!f.model_dir.empty() && !f.random_model.empty()) {
@@ -50,6 +74,7 @@ int RunServe(const ServeFlags& f) {
   // Before any thread exists (LibTorch's pools, the engine's loader and saver, the server's):
   // they inherit the mask, so SIGTERM reaches the wait below and nowhere else.
   const sigset_t stop = BlockStopSignals();
+  RaiseFileLimit(f.max_connections);
   torch::NoGradGuard no_grad;
   const int threads = apps::SetComputeThreads(f.threads);
   const torch::ScalarType dtype = f.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
@@ -131,7 +156,14 @@ int RunServe(const ServeFlags& f) {
   so.model_id = model_id;
   so.max_context = f.ctx_size;
   so.default_max_tokens = f.default_max_tokens;
-  so.http_threads = f.http_threads;
+  so.io_threads = f.io_threads;
+  so.max_connections = f.max_connections;
+  so.header_timeout_s = f.header_timeout_s;
+  so.body_timeout_s = f.body_timeout_s;
+  so.idle_timeout_s = f.idle_timeout_s;
+  so.write_timeout_s = f.write_timeout_s;
+  so.max_body_bytes = static_cast<size_t>(f.max_body_mib * (1 << 20));
+  so.send_buffer_bytes = static_cast<size_t>(f.send_buffer_kib) << 10;
   so.add_bos = add_bos;
   so.special_tokens_in_content = f.special_tokens_in_content;
   openai::Server server(&engine, store.get(), tokenizer, *chat, so);
@@ -179,10 +211,33 @@ void AddServeCommand(CLI::App& app) {
   s->add_option("--t2-gib,--ssd-gib", f->t2_gib, "Embedded store: T2 capacity")->capture_default_str();
   s->add_option("--policy", f->policy, "Embedded store: eviction policy")->capture_default_str();
   s->add_option("--chunk-tokens", f->chunk_tokens, "Tokens per stored chunk (= KV page)")->check(CLI::PositiveNumber)->capture_default_str();
-  s->add_option("--http-threads", f->http_threads, "HTTP worker threads (each stream holds one)")->check(CLI::PositiveNumber)->capture_default_str();
+  // The HTTP layer's limits (docs/SERVE.md "Limits").
+  s->add_option("--io-threads,--http-threads", f->io_threads,
+                "HTTP event-loop threads (connections are served asynchronously: no thread per client)")
+      ->check(CLI::Range(1, 64))->capture_default_str();
+  s->add_option("--max-connections", f->max_connections, "Open HTTP connections at most; past it a 503 and close")
+      ->check(CLI::Range(1, 1 << 20))->capture_default_str();
+  s->add_option("--header-timeout-s", f->header_timeout_s, "Seconds for a request's header to arrive (then 408 and close)")
+      ->check(CLI::Range(0.001, 86400.0))->capture_default_str();
+  s->add_option("--body-timeout-s,--read-timeout-s", f->body_timeout_s,
+                "Seconds for a request's body to arrive after its header (then 408 and close)")
+      ->check(CLI::Range(0.001, 86400.0))->capture_default_str();
+  s->add_option("--idle-timeout-s", f->idle_timeout_s, "Seconds a keep-alive connection may wait for its next request")
+      ->check(CLI::Range(0.001, 86400.0))->capture_default_str();
+  s->add_option("--write-timeout-s", f->write_timeout_s,
+                "Seconds a response write may take (a client that stopped reading its stream, once its send "
+                "buffer is full) before the connection closes and its request is cancelled")
+      ->check(CLI::Range(0.001, 86400.0))->capture_default_str();
+  s->add_option("--max-body-mib", f->max_body_mib, "Largest request body in MiB (larger: 413)")
+      ->check(CLI::Range(0.001, 4096.0))->capture_default_str();
+  s->add_option("--send-buffer-kib", f->send_buffer_kib,
+                "Kernel send buffer per connection in KiB (bounds what a client that stops reading pins; "
+                "0: the kernel's autotuning, up to 4 MiB)")
+      ->check(CLI::Range(0, 1 << 20))->capture_default_str();
   s->add_flag("--special-tokens-in-content", f->special_tokens_in_content,
-              "treat special-token spellings typed in message content (e.g. <|im_end|>) as control tokens; "
-              "off: content is plain text and only the chat template writes control tokens (a user cannot forge a turn)");
+              "treat special-token spellings typed in message content or a raw /v1/completions prompt "
+              "(e.g. <|im_end|>) as control tokens; off: that text is plain text and only the chat template "
+              "writes control tokens (a user cannot forge a turn)");
   s->callback([f] { SetExitCode(RunServe(*f)); });
 }
 

@@ -19,6 +19,7 @@ struct DaemonFlags {
   double t2_gib = 16.0;
   std::string tokens_file;
   uint32_t max_message_mib = 256;
+  uint64_t message_budget_mib = 1024;
   std::string cluster_kind;
   std::vector<std::string> redis_seeds;
   double t3_budget_gib = 0;
@@ -34,6 +35,16 @@ int RunDaemon(DaemonFlags& f) {
     return 2;
   }
   o.max_message_bytes = static_cast<uint32_t>(uint64_t{f.max_message_mib} << 20);
+  if (f.message_budget_mib == 0 || f.message_budget_mib > (1u << 20)) {
+    std::cerr << "kvaultd: --message-budget-mib must be in 1..1048576\n";
+    return 2;
+  }
+  o.message_budget_bytes = f.message_budget_mib << 20;
+  if (o.max_connections == 0 || o.max_handles_per_connection == 0 || o.hello_timeout_ms <= 0 || o.frame_timeout_ms <= 0 || o.io_timeout_ms <= 0) {
+    std::cerr << "kvaultd: --max-connections, --max-handles-per-connection and the --*-timeout-ms flags must be positive\n";
+    return 2;
+  }
+  o.log = [](const std::string& line) { std::cerr << "kvaultd: " + line + "\n" << std::flush; };
   o.store.t3.kind = f.cluster_kind;
   o.store.t3.redis_seeds = f.redis_seeds;
   o.store.t3.budget_bytes = static_cast<uint64_t>(f.t3_budget_gib * (1ull << 30));
@@ -102,6 +113,19 @@ void AddDaemonFlags(CLI::App& app, int* exit_code) {
   app.add_flag("--prefault-t1,--prefault-dram", f->d.store.prefault_t1, "Touch all of T1 at start (steady latency; commits the memory)");
   app.add_option("--max-message-mib", f->max_message_mib, "Largest protocol message accepted")->capture_default_str();
   app.add_option("--max-connections", f->d.max_connections, "Most client connections at once")->capture_default_str();
+  app.add_option("--max-handles-per-connection", f->d.max_handles_per_connection,
+                 "Most open readers and writers of one connection")
+      ->capture_default_str();
+  app.add_option("--message-budget-mib", f->message_budget_mib,
+                 "Daemon-wide memory for request and inline reply buffers beyond 256 KiB each (docs/DAEMON.md, Limits)")
+      ->capture_default_str();
+  app.add_option("--hello-timeout-ms", f->d.hello_timeout_ms, "A new connection must complete its hello within this")
+      ->capture_default_str();
+  app.add_option("--frame-timeout-ms", f->d.frame_timeout_ms,
+                 "A request frame, once started, must arrive whole within this (idle connections may stay)")
+      ->capture_default_str();
+  app.add_option("--io-timeout-ms", f->d.io_timeout_ms, "A client that stops reading its replies this long is dropped")
+      ->capture_default_str();
   app.add_option("--cluster", f->cluster_kind, "Cluster tier (T3): redis or shared-dir (default: off)")
       ->check(CLI::IsMember({"", "redis", "shared-dir"}));
   app.add_option("--redis-seeds", f->redis_seeds, "Redis Cluster seed nodes host:port (with --cluster redis)")->delimiter(',');
