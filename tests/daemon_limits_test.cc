@@ -1,16 +1,19 @@
 // kvaultd's memory and time limits against hostile clients (docs/DAEMON.md, "Limits"): a frame
 // header announcing a huge payload commits no memory, frames too big for their type are
-// refused from the header, big frames on many connections share one budget, a frame that
-// stalls or trickles is cut at its deadline while idle connections may stay, and a normal
-// client keeps working throughout. Memory is measured as this process's resident set (the
+// refused from the header, big frames on many connections share one budget (a request past it
+// is answered and its connection kept), a frame that stalls or trickles is cut at its deadline
+// while idle connections may stay, a shared-memory client's pins outlive a connection the
+// daemon ends until the client closes it, and a normal client keeps working throughout. Memory is measured as this process's resident set (the
 // daemon runs in it) and by the daemon's own accounting.
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <fstream>
 #include <mutex>
 #include <string>
@@ -84,6 +87,15 @@ struct RawConn {
     EXPECT_TRUE(wire::Decode(payload, &r).ok());
     return r.status;
   }
+  // The next frame, which must be of type `want`, decoded into *r.
+  template <typename Rep>
+  Status NextReply(wire::MsgType want, Rep* r, uint64_t arena_bytes = 0) {
+    wire::FrameHeader h;
+    std::vector<std::byte> payload;
+    KVAULT_RETURN_IF_ERROR(wire::ReadFrame(fd.get(), 64u << 20, &h, &payload));
+    if (h.type != want) return Status::InvalidArgument(std::string("got ") + wire::MsgTypeName(h.type));
+    return wire::Decode(payload, r, arena_bytes);
+  }
   // True when the daemon closed the connection (after whatever it still sent).
   bool ClosedByPeer() {
     char buf[4096];
@@ -107,10 +119,10 @@ std::unique_ptr<Daemon> StartDaemon(const DaemonOptions& o) {
   return d.ok() ? std::move(d.value()) : nullptr;
 }
 
-std::unique_ptr<Client> Connect(const std::string& socket) {
+std::unique_ptr<Client> Connect(const std::string& socket, bool shared_memory = false) {
   ClientOptions o;
   o.address = socket;
-  o.shared_memory = false;  // inline: its requests and replies go through the daemon's buffers
+  o.shared_memory = shared_memory;  // default inline: its requests and replies go through the daemon's buffers
   o.timeout_ms = 10000;
   auto c = Client::Connect(o);
   EXPECT_TRUE(c.ok()) << c.status().ToString();
@@ -206,8 +218,9 @@ TEST(DaemonLimitsTest, AFrameLargerThanItsTypeCarriesIsRefusedFromItsHeader) {
 }
 
 // Big frames on many connections at once share the daemon-wide budget: past it a request is
-// refused with a clear error and its connection closed, the resident set stays within the
-// budget plus each connection's allowance, and small requests are never refused.
+// read to its end but dropped and answered with a clear error in its own reply type, the
+// connection kept; the resident set stays within the budget plus each connection's
+// allowance, and small requests are never refused.
 TEST(DaemonLimitsTest, ManyBigFramesShareOneBudget) {
   kvtest::TempDir dir;
   DaemonOptions o = LimitsDaemon(dir.path());
@@ -255,22 +268,35 @@ TEST(DaemonLimitsTest, ManyBigFramesShareOneBudget) {
 
   NormalClientWorks(*client, 4);  // small requests never compete for the budget
 
-  int refused = 0;
-  for (auto& c : conns) {
-    pollfd p{c->fd.get(), POLLIN, 0};
-    if (poll(&p, 1, 0) != 1) continue;  // still being received (holds part of the budget)
-    const Status st = c->NextError();
-    EXPECT_EQ(st.code(), Code::kResourceExhausted) << st.ToString();
-    EXPECT_NE(st.message().find("message budget"), std::string::npos) << st.ToString();
-    ++refused;
+  // The rest of every frame: none fits the budget (32 MiB > 4 MiB), so each connection gets a
+  // lookup reply that says so, and then serves its next request.
+  const std::vector<std::byte> rest((32u << 20) - chunk.size(), std::byte{0});
+  senders.clear();
+  for (auto& c : conns) senders.emplace_back([&c, &rest] { (void)c->Send(rest); });
+  for (auto& c : conns) {  // no ASSERT until the senders are joined
+    wire::LookupReply r;
+    const Status st = c->NextReply(wire::MsgType::kLookupReply, &r);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    if (!st.ok()) continue;
+    EXPECT_EQ(r.status.code(), Code::kResourceExhausted) << r.status.ToString();
+    EXPECT_NE(r.status.message().find("message budget"), std::string::npos) << r.status.ToString();
+    EXPECT_NE(r.status.message().find("retry later"), std::string::npos) << r.status.ToString();
   }
-  EXPECT_GE(refused, 1);
+  for (auto& t : senders) t.join();
+  EXPECT_EQ(d->Counters().budget_refusals, static_cast<uint64_t>(kConns));
   {
     std::lock_guard lock(log_mu);
     ASSERT_FALSE(log.empty());
+    EXPECT_NE(log.front().find("request refused"), std::string::npos) << log.front();
     EXPECT_NE(log.front().find("message budget"), std::string::npos) << log.front();
   }
-  conns.clear();  // closed mid-frame: every share goes back
+  for (auto& c : conns) {
+    ASSERT_TRUE(c->Send(Frame(wire::MsgType::kFlush, {})));
+    wire::StatusReply r;
+    EXPECT_TRUE(c->NextReply(wire::MsgType::kFlushReply, &r).ok());
+  }
+  EXPECT_EQ(d->Counters().connections_open, static_cast<uint64_t>(kConns) + 1);
+  conns.clear();
   for (auto until = Clock::now() + 10s; d->Counters().message_bytes_in_use != 0 && Clock::now() < until;) {
     std::this_thread::sleep_for(10ms);
   }
@@ -416,6 +442,7 @@ TEST(DaemonLimitsTest, InlineRepliesDrawOnTheBudget) {
   auto reader = inline_client->OpenChunk(ns, spans[0].key);
   EXPECT_FALSE(reader.ok());
   EXPECT_EQ(d->Counters().budget_refusals, 1u);
+  EXPECT_EQ(inline_client->reconnects(), 0u);
   EXPECT_EQ(d->Counters().message_bytes_in_use, 0u);
   NormalClientWorks(*inline_client, 9);  // small chunks still go through, on the same connection
 
@@ -425,9 +452,186 @@ TEST(DaemonLimitsTest, InlineRepliesDrawOnTheBudget) {
   EXPECT_FALSE(kvtest::PutChain(*inline_client, ns, other, &more).ok());
   EXPECT_EQ(d->Counters().budget_refusals, 2u);
   EXPECT_EQ(d->Counters().message_bytes_in_use, 0u);
+  EXPECT_EQ(inline_client->reconnects(), 0u);  // answered: the connection stays
+  NormalClientWorks(*inline_client, 10);
   auto fresh = Connect(d->socket_path());
   ASSERT_TRUE(fresh);
   NormalClientWorks(*fresh, 11);
+}
+
+// Puts `n` chunks through `writer` (a fresh chain of one chunk each): with T1 only, every
+// chunk nobody pins has its pages handed to another chunk several times over.
+void PressT1(Store& writer, const Namespace& ns, size_t n, uint64_t seed) {
+  const size_t chunk = ns.layout().chunk_bytes(ns.layout().chunk_tokens);
+  for (size_t i = 0; i < n; ++i) {
+    const auto t = kvtest::MakeTokens(seed + i, ns.layout().chunk_tokens);
+    ASSERT_TRUE(writer.Put(ns, ns.id(), t, kvtest::PayloadFor(ChainKey(ns, ns.id(), t), chunk)).ok()) << i;
+  }
+}
+
+// Waits (at most 10 s) until the daemon holds exactly `bytes` of its message budget.
+bool WaitForBudgetInUse(const Daemon& d, uint64_t bytes) {
+  const auto until = Clock::now() + 10s;
+  while (d.Counters().message_bytes_in_use != bytes) {
+    if (Clock::now() > until) return false;
+    std::this_thread::sleep_for(5ms);
+  }
+  return true;
+}
+
+// The review's scenario (issue 16, item 2): other connections hold the message budget while a
+// shared-memory engine reads a pinned chunk through the mapping and sends a big lookup and a
+// big hint. Each is answered (a kResourceExhausted lookup reply; the hint dropped) and the
+// engine's connection stays, with its pins: after T1 has recycled every other page, the
+// chunk it holds still reads as its own bytes. Before the fix the refusal closed the
+// connection and released the pin at once: the engine reconnected and read another chunk's
+// bytes through its reader, with no error.
+TEST(DaemonLimitsTest, ABudgetRefusalKeepsASharedMemoryClientsConnectionAndPins) {
+  kvtest::TempDir dir;
+  DaemonOptions o = LimitsDaemon(dir.path());
+  o.store.t2_bytes = 0;  // T1 only: an unpinned chunk's pages go to the next puts
+  o.max_message_bytes = 64u << 20;
+  o.message_budget_bytes = 4u << 20;
+  o.frame_timeout_ms = 60000;
+  auto d = StartDaemon(o);
+  ASSERT_TRUE(d);
+  auto engine = Connect(d->socket_path(), /*shared_memory=*/true);
+  auto writer = Connect(d->socket_path(), /*shared_memory=*/true);
+  ASSERT_TRUE(engine && writer);
+  ASSERT_TRUE(engine->shared_memory());
+  const Namespace ns = kvtest::MakeNamespace(kvtest::MakeLayout(), "engine");
+  const auto tokens = kvtest::MakeTokens(21, 16 * 4);
+  std::vector<ChunkSpan> spans;
+  ASSERT_TRUE(kvtest::PutChain(*engine, ns, tokens, &spans).ok());
+  auto reader = engine->OpenChunk(ns, spans[0].key);  // pinned; read through the mapping
+  ASSERT_TRUE(reader.ok()) << reader.status().ToString();
+
+  // Another connection takes the budget: 2 MiB of a 32 MiB lookup, read into a 4 MiB buffer
+  // (3.75 MiB of the budget) while the rest does not come.
+  RawConn hog(d->socket_path());
+  ASSERT_TRUE(hog.Send(Header(wire::MsgType::kLookup, 32u << 20)));
+  ASSERT_TRUE(hog.Send(std::vector<std::byte>(2u << 20, std::byte{7})));
+  ASSERT_TRUE(WaitForBudgetInUse(*d, (4u << 20) - kConnectionBufferBytes));
+
+  // The engine's big requests (3.2 MB each) do not fit now.
+  const auto big = kvtest::MakeTokens(22, 800000);
+  EXPECT_EQ(engine->Lookup(ns, big).cached_tokens, 0u);  // a miss
+  engine->Hint(ns, {std::span<const uint32_t>(big)});    // dropped
+  EXPECT_EQ(engine->Lookup(ns, tokens).cached_tokens, tokens.size());
+  EXPECT_EQ(d->Counters().budget_refusals, 2u);
+  EXPECT_TRUE(engine->connected());
+  EXPECT_EQ(engine->reconnects(), 0u) << "the refusal cost the engine its connection";
+
+  // T1 pressure: 3 x T1 of other chunks. The pinned chunk's pages are never among them.
+  PressT1(*writer, ns, 3 * o.store.t1_bytes / ns.layout().chunk_bytes(16), 100000);
+  std::vector<std::byte> got(reader->size());
+  ASSERT_TRUE(reader->ReadRange(0, got).ok());
+  EXPECT_TRUE(got == kvtest::PayloadFor(spans[0].key, got.size())) << "the pinned chunk's bytes changed under its reader";
+
+  // On the wire: the lookup's own reply type, kResourceExhausted, and the connection serves on.
+  RawConn raw(d->socket_path());
+  ASSERT_TRUE(raw.Send(Frame(wire::MsgType::kLookup, wire::Encode(wire::LookupRequest{wire::ToWire(ns), false, {}, big}))));
+  wire::LookupReply lr;
+  EXPECT_TRUE(raw.NextReply(wire::MsgType::kLookupReply, &lr).ok());
+  EXPECT_EQ(lr.status.code(), Code::kResourceExhausted) << lr.status.ToString();
+  EXPECT_NE(lr.status.message().find("retry later"), std::string::npos) << lr.status.ToString();
+  EXPECT_EQ(lr.result.cached_tokens, 0u);
+  ASSERT_TRUE(raw.Send(Frame(wire::MsgType::kFlush, {})));
+  wire::StatusReply fr;
+  EXPECT_TRUE(raw.NextReply(wire::MsgType::kFlushReply, &fr).ok());
+  EXPECT_EQ(d->Counters().budget_refusals, 3u);
+
+  EXPECT_EQ(d->Counters().message_bytes_in_use, (4u << 20) - kConnectionBufferBytes);  // the hog, still
+}
+
+// When the daemon itself ends a shared-memory connection that holds pins (a missed frame
+// deadline, a malformed frame), the client may still be copying from the pinned pages: the
+// daemon sends its error frame and the end of the stream, but keeps the pins until the
+// client closes its socket. Before the fix it released them at once, and T1 pressure then
+// rewrote the pages the client was reading.
+TEST(DaemonLimitsTest, ADaemonEndedSharedMemoryConnectionKeepsItsPinsUntilTheClientCloses) {
+  kvtest::TempDir dir;
+  DaemonOptions o = LimitsDaemon(dir.path());
+  o.store.t2_bytes = 0;  // T1 only: an unpinned chunk's pages go to the next puts
+  o.frame_timeout_ms = 300;
+  std::vector<std::string> log;
+  std::mutex log_mu;
+  o.log = [&](const std::string& line) {
+    std::lock_guard lock(log_mu);
+    log.push_back(line);
+  };
+  auto d = StartDaemon(o);
+  ASSERT_TRUE(d);
+  auto writer = Connect(d->socket_path(), /*shared_memory=*/true);
+  ASSERT_TRUE(writer);
+  const Namespace ns = kvtest::MakeNamespace(kvtest::MakeLayout(), "engine");
+  const size_t chunk = ns.layout().chunk_bytes(16);
+  const size_t t1_chunks = o.store.t1_bytes / chunk;
+
+  enum class Ending { kFrameDeadline, kMalformedFrame };
+  for (Ending ending : {Ending::kFrameDeadline, Ending::kMalformedFrame}) {
+    const bool deadline = ending == Ending::kFrameDeadline;
+    SCOPED_TRACE(deadline ? "frame deadline" : "malformed frame");
+    std::vector<ChunkSpan> spans;
+    ASSERT_TRUE(kvtest::PutChain(*writer, ns, kvtest::MakeTokens(deadline ? 31 : 32, 16), &spans).ok());
+    const ChunkSpan& s = spans[0];
+    // A shared-memory client by hand: hello, map T1, open (pin) the chunk.
+    RawConn c(d->socket_path(), /*say_hello=*/false);
+    ASSERT_TRUE(c.Send(Frame(wire::MsgType::kHello, wire::Encode(wire::HelloRequest{"", true}))));
+    wire::FrameHeader h;
+    std::vector<std::byte> payload;
+    wire::UniqueFd memfd;
+    ASSERT_TRUE(wire::ReadFrame(c.fd.get(), 1u << 20, &h, &payload, &memfd).ok());
+    wire::HelloReply hello;
+    ASSERT_TRUE(wire::Decode(payload, &hello).ok());
+    ASSERT_TRUE(hello.shm);
+    ASSERT_GE(memfd.get(), 0);
+    void* base = mmap(nullptr, hello.arena_bytes, PROT_READ, MAP_SHARED, memfd.get(), 0);
+    ASSERT_NE(base, MAP_FAILED);
+    ASSERT_TRUE(c.Send(Frame(wire::MsgType::kOpen, wire::Encode(wire::OpenRequest{wire::ToWire(ns), s.key}))));
+    wire::OpenReply open;
+    ASSERT_TRUE(c.NextReply(wire::MsgType::kOpenReply, &open, hello.arena_bytes).ok());
+    ASSERT_TRUE(open.status.ok()) << open.status.ToString();
+    auto read_pinned = [&] {
+      std::vector<std::byte> out;
+      for (const wire::Piece& p : open.pieces) {
+        const auto* at = static_cast<const std::byte*>(base) + p.offset;
+        out.insert(out.end(), at, at + p.size);
+      }
+      return out;
+    };
+    ASSERT_EQ(read_pinned(), kvtest::PayloadFor(s.key, chunk));
+
+    // The daemon ends the connection.
+    if (deadline) {
+      ASSERT_TRUE(c.Send(Header(wire::MsgType::kLookup, 4096)));
+      ASSERT_TRUE(c.Send(std::vector<std::byte>(10, std::byte{0})));
+      EXPECT_EQ(c.NextError().code(), Code::kResourceExhausted);
+    } else {
+      ASSERT_TRUE(c.Send(Frame(wire::MsgType::kLookupReply, {})));
+      EXPECT_EQ(c.NextError().code(), Code::kInvalidArgument);
+    }
+    EXPECT_TRUE(c.ClosedByPeer());  // the end of the stream: the client knows to leave
+
+    // The client still reads its chunk while T1 recycles every other page, 3 times over.
+    PressT1(*writer, ns, 3 * t1_chunks, deadline ? 200000 : 300000);
+    EXPECT_TRUE(read_pinned() == kvtest::PayloadFor(s.key, chunk)) << "the pinned chunk's bytes changed under its reader";
+    EXPECT_EQ(d->Counters().connections_open, 2u);  // the writer and the closing connection
+
+    // The client closes its socket: now the daemon lets the connection and its pins go.
+    munmap(base, hello.arena_bytes);
+    c.fd.reset();
+    for (auto until = Clock::now() + 10s; d->Counters().connections_open != 1 && Clock::now() < until;) {
+      std::this_thread::sleep_for(5ms);
+    }
+    EXPECT_EQ(d->Counters().connections_open, 1u);
+  }
+  {
+    std::lock_guard lock(log_mu);
+    ASSERT_EQ(log.size(), 2u);
+    EXPECT_NE(log[0].find("stay until the client closes its socket"), std::string::npos) << log[0];
+  }
+  NormalClientWorks(*writer, 12);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cmath>
 #include <cstdlib>
 #include <map>
@@ -21,9 +22,11 @@
 #include <thread>
 #include <vector>
 
+#include "http/http_server.h"
 #include "metrics/http_endpoint.h"
 #include "metrics/latency_histogram.h"
 #include "metrics/prometheus_text.h"
+#include "store/mutex.h"
 
 namespace kvault {
 namespace {
@@ -886,8 +889,8 @@ TEST(HttpEndpoint, MalformedRequestsNeverTakeItDown) {
 
   std::string reply = RawExchange(port, "GARBAGE\r\n\r\n");
   EXPECT_TRUE(reply.starts_with("HTTP/1.1 400")) << "[" << reply << "]";
-  reply = RawExchange(port, "BREW /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-  EXPECT_TRUE(reply.starts_with("HTTP/1.1 400")) << "[" << reply << "]";
+  reply = RawExchange(port, "BREW /metrics HTTP/1.1\r\nHost: x\r\n\r\n");  // a method nobody knows
+  EXPECT_TRUE(reply.starts_with("HTTP/1.1 501")) << "[" << reply << "]";
   std::string binary(512, '\0');
   for (size_t i = 0; i < binary.size(); ++i) binary[i] = static_cast<char>(i * 37);
   (void)RawExchange(port, binary);
@@ -978,6 +981,26 @@ void SendAll(int fd, const std::string& bytes) {
   }
 }
 
+// Open sockets, closed when it goes out of scope (also when an ASSERT returns early).
+class Sockets {
+ public:
+  Sockets() = default;
+  ~Sockets() { CloseAll(); }
+  Sockets(const Sockets&) = delete;
+  Sockets& operator=(const Sockets&) = delete;
+  int Add(int fd) {
+    if (fd >= 0) fds_.push_back(fd);
+    return fd;
+  }
+  void CloseAll() {
+    for (int fd : fds_) close(fd);
+    fds_.clear();
+  }
+
+ private:
+  std::vector<int> fds_;
+};
+
 // Everything the server sends until it closes (or 10 s pass).
 std::string ReadToClose(int fd) {
   std::string out;
@@ -998,12 +1021,11 @@ TEST(HttpEndpoint, SlowAndIdleClientsHoldUpNobody) {
   options.threads = 1;
   options.io_timeout_ms = 30000;  // longer than the test: only asynchrony can keep it prompt
   ASSERT_TRUE(ep.Start("127.0.0.1", 0, MakeHandlers(&health), options).ok());
-  std::vector<int> slow;
+  Sockets slow;
   for (int i = 0; i < 150; ++i) {
-    const int fd = Connect(ep.port());
+    const int fd = slow.Add(Connect(ep.port()));
     ASSERT_GE(fd, 0);
     if (i % 2 == 0) SendAll(fd, "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ");  // a header never finished
-    slow.push_back(fd);
   }
   const auto start = std::chrono::steady_clock::now();
   for (int i = 0; i < 5; ++i) {
@@ -1013,7 +1035,6 @@ TEST(HttpEndpoint, SlowAndIdleClientsHoldUpNobody) {
   }
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_LT(took, 5.0) << "five /healthz with 150 slow connections open took " << took << " s";
-  for (int fd : slow) close(fd);
 }
 
 TEST(HttpEndpoint, ConnectionsPastTheCapGet503) {
@@ -1022,13 +1043,13 @@ TEST(HttpEndpoint, ConnectionsPastTheCapGet503) {
   HttpEndpointOptions options;
   options.max_connections = 4;
   ASSERT_TRUE(ep.Start("127.0.0.1", 0, MakeHandlers(&health), options).ok());
-  std::vector<int> held;
-  for (int i = 0; i < 4; ++i) held.push_back(Connect(ep.port()));
+  Sockets held;
+  for (int i = 0; i < 4; ++i) ASSERT_GE(held.Add(Connect(ep.port())), 0);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));  // accepted and counted
   std::string reply = RawExchange(ep.port(), "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
   EXPECT_TRUE(reply.starts_with("HTTP/1.1 503")) << reply;
   EXPECT_NE(reply.find("Connection: close"), std::string::npos) << reply;
-  for (int fd : held) close(fd);
+  held.CloseAll();
   // Once they are gone, new connections are served again.
   bool served = false;
   for (int i = 0; i < 100 && !served; ++i) {
@@ -1042,7 +1063,8 @@ TEST(HttpEndpoint, PipelinedRequestsAreAnsweredInOrder) {
   HealthFlag health;
   HttpEndpoint ep;
   ASSERT_TRUE(ep.Start("127.0.0.1", 0, MakeHandlers(&health)).ok());
-  const int fd = Connect(ep.port());
+  Sockets sockets;
+  const int fd = sockets.Add(Connect(ep.port()));
   ASSERT_GE(fd, 0);
   SendAll(fd, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
               "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -1092,6 +1114,274 @@ TEST(HttpEndpoint, DeadlinesAnswer408) {
   all = ReadToClose(fd);
   close(fd);
   EXPECT_TRUE(all.starts_with("HTTP/1.1 408")) << all;
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// kvault::http::Server itself (the transport under HttpEndpoint and `kvault serve`).
+
+// A server whose handler keeps every Responder for the test to answer later (as `kvault serve`
+// answers from its engine thread).
+class HeldRequests {
+ public:
+  http::Handler Handler() {
+    return [this](http::Request req, std::shared_ptr<http::Responder> res) {
+      MutexLock lock(mu_);
+      held_.push_back({std::move(req), std::move(res)});
+      cv_.notify_all();
+    };
+  }
+  // Waits (up to 10 s) until `n` requests came; false if they did not.
+  bool WaitFor(size_t n) EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    return cv_.wait_for(lock.native(), std::chrono::seconds(10), [&]() REQUIRES(mu_) { return held_.size() >= n; });
+  }
+  std::shared_ptr<http::Responder> Responder(size_t i) EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    return held_.at(i).second;
+  }
+  std::vector<std::shared_ptr<http::Responder>> All() EXCLUDES(mu_) {
+    MutexLock lock(mu_);
+    std::vector<std::shared_ptr<http::Responder>> out;
+    for (auto& [_, r] : held_) out.push_back(r);
+    return out;
+  }
+
+ private:
+  Mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::pair<http::Request, std::shared_ptr<http::Responder>>> held_ GUARDED_BY(mu_);
+};
+
+// Reads until the server closes; false if it did not within the socket's receive timeout.
+bool ReadUntilClosed(int fd, std::string* out) {
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n == 0) return true;
+    if (n < 0) return false;
+    out->append(buf, static_cast<size_t>(n));
+  }
+}
+
+// Review item 6: a client that sends its request and then shuts down its sending side (nc -N,
+// some HTTP/1.0 tools) still reads the answer. The old server took the EOF for a departure,
+// closed the connection and dropped the answer.
+TEST(HttpServer, HalfClosedClientStillGetsTheWholeAnswer) {
+  HeldRequests held;
+  http::Server server(http::Options{}, held.Handler());
+  ASSERT_TRUE(server.Start("127.0.0.1", 0).ok());
+  Sockets sockets;
+  const int plain = sockets.Add(Connect(server.port()));
+  const int stream = sockets.Add(Connect(server.port()));
+  ASSERT_GE(plain, 0);
+  ASSERT_GE(stream, 0);
+  SendAll(plain, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+  ASSERT_TRUE(held.WaitFor(1));
+  SendAll(stream, "GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+  ASSERT_TRUE(held.WaitFor(2));
+  shutdown(plain, SHUT_WR);
+  shutdown(stream, SHUT_WR);
+  // Time for the server to see both EOFs before anything is answered.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  held.Responder(0)->Respond({200, "text/plain", {}, "the whole answer\n"});
+  auto s = held.Responder(1);
+  s->StartStream(200, "text/plain");
+  s->Write("part one, ");
+  s->Write("part two\n");
+  s->End();
+  std::string a, b;
+  EXPECT_TRUE(ReadUntilClosed(plain, &a));
+  EXPECT_TRUE(ReadUntilClosed(stream, &b));
+  EXPECT_TRUE(a.starts_with("HTTP/1.1 200")) << a;
+  EXPECT_TRUE(a.ends_with("\r\n\r\nthe whole answer\n")) << a;
+  EXPECT_TRUE(b.starts_with("HTTP/1.1 200")) << b;
+  EXPECT_NE(b.find("part one, "), std::string::npos) << b;
+  EXPECT_TRUE(b.ends_with("9\r\npart two\n\r\n0\r\n\r\n")) << b;
+  server.Stop();
+}
+
+// ... while a client that closes completely is noticed when the answer's bytes are refused.
+TEST(HttpServer, ClosedClientOfAStreamIsNoticedByTheWrites) {
+  HeldRequests held;
+  http::Server server(http::Options{}, held.Handler());
+  ASSERT_TRUE(server.Start("127.0.0.1", 0).ok());
+  Sockets sockets;
+  const int fd = sockets.Add(Connect(server.port()));
+  ASSERT_GE(fd, 0);
+  SendAll(fd, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+  ASSERT_TRUE(held.WaitFor(1));
+  auto res = held.Responder(0);
+  std::atomic<bool> gone{false};
+  res->OnClose([&] { gone = true; });
+  sockets.CloseAll();
+  res->StartStream(200, "text/plain");
+  for (int i = 0; i < 1000 && !gone.load(); ++i) {  // the first write meets a reset, a later one fails
+    res->Write("tick\n");
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(gone.load());
+  EXPECT_TRUE(res->closed());
+  server.Stop();
+}
+
+// Review item 9: RFC 9110 forbids 100 Continue to an HTTP/1.0 client.
+TEST(HttpServer, Http10ExpectContinueGetsNo100) {
+  http::Server server(http::Options{}, [](http::Request req, std::shared_ptr<http::Responder> res) {
+    res->Respond({200, "text/plain", {}, "got " + req.body + "\n"});
+  });
+  ASSERT_TRUE(server.Start("127.0.0.1", 0).ok());
+  Sockets sockets;
+  const int fd = sockets.Add(Connect(server.port()));
+  ASSERT_GE(fd, 0);
+  SendAll(fd, "POST /x HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello");
+  std::string all;
+  EXPECT_TRUE(ReadUntilClosed(fd, &all));
+  EXPECT_TRUE(all.starts_with("HTTP/1.1 200")) << all;
+  EXPECT_EQ(all.find(" 100 "), std::string::npos) << all;
+  EXPECT_TRUE(all.ends_with("got hello\n")) << all;
+  // An HTTP/1.1 client that asks still gets its 100 Continue.
+  const int fd11 = sockets.Add(Connect(server.port()));
+  ASSERT_GE(fd11, 0);
+  SendAll(fd11, "POST /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\n");
+  char buf[256];
+  const ssize_t n = recv(fd11, buf, sizeof(buf), 0);
+  ASSERT_GT(n, 0);
+  EXPECT_TRUE(std::string(buf, static_cast<size_t>(n)).starts_with("HTTP/1.1 100 Continue\r\n\r\n"));
+  SendAll(fd11, "hello");
+  all.clear();
+  EXPECT_TRUE(ReadUntilClosed(fd11, &all));
+  EXPECT_TRUE(all.ends_with("got hello\n")) << all;
+  server.Stop();
+}
+
+// Review items 9 and 13: an HTTP/1.0 keep-alive is echoed (else the client closes); an unknown
+// method is 501, not 400.
+TEST(HttpServer, Http10KeepAliveIsEchoedAndUnknownMethodsGet501) {
+  http::Options options;
+  options.idle_timeout = std::chrono::milliseconds(500);
+  http::Server server(options, [](http::Request req, std::shared_ptr<http::Responder> res) {
+    res->Respond({200, "text/plain", {}, req.method + "\n"});
+  });
+  ASSERT_TRUE(server.Start("127.0.0.1", 0).ok());
+  Sockets sockets;
+  const int fd = sockets.Add(Connect(server.port()));
+  ASSERT_GE(fd, 0);
+  SendAll(fd, "GET /x HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /y HTTP/1.0\r\n\r\n");
+  std::string all;
+  EXPECT_TRUE(ReadUntilClosed(fd, &all));
+  const size_t second = all.find("HTTP/1.1 200", 1);
+  ASSERT_NE(second, std::string::npos) << all;
+  const std::string first = all.substr(0, second);
+  EXPECT_NE(first.find("\r\nConnection: keep-alive\r\n"), std::string::npos) << all;
+  EXPECT_NE(all.substr(second).find("\r\nConnection: close\r\n"), std::string::npos) << all;
+
+  const std::string reply = RawExchange(server.port(), "BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_TRUE(reply.starts_with("HTTP/1.1 501 Not Implemented")) << reply;
+  EXPECT_TRUE(RawExchange(server.port(), "GARBAGE\r\n\r\n").starts_with("HTTP/1.1 400")) << "garbage";
+  EXPECT_EQ(http::StatusText(299), "Unknown");
+  EXPECT_EQ(http::StatusText(404), "Not Found");
+  server.Stop();
+}
+
+// Review item 8: a task posted through a Responder that throws closes its connection; before,
+// the exception escaped the io thread's loop and the connection stayed "responding" (no
+// deadline) forever.
+TEST(HttpServer, ATaskThatThrowsClosesItsConnection) {
+  http::Server server(http::Options{}, [](http::Request, std::shared_ptr<http::Responder> res) {
+    res->Post([] { throw std::runtime_error("a task that fails"); });
+  });
+  ASSERT_TRUE(server.Start("127.0.0.1", 0).ok());
+  Sockets sockets;
+  const int fd = sockets.Add(Connect(server.port()));  // 10 s receive timeout
+  ASSERT_GE(fd, 0);
+  SendAll(fd, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n");
+  std::string all;
+  EXPECT_TRUE(ReadUntilClosed(fd, &all)) << "the connection was left open";
+  EXPECT_EQ(all, "");
+  for (int i = 0; i < 500 && server.stats().open_connections != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(server.stats().open_connections, 0u);
+  server.Stop();
+}
+
+// Review item 10: the write deadline is "no progress for write_timeout", not "the whole answer
+// within write_timeout": a large answer to a client that reads steadily but slowly is not cut.
+TEST(HttpServer, WriteDeadlineIsNoProgressNotTheWholeAnswer) {
+  http::Options options;
+  options.write_timeout = std::chrono::milliseconds(1000);
+  options.send_buffer_bytes = 16 << 10;
+  const std::string big(size_t{1536} << 10, 'x');
+  http::Server server(options, [&big](http::Request, std::shared_ptr<http::Responder> res) {
+    res->Respond({200, "application/octet-stream", {}, big});
+  });
+  ASSERT_TRUE(server.Start("127.0.0.1", 0).ok());
+  Sockets sockets;
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(sockets.Add(fd), 0);
+  const int rcvbuf = 16 << 10;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(server.port()));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  SendAll(fd, "GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  // ~16 KiB every 25 ms: about 2.4 s for the whole answer, each read well within the deadline.
+  std::string all;
+  char buf[16 << 10];
+  for (;;) {
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) break;
+    all.append(buf, static_cast<size_t>(n));
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  ASSERT_TRUE(all.starts_with("HTTP/1.1 200")) << all.substr(0, 200);
+  EXPECT_TRUE(all.ends_with(big.substr(0, 100)));
+  EXPECT_EQ(all.size() - all.find("\r\n\r\n") - 4, big.size());
+  EXPECT_EQ(server.stats().timeouts, 0u);
+  server.Stop();
+}
+
+// Review item 1: Stop while other threads still stream through their Responders (as the engine
+// thread does): their calls are ignored, nothing touches freed memory (run under TSan/ASan),
+// and the Server is destroyed only after they are joined.
+TEST(HttpServer, StopWhileStreamsAreActive) {
+  for (int round = 0; round < 5; ++round) {
+    HeldRequests held;
+    auto server = std::make_unique<http::Server>(http::Options{}, held.Handler());
+    ASSERT_TRUE(server->Start("127.0.0.1", 0).ok());
+    Sockets sockets;
+    constexpr size_t kStreams = 8;
+    for (size_t i = 0; i < kStreams; ++i) {
+      const int fd = sockets.Add(Connect(server->port()));
+      ASSERT_GE(fd, 0);
+      SendAll(fd, "GET /s HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    ASSERT_TRUE(held.WaitFor(kStreams));
+    std::atomic<bool> done{false};
+    std::vector<std::thread> writers;
+    for (auto& r : held.All()) {
+      r->StartStream(200, "text/plain");
+      writers.emplace_back([r, &done] {
+        while (!done.load()) {
+          r->Write("data\n");
+          r->Post([] {});
+          std::this_thread::sleep_for(std::chrono::microseconds(200));
+        }
+      });
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    server->Stop();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // writers keep calling after Stop
+    for (auto& r : held.All()) EXPECT_TRUE(r->closed());
+    done = true;
+    for (auto& t : writers) t.join();
+    server.reset();
+  }
 }
 
 }  // namespace

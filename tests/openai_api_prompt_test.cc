@@ -1,6 +1,7 @@
-// The prompt's tokens (openai/prompt.h), issue 16 item 5: text in message content (and a raw
-// completions prompt) is plain text, so a client cannot forge control tokens by typing their
-// spelling; the chat template alone writes them. Splitting the prompt into template and
+// The prompt's tokens (openai/prompt.h), issue 16 item 5: text in message content is plain
+// text, so a client cannot forge control tokens by typing their spelling; the chat template
+// alone writes them. A raw completions prompt is no message content: its special tokens are
+// parsed, flag or not (review item 7). Splitting the prompt into template and
 // content pieces must not change how ordinary content tokenizes: over many random
 // conversations, on the tokenizer fixtures and the real SmolLM2 GGUF, the ids equal
 // Encode(Render(...)) exactly as before. --special-tokens-in-content keeps the old behaviour.
@@ -247,25 +248,27 @@ TEST(PromptTokens, ForgedSystemTurnOnSmolLM2) {
   ExpectForgedTurnsStayText(*m, 200);
 }
 
-// A raw completions prompt is the client's text too: plain unless the flag is on.
-TEST(PromptTokens, RawPromptIsPlainTextUnlessTheFlagIsOn) {
+// A raw completions prompt spells its control tokens on purpose (fill-in-the-middle markers,
+// client-side templates, separators): they are parsed, with the flag off (the default) as with
+// it on: the ids are exactly Encode(prompt, add_bos), typed specials included.
+TEST(PromptTokens, RawPromptParsesSpecialTokensFlagOrNot) {
   for (const Model& m : FixtureModels()) {
     SCOPED_TRACE(m.name);
     GenerationRequest r;
     r.chat = false;
     r.prompt = "Say hi." + m.forged_turn;
-    PromptOptions options;
-    options.add_bos = true;
-    auto plain = PromptTokens(r, *m.tok, m.chat, options);
-    ASSERT_TRUE(plain.ok());
-    Ids expected_specials;
-    if (m.tok->bos_id()) expected_specials.push_back(*m.tok->bos_id());  // BOS is added, not typed
-    EXPECT_EQ(SpecialIdsOf(*m.tok, *plain), expected_specials);
-    options.special_tokens_in_content = true;
-    auto legacy = PromptTokens(r, *m.tok, m.chat, options);
-    ASSERT_TRUE(legacy.ok());
-    EXPECT_EQ(*legacy, m.tok->Encode(r.prompt, true));
-    EXPECT_GT(SpecialIdsOf(*m.tok, *legacy).size(), expected_specials.size());
+    Ids bos_only;
+    if (m.tok->bos_id()) bos_only.push_back(*m.tok->bos_id());  // BOS is added, not typed
+    for (bool flag : {false, true}) {
+      SCOPED_TRACE(flag ? "--special-tokens-in-content" : "default");
+      PromptOptions options;
+      options.add_bos = true;
+      options.special_tokens_in_content = flag;
+      auto ids = PromptTokens(r, *m.tok, m.chat, options);
+      ASSERT_TRUE(ids.ok()) << ids.status().ToString();
+      EXPECT_EQ(*ids, m.tok->Encode(r.prompt, true));
+      EXPECT_GT(SpecialIdsOf(*m.tok, *ids).size(), bos_only.size()) << "the typed control tokens were not parsed";
+    }
   }
 }
 

@@ -158,18 +158,42 @@ TEST_P(PowerLoss, PowerCutsAtRandomMomentsNeverLoseAFlushedChunk) {
     std::atomic<bool> stop{false};
     std::vector<uint64_t> round_flushed, pending;
     std::thread writer([&] {
-      // At most 60 chains a round (T2 never fills); then it waits for the cut.
+      // At most 60 chains a round (T2 never fills); then one more, written by the write-behind
+      // but not flushed (so that a cut after the 60 still finds unsynced bytes to take), and
+      // it waits for the cut.
+      bool powered = true;
       while (!stop.load() && round_flushed.size() + pending.size() < 60) {
         const uint64_t seed = next_seed++;
-        if (!PutChain(*store, ns_, ChainTokens(seed)).ok()) break;
+        if (!PutChain(*store, ns_, ChainTokens(seed)).ok()) {
+          powered = false;
+          break;
+        }
         pending.push_back(seed);
         if (pending.size() == 4) {
-          if (!store->Flush().ok()) break;  // the power went during it: not flushed
+          if (!store->Flush().ok()) {  // the power went during it: not flushed
+            powered = false;
+            break;
+          }
           round_flushed.insert(round_flushed.end(), pending.begin(), pending.end());
           pending.clear();
         }
       }
+      if (!powered || stop.load()) return;
+      const uint64_t seed = next_seed++;
+      if (!PutChain(*store, ns_, ChainTokens(seed)).ok()) return;
+      pending.push_back(seed);
+      for (;;) {  // until written or cut (then the write-behind's writes fail)
+        const kvault::StoreStats s = store->Stats();
+        if (stop.load() || s.bytes_t1_to_t2 >= s.bytes_put) return;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
     });
+    // The cut comes at a random moment after the write-behind first wrote to the disk this
+    // round (before that, the cut could take nothing: a loaded machine once saw six such).
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);  // a hang, not a speed
+    while (store->Stats().bytes_t1_to_t2 == 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
     std::this_thread::sleep_for(std::chrono::microseconds(rng() % 30000));
     ASSERT_TRUE(env_.SimulatePowerLoss().ok());
     stop = true;

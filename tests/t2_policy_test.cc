@@ -7,6 +7,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -223,6 +224,21 @@ TEST(T2Policy, CompactionMovesAChunkWhosePromotionIsInFlight) {
       held = std::this_thread::get_id();
       reader.emplace(store.OpenChunk(ns, a.key));
     });
+    // Lets the held read go and joins the opener; on every way out of this scope, so that a
+    // failed ASSERT below leaves no joinable thread (std::terminate) and no blocked read.
+    auto release = [&] {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        released = true;
+      }
+      cv.notify_all();
+      if (opener.joinable()) opener.join();
+      env.SetReadHook(nullptr);
+    };
+    struct OnExit {
+      std::function<void()> fn;
+      ~OnExit() { fn(); }
+    } release_on_exit{release};
     {
       std::unique_lock<std::mutex> lock(mu);
       ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(60), [&] { return entered; })) << "no promotion read";
@@ -231,13 +247,7 @@ TEST(T2Policy, CompactionMovesAChunkWhosePromotionIsInFlight) {
       PutAndFlush(store, ns, Chain(chain));
     }
     const bool segment_gone = !std::filesystem::exists(first_segment);
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      released = true;
-    }
-    cv.notify_all();
-    opener.join();
-    env.SetReadHook(nullptr);
+    release();
     ASSERT_TRUE(segment_gone) << "the disk tier never gave back A's segment";
     ASSERT_TRUE(reader && reader->ok()) << (reader ? reader->status().ToString() : "no result");
     EXPECT_EQ((*reader)->served_from(), kvault::Tier::kT2);

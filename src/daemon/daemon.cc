@@ -176,7 +176,8 @@ void Daemon::Impl::AcceptLoop(int listen_fd, bool is_unix) {
 // neither allocate nor wait much. Afterwards a connection may idle between requests (engines
 // do, and their handles keep pins that must not go with an idle timeout), but once the first
 // byte of a request has arrived the whole frame must arrive within frame_timeout_ms.
-Status Daemon::Impl::ReceiveRequest(Connection* c, Clock::time_point hello_deadline, wire::FrameHeader* h) {
+Status Daemon::Impl::ReceiveRequest(Connection* c, Clock::time_point hello_deadline, wire::FrameHeader* h, Status* refused) {
+  *refused = Status::OK();
   const int fd = c->fd.get();
   Clock::time_point deadline = c->hello_done ? Clock::time_point::max() : hello_deadline;
   auto timed_out = [&](const char* what) {
@@ -231,10 +232,22 @@ Status Daemon::Impl::ReceiveRequest(Connection* c, Clock::time_point hello_deadl
   while (have < want) {
     const size_t next = std::min(want, std::max(2 * have, kConnectionBufferBytes));
     if (!c->payload_share.CoverCapacity(std::max(next, buf.capacity()))) {
+      // Refused for other connections' load, not for anything this one did wrong: the rest of
+      // the frame is read and dropped (through a small fixed buffer, still under the frame
+      // deadline), so the stream stays in step and the connection, with its pins, stays. The
+      // caller answers the request with kResourceExhausted. buf keeps the head that arrived
+      // (at least the allowance: a refusal needs more), which names a commit's handle.
       ++counters_.budget_refusals;
-      return Status::ResourceExhausted("a " + std::string(wire::MsgTypeName(h->type)) + " request of " + MiB(want) +
-                                       " does not fit in the daemon's message budget now (" + MiB(budget_.limit()) +
-                                       ", --message-budget-mib); retry later");
+      *refused = Status::ResourceExhausted("a " + std::string(wire::MsgTypeName(h->type)) + " request of " + MiB(want) +
+                                           " does not fit in the daemon's message budget now (" + MiB(budget_.limit()) +
+                                           ", --message-budget-mib); retry later");
+      std::byte scratch[kDiscardBufferBytes];
+      for (size_t left = want - have; left > 0;) {
+        const size_t n = std::min(left, sizeof scratch);
+        KVAULT_RETURN_IF_ERROR(read_into(std::span(scratch, n), /*frame_started=*/true, "request frame"));
+        left -= n;
+      }
+      return Status::OK();
     }
     if (buf.capacity() < next) {
       std::vector<std::byte> grown;
@@ -281,10 +294,20 @@ void Daemon::Impl::Serve(Connection* c) {
   wire::FrameHeader h;
   const auto hello_deadline = Clock::now() + std::chrono::milliseconds(opt_.hello_timeout_ms);
   wire::SetIoTimeouts(c->fd.get(), opt_.hello_timeout_ms);  // sends, until hello
+  auto describe = [&] {
+    return "connection " + std::to_string(c->id) + (c->is_unix ? " (unix" : " (tcp") +
+           (c->bound ? ", tenant " + c->tenant + ")" : ")");
+  };
   for (;;) {
     wire::SpinUntilReadable(c->fd.get(), kNextRequestSpinUs);  // engines send bursts (lookup, opens)
-    Status st = ReceiveRequest(c, hello_deadline, &h);
-    if (st.ok()) {
+    Status refused;
+    Status st = ReceiveRequest(c, hello_deadline, &h, &refused);
+    if (st.ok() && !refused.ok()) {  // read whole, not handled: answered, the connection stays
+      Log(describe() + " request refused: " + refused.ToString());
+      st = Refuse(c, h.type, c->payload, refused);
+      TrimBuffers(c);
+      if (st.ok()) continue;
+    } else if (st.ok()) {
       ++counters_.requests;
       const bool was_hello = !c->hello_done;
       st = Dispatch(c, h.type, c->payload);
@@ -302,22 +325,47 @@ void Daemon::Impl::Serve(Connection* c) {
       // auth: counted at hello; limits: counted where they are hit
       if (st.code() != Code::kPermissionDenied && st.code() != Code::kResourceExhausted) ++counters_.protocol_errors;
       (void)wire::WriteFrame(c->fd.get(), MsgType::kError, wire::Encode(wire::StatusReply{st}));
-      Log("connection " + std::to_string(c->id) + (c->is_unix ? " (unix" : " (tcp") +
-          (c->bound ? ", tenant " + c->tenant + ")" : ")") + " closed: " + st.ToString());
+      const size_t held = c->readers.size() + c->writers.size();
+      Log(describe() + " closed: " + st.ToString() +
+          (c->shm && held != 0 ? " (its " + std::to_string(held) + " shared-memory handles stay until the client closes its socket)" : ""));
     }
     break;
   }
-  // Release the connection's pins and unfinished puts, unless the daemon is stopping: then
-  // Stop() releases every connection's at once, after all connection threads are done, so
-  // that no request still running reuses pages another client may still be reading.
+  // Release the connection's pins and unfinished puts (a shared-memory client's only once it
+  // has closed its socket: AwaitPeerClose), unless the daemon is stopping: then Stop()
+  // releases every connection's at once, after all connection threads are done, so that no
+  // request still running reuses pages another client may still be reading.
+  if (!stopping_.load()) SetWindow(c, std::nullopt);
+  if (c->shm && !(c->readers.empty() && c->writers.empty())) AwaitPeerClose(c);
   if (!stopping_.load()) {
     c->readers.clear();
     c->writers.clear();
-    SetWindow(c, std::nullopt);
   }
   shutdown(c->fd.get(), SHUT_RDWR);
   --counters_.connections_open;
   c->done = true;
+}
+
+// A shared-memory client copies from (and writes into) the pages of the chunks its handles
+// pin, without asking the daemon, for as long as it holds them: releasing them while the
+// client is alive would let T1 hand those pages to other chunks under its reads, and the
+// client would get another chunk's bytes with no error. So when the daemon ends such a
+// connection itself (a frame deadline, a malformed frame, a reply the client does not read),
+// the pins and slots stay until the client's socket is observed closed: the daemon shuts its
+// side for writing (the client reads the error frame, then the end of the stream, and moves
+// to a new connection; its handles keep the old socket open until the last one is gone, see
+// client_impl.h), and reads and drops whatever still arrives. A client that left by itself
+// is seen at once (the read returns the end or a reset). Stop() ends the wait by shutting
+// the socket. What the connection costs meanwhile (a thread, a connection slot, the pins) is
+// what it cost while idle.
+void Daemon::Impl::AwaitPeerClose(Connection* c) {
+  shutdown(c->fd.get(), SHUT_WR);
+  std::byte scratch[kDiscardBufferBytes];
+  for (;;) {
+    auto n = wire::RecvSome(c->fd.get(), scratch, Clock::time_point::max());
+    if (!n.ok() || *n == 0) return;
+    counters_.bytes_received += *n;
+  }
 }
 
 Status Daemon::Impl::Reply(Connection* c, MsgType type, const std::vector<std::byte>& payload, int pass_fd) {

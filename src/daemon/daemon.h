@@ -46,7 +46,8 @@ struct DaemonOptions {
   // Memory limits (docs/DAEMON.md, "Limits"). A request's buffer grows as its bytes arrive,
   // never from what its header announces; beyond kConnectionBufferBytes per buffer
   // (message_budget.h), receive and inline reply buffers draw on one daemon-wide budget, and
-  // a request or inline open that the budget cannot hold now is refused.
+  // a request or inline open that the budget cannot hold now is refused in its reply (a
+  // refused request is still read to its end and dropped; the connection stays).
   uint32_t max_message_bytes = 256u << 20;  // any one frame; fixed-size requests get less
   uint64_t message_budget_bytes = 1ull << 30;
   uint32_t max_handles_per_connection = 1u << 16;  // open readers + writers

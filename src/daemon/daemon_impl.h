@@ -38,6 +38,10 @@ namespace kvault {
 // 4 MiB of tokens and 65,536 chunk keys per connection, whatever the hint's size.
 inline constexpr size_t kMaxWindowTokens = 1u << 20;
 
+// The buffer through which the daemon reads and drops bytes it will not keep (the rest of a
+// refused frame, what a closing connection still sends): on the connection thread's stack.
+inline constexpr size_t kDiscardBufferBytes = 16u << 10;
+
 // One client connection. Everything but `fd` and `done` belongs to the connection's thread.
 struct Connection {
   explicit Connection(MessageBudget* budget) : payload_share(budget), reply_share(budget) {}
@@ -105,12 +109,21 @@ class Daemon::Impl {
   // --- connections (daemon.cc) ---
   void AcceptLoop(int listen_fd, bool is_unix);
   void Serve(Connection* c);
-  // Reads one request frame into c->payload (see Serve for the deadlines). A frame whose
-  // header announces more than its type may carry, or than the connection may send before
-  // hello, is refused from the header; the buffer grows with the bytes that arrive, drawing
-  // on the message budget past kConnectionBufferBytes. kNotFound / kUnavailable: the peer
-  // left; kResourceExhausted: a limit (budget, deadline) was hit; else a protocol error.
-  Status ReceiveRequest(Connection* c, std::chrono::steady_clock::time_point hello_deadline, wire::FrameHeader* h);
+  // Reads one request frame into c->payload (the deadlines are above it in daemon.cc). A frame
+  // whose header announces more than its type may carry, or than the connection may send
+  // before hello, is refused from the header; the buffer grows with the bytes that arrive,
+  // drawing on the message budget past kConnectionBufferBytes. A frame the budget cannot hold
+  // now is still read whole, its rest dropped through a kDiscardBufferBytes buffer: OK with
+  // *refused set (kResourceExhausted) and c->payload holding the frame's head; the caller
+  // answers it with Refuse and the connection stays. Not OK: kNotFound / kUnavailable, the
+  // peer left; kResourceExhausted, a deadline passed; else a protocol error (the connection
+  // is closed).
+  Status ReceiveRequest(Connection* c, std::chrono::steady_clock::time_point hello_deadline, wire::FrameHeader* h,
+                        Status* refused);
+  // Waits, holding c's pins and slots, until the client closes its socket (or Stop() shuts
+  // it), reading and dropping what arrives; called before a shared-memory connection that
+  // holds handles lets them go (daemon.cc says why).
+  void AwaitPeerClose(Connection* c);
   // Gives back the buffers of a finished request beyond each connection's allowance.
   static void TrimBuffers(Connection* c);
   // Writes one line to opt_.log, at most kLogLinesPerSecond a second.
@@ -121,6 +134,13 @@ class Daemon::Impl {
   // Handles one request. A non-OK Status is a protocol violation: the caller sends kError
   // and closes the connection.
   Status Dispatch(Connection* c, wire::MsgType type, std::span<const std::byte> payload);
+  // Answers a well-formed request that was read but not handled (the message budget could not
+  // hold it) with `why` in a reply of its type: a lookup gets a lookup reply with no result,
+  // a begin-put or commit-put its reply (the commit's put is dropped, as on any failed
+  // commit); a one-way hint gets nothing (the connection's previous window stays). `head` is
+  // the start of the request's payload. Not OK only when the reply could not be sent (or for
+  // a type that never outgrows a connection's own buffer).
+  Status Refuse(Connection* c, wire::MsgType type, std::span<const std::byte> head, const Status& why);
   // The one path of every request after hello: decode the request, resolve its namespace
   // when it names one (a bound client naming another tenant gets kPermissionDenied in the
   // reply, or nothing for a one-way request, and the violation is counted), run the handler,

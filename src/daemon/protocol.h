@@ -7,7 +7,10 @@
 // whose type has a reply, in order (kAbortPut, kRelease and kHint have none). The first
 // request of a connection must be kHello. A frame with a bad magic, version or type, a
 // payload over the negotiated limit or its type's cap (MaxRequestBytes), or a payload that
-// does not decode exactly gets a kError reply and the connection is closed.
+// does not decode exactly gets a kError reply and the connection is closed (a shared-memory
+// connection's pins stay until the client closes its end). A well-formed request the
+// daemon's message budget cannot hold now is answered in its own reply type with
+// kResourceExhausted, and the connection stays.
 //
 // Data travels one of two ways, chosen at kHello:
 //   - shared memory (local clients the daemon trusts with T1, see docs/DAEMON.md): the

@@ -75,6 +75,36 @@ Status Daemon::Impl::Dispatch(Connection* c, MsgType type, std::span<const std::
   }
 }
 
+Status Daemon::Impl::Refuse(Connection* c, MsgType type, std::span<const std::byte> head, const Status& why) {
+  switch (type) {
+    case MsgType::kLookup:
+    case MsgType::kLookupKeyed: {
+      wire::LookupReply r;
+      r.status = why;
+      return Reply(c, MsgType::kLookupReply, wire::Encode(r));
+    }
+    case MsgType::kBeginPut: {
+      wire::BeginPutReply r;
+      r.status = why;
+      return Reply(c, MsgType::kBeginPutReply, wire::Encode(r));
+    }
+    case MsgType::kCommitPut: {
+      // The client does not abort a put whose commit it sent: drop it here, as CommitPut does
+      // on any error. Its handle leads the payload (CommitPutRequest).
+      wire::WireReader in(head);
+      const uint64_t handle = in.U64();
+      if (in.ok()) c->writers.erase(handle);
+      if (c->writers.empty()) c->largest_put_bytes = 0;
+      return Reply(c, MsgType::kCommitPutReply, wire::Encode(wire::StatusReply{why}));
+    }
+    case MsgType::kHint:
+    case MsgType::kHintKeyed:
+      return Status::OK();  // one-way: the hint is dropped, counted as a budget refusal
+    default:
+      return why;  // every other request fits in a connection's own buffer: never refused
+  }
+}
+
 template <typename Req, typename Rep, typename Run>
 Status Daemon::Impl::HandleWith(Connection* c, std::span<const std::byte> payload, MsgType reply_type,
                                 LatencyHistogram* latency, Run run) {

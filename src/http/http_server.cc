@@ -1,14 +1,18 @@
 // kvault::http::Server on Boost.Asio, with Boost.Beast's request parser. The only translation
 // unit that includes Beast (it compiles slowly); the rest of kvault sees http_server.h.
 //
-// Ownership: Server owns the Core (io_context, acceptor, live-connection registry). A Connection
-// is owned by the registry while open and by its pending operations; Responders hold only weak
-// references, so nothing outside the io_context keeps a socket alive. Stop closes the acceptor
-// and every connection, then lets the io threads run until no work is left, so every
-// connection is destroyed while the io_context still exists.
+// Ownership: Server owns the Core (io_context, acceptor, live-connection registry) from Start
+// to its destructor (or the next Start): Stop closes the acceptor and every connection and joins
+// the io threads, but keeps the Core, so that a thread still holding a Responder (an engine
+// thread that has not noticed the stop yet) only ever touches live memory; such a thread must
+// be joined before the Server is destroyed. A Connection is owned by the registry while open and
+// by its pending operations (a task posted after the io threads ended stays queued and is
+// destroyed with the io_context); Responders hold only weak references, so nothing outside the
+// io_context keeps a socket alive.
 //
 // Threading: a Connection's members are touched only on its strand (the executor its socket
-// was accepted with), except `closed_flag_` (atomic) and the const members.
+// was accepted with), except `closed_flag_` (atomic) and the const members. The acceptor, its
+// retry timer and the stop task run on the Core's accept strand.
 #include "http/http_server.h"
 
 #include <sys/socket.h>
@@ -55,6 +59,7 @@ bool IsParseError(const error_code& ec) {
 }  // namespace
 
 std::string_view StatusText(int status) {
+  if (bhttp::int_to_status(static_cast<unsigned>(status)) == bhttp::status::unknown) return "Unknown";
   const beast::string_view s = bhttp::obsolete_reason(static_cast<bhttp::status>(status));
   return std::string_view(s.data(), s.size());
 }
@@ -71,12 +76,17 @@ class Server::Core {
   Core(const Options& options, const Handler& handler) : options(options), handler(handler) {}
 
   void Accept();
+  // Serves (or, past max_connections, refuses) one accepted socket. On accept_strand.
+  void Admit(tcp::socket socket);
   void CloseAll() EXCLUDES(mu);
   void Unregister(Connection* c) EXCLUDES(mu);
 
   asio::io_context ioc;  // first: destroyed last
-  tcp::acceptor acceptor{ioc};
-  asio::steady_timer accept_retry{ioc};
+  // The acceptor's handlers, its retry timer and Stop's closing task all run here, so they
+  // never race each other.
+  const asio::strand<asio::io_context::executor_type> accept_strand = asio::make_strand(ioc);
+  tcp::acceptor acceptor{accept_strand};
+  asio::steady_timer accept_retry{accept_strand};
   const Options options;
   const Handler handler;
   std::atomic<bool> stopped{false};
@@ -85,6 +95,10 @@ class Server::Core {
 
   Mutex mu;
   std::unordered_map<Connection*, std::shared_ptr<Connection>> live GUARDED_BY(mu);
+  bool closing GUARDED_BY(mu) = false;  // CloseAll ran: a connection accepted now is closed at once
+
+  // Adds `c` to the registry; false (and `c` is not added) once CloseAll ran.
+  bool Register(const std::shared_ptr<Connection>& c) EXCLUDES(mu);
 };
 
 class Connection : public std::enable_shared_from_this<Connection> {
@@ -108,9 +122,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void DoStartStream(uint64_t seq, int status, const std::string& content_type, const Headers& headers);
   void DoWrite(uint64_t seq, std::string data);
   void DoEnd(uint64_t seq);
-  void DoOnClose(uint64_t seq, std::function<void()> fn) {
-    if (seq == seq_ && responding_ && !closed_) on_close_ = std::move(fn);
-  }
+  void DoOnClose(uint64_t seq, std::function<void()> fn);
 
   Server::Core* const core_;
   const asio::any_io_executor executor_;  // the strand
@@ -129,6 +141,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void Flush();
   void MaybeFinish();
   void Linger();
+  void LingerRead(size_t drained);
+  void WriteSome();
   void Arm(std::chrono::milliseconds d, Phase phase);
   void Disarm() {
     ++timer_epoch_;
@@ -158,6 +172,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   uint64_t timer_epoch_ = 0;
   bool timed_out_ = false;
   bool closed_ = false;
+  bool cut_short_ = false;  // closed while a response was pending (its on-close callback is due)
+  bool peer_eof_ = false;   // the client shut down its sending side (a half-close)
   bool first_ = true;
   size_t requests_ = 0;
 
@@ -172,6 +188,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   std::deque<std::string> out_;
   std::string writing_buf_;
+  size_t written_ = 0;  // bytes of writing_buf_ the socket took
   bool writing_ = false;
   char scratch_[4096];
 };
@@ -180,6 +197,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 // Core
 
 void Server::Core::Accept() {
+  // Runs on accept_strand (the acceptor's executor), as does its handler.
   acceptor.async_accept(asio::make_strand(ioc), [this](const error_code& ec, tcp::socket socket) {
     if (stopped.load()) {
       error_code ignored;
@@ -195,38 +213,53 @@ void Server::Core::Accept() {
       });
       return;
     }
-    error_code ignored;
-    socket.set_option(tcp::no_delay(true), ignored);
-    if (options.send_buffer_bytes != 0) {
-      socket.set_option(asio::socket_base::send_buffer_size(static_cast<int>(options.send_buffer_bytes)), ignored);
-    }
-    const bool over = open.load() >= static_cast<uint64_t>(options.max_connections);
-    if (over && rejecting.load() >= static_cast<uint64_t>(options.max_connections)) {
-      ++rejected;
-      socket.close(ignored);  // a flood: not even a 503
-    } else {
-      if (over) {
-        ++rejected;
-        ++rejecting;
-      } else {
-        ++open;
-        ++accepted;
-      }
-      auto c = std::make_shared<Connection>(this, std::move(socket), !over);
-      {
-        MutexLock lock(mu);
-        live[c.get()] = c;
-      }
-      asio::dispatch(c->executor_, [c, over] { over ? c->Reject() : c->Start(); });
+    try {
+      Admit(std::move(socket));
+    } catch (const std::exception& e) {  // e.g. bad_alloc: drop this client, keep accepting
+      std::fprintf(stderr, "kvault http: accepting a connection failed: %s\n", e.what());
+    } catch (...) {
+      std::fprintf(stderr, "kvault http: accepting a connection failed\n");
     }
     Accept();
   });
+}
+
+void Server::Core::Admit(tcp::socket socket) {
+  error_code ignored;
+  socket.set_option(tcp::no_delay(true), ignored);
+  if (options.send_buffer_bytes != 0) {
+    socket.set_option(asio::socket_base::send_buffer_size(static_cast<int>(options.send_buffer_bytes)), ignored);
+  }
+  const bool over = open.load() >= static_cast<uint64_t>(options.max_connections);
+  if (over && rejecting.load() >= static_cast<uint64_t>(options.max_connections)) {
+    ++rejected;
+    socket.close(ignored);  // a flood: not even a 503
+    return;
+  }
+  auto c = std::make_shared<Connection>(this, std::move(socket), !over);
+  if (!Register(c)) return;  // the server stops: `c` closes its socket as it goes
+  if (over) {
+    ++rejected;
+    ++rejecting;
+  } else {
+    ++open;
+    ++accepted;
+  }
+  asio::dispatch(c->executor_, [c, over] { over ? c->Reject() : c->Start(); });
+}
+
+bool Server::Core::Register(const std::shared_ptr<Connection>& c) {
+  MutexLock lock(mu);
+  if (closing) return false;
+  live[c.get()] = c;
+  return true;
 }
 
 void Server::Core::CloseAll() {
   std::vector<std::shared_ptr<Connection>> all;
   {
     MutexLock lock(mu);
+    closing = true;
     for (auto& [_, c] : live) all.push_back(c);
   }
   for (auto& c : all) asio::dispatch(c->executor_, [c] { c->Close(); });
@@ -255,8 +288,10 @@ void Connection::Arm(std::chrono::milliseconds d, Phase phase) {
   });
 }
 
+// A deadline passed. `timeouts` counts connections a deadline closed: for a header or body
+// read that is decided in ReadFailed (the read may complete at the same moment, and then the
+// request is served and nothing is counted).
 void Connection::OnDeadline() {
-  ++core_->timeouts;
   timed_out_ = true;
   switch (phase_) {
     case Phase::kHeader:
@@ -265,7 +300,10 @@ void Connection::OnDeadline() {
       socket_.cancel(ignored);  // the read fails with operation_aborted; ReadFailed answers 408
       return;
     }
-    default:  // idle keep-alive, a stalled write, a lingering close
+    case Phase::kLinger:  // the normal end of a lingering close, not a client's fault
+      return Close();
+    default:  // idle keep-alive, a write that made no progress
+      ++core_->timeouts;
       Close();
   }
 }
@@ -304,7 +342,8 @@ void Connection::OnHeader(const error_code& ec) {
     return ServerError(413, "request body too large\n");
   }
   const auto& req = parser_->get();
-  if (!parser_->is_done() && beast::iequals(req[bhttp::field::expect], "100-continue")) {
+  // 100 Continue only to HTTP/1.1 clients (RFC 9110 10.1.1: never to HTTP/1.0).
+  if (!parser_->is_done() && req.version() >= 11 && beast::iequals(req[bhttp::field::expect], "100-continue")) {
     Disarm();
     out_.push_back("HTTP/1.1 100 Continue\r\n\r\n");
     writing_buf_ = std::move(out_.front());
@@ -336,6 +375,7 @@ void Connection::ReadFailed(const error_code& ec) {
   const Phase phase = phase_;
   Disarm();
   if (timed_out_ && (phase == Phase::kHeader || phase == Phase::kBody)) {
+    ++core_->timeouts;
     // Part of a request came, but not in time.
     if (phase == Phase::kBody || buffer_.size() != 0 || parser_->got_some()) {
       return CannedClose(408, "request timeout\n");
@@ -364,7 +404,8 @@ void Connection::Dispatch() {
   if (core_->options.max_requests_per_connection != 0 && requests_ >= core_->options.max_requests_per_connection) {
     keep_alive_ = false;
   }
-  if (msg.method() == bhttp::verb::unknown) return ServerError(400, "bad request\n");
+  // A well-formed request with a method nobody here knows: 501 (RFC 9110 15.6.2).
+  if (msg.method() == bhttp::verb::unknown) return ServerError(501, "not implemented\n");
 
   Request r;
   r.method = std::string(msg.method_string());
@@ -386,17 +427,24 @@ void Connection::Dispatch() {
 }
 
 // While a response is pending nothing reads the socket: watch it, so that a client that leaves
-// (EOF or reset) closes the connection and cancels its work. Bytes of a pipelined request end
-// the watch; they are read once this response is out.
+// (a reset) closes the connection and cancels its work. Bytes of a pipelined request end the
+// watch; they are read once this response is out. An EOF ends the watch too but keeps the
+// connection: it may be a half-close (the client sent its request and shut down its sending
+// side, and still reads the answer). A client that closed completely is noticed when a write
+// fails (its kernel answers the first bytes with a reset): at once for a stream, when the
+// answer is written for the rest.
 void Connection::Watch() {
-  if (watching_ || closed_) return;
+  if (watching_ || closed_ || peer_eof_) return;
   watching_ = true;
   socket_.async_wait(tcp::socket::wait_read, [self = shared_from_this()](const error_code& ec) {
     self->watching_ = false;
     if (ec || self->closed_ || !self->responding_) return;
     char c;
     const ssize_t n = ::recv(self->socket_.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0) return self->Close();
+    if (n == 0) {
+      self->peer_eof_ = true;  // a half-close, or gone: the writes tell
+      return;
+    }
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return self->Watch();
       return self->Close();
@@ -414,7 +462,11 @@ void Connection::DoRespond(uint64_t seq, Response r) {
   out += "Content-Type: " + r.content_type + kLinesEnd;
   for (const auto& [n, v] : r.headers) out += n + ": " + v + kLinesEnd;
   out += "Content-Length: " + std::to_string(r.body.size()) + kLinesEnd;
-  if (!keep_alive_) out += "Connection: close\r\n";
+  if (!keep_alive_) {
+    out += "Connection: close\r\n";
+  } else if (!http11_) {
+    out += "Connection: keep-alive\r\n";  // an HTTP/1.0 client keeps the connection only when told
+  }
   out += kLinesEnd;
   if (!head_) out += r.body;
   out_.push_back(std::move(out));
@@ -464,15 +516,26 @@ void Connection::Flush() {
   writing_buf_.clear();
   for (std::string& s : out_) writing_buf_ += s;
   out_.clear();
+  written_ = 0;
   writing_ = true;
+  WriteSome();
+}
+
+// Writes the rest of writing_buf_ piece by piece; the write deadline restarts with every piece
+// the socket takes, so it closes only a connection whose writes make no progress for
+// write_timeout (a client that stopped reading), however long the whole answer takes.
+void Connection::WriteSome() {
   Arm(core_->options.write_timeout, Phase::kWrite);
-  asio::async_write(socket_, asio::buffer(writing_buf_), [self = shared_from_this()](const error_code& ec, size_t) {
-    self->writing_ = false;
-    if (self->closed_) return;
-    self->Disarm();
-    if (ec) return self->Close();
-    self->Flush();
-  });
+  socket_.async_write_some(asio::buffer(writing_buf_.data() + written_, writing_buf_.size() - written_),
+                           [self = shared_from_this()](const error_code& ec, size_t n) {
+                             if (self->closed_) return;
+                             if (ec) return self->Close();
+                             self->written_ += n;
+                             if (self->written_ < self->writing_buf_.size()) return self->WriteSome();
+                             self->writing_ = false;
+                             self->Disarm();
+                             self->Flush();
+                           });
 }
 
 void Connection::MaybeFinish() {
@@ -487,15 +550,21 @@ void Connection::MaybeFinish() {
 // Closes after the last response: stop sending, then read (and drop) what the client still
 // sends, for a moment, so that the close does not reset the connection under an answer the
 // client has not read yet.
+// Lingers for at most a second and reads at most kLingerBytes; the client's EOF ends it sooner.
 void Connection::Linger() {
   error_code ignored;
   socket_.shutdown(tcp::socket::shutdown_send, ignored);
   Arm(std::chrono::milliseconds(1000), Phase::kLinger);
-  socket_.async_read_some(asio::buffer(scratch_), [self = shared_from_this()](const error_code& ec, size_t) {
+  LingerRead(0);
+}
+
+void Connection::LingerRead(size_t drained) {
+  constexpr size_t kLingerBytes = size_t{1} << 20;
+  if (drained >= kLingerBytes) return Close();
+  socket_.async_read_some(asio::buffer(scratch_), [self = shared_from_this(), drained](const error_code& ec, size_t n) {
     if (self->closed_) return;
     if (ec) return self->Close();
-    self->phase_ = Phase::kLinger;
-    self->socket_.async_read_some(asio::buffer(self->scratch_), [self](const error_code&, size_t) { self->Close(); });
+    self->LingerRead(drained + n);
   });
 }
 
@@ -515,6 +584,7 @@ void Connection::Close() {
     --core_->rejecting;
   }
   const bool cut_short = responding_;
+  cut_short_ = cut_short;
   responding_ = false;
   out_.clear();
   if (cut_short && on_close_) {
@@ -528,13 +598,36 @@ void Connection::Close() {
   core_->Unregister(this);
 }
 
+void Connection::DoOnClose(uint64_t seq, std::function<void()> fn) {
+  if (seq != seq_) return;
+  if (!closed_) {
+    if (responding_) on_close_ = std::move(fn);
+    return;
+  }
+  if (cut_short_) fn();  // it closed before this got here: the callback is still due
+}
+
 // ---------------------------------------------------------------------------------------------
 // Responder
 
 bool Responder::Run(std::function<void(Connection&)> fn, bool defer) const {
   std::shared_ptr<Connection> c = connection_.lock();
-  if (c == nullptr || c->core_->stopped.load() || c->closed_flag_.load()) return false;
-  auto task = [c, fn = std::move(fn)] { fn(*c); };
+  // closed_flag_ first: Stop closes every connection before the io threads end, so a closed
+  // connection's core_ is never needed here. (core_ itself lives until ~Server.)
+  if (c == nullptr || c->closed_flag_.load() || c->core_->stopped.load()) return false;
+  // A task that throws (bad_alloc, say) closes its connection instead of escaping the io
+  // thread's run() and leaving the connection "responding" forever.
+  auto task = [c, fn = std::move(fn)] {
+    try {
+      fn(*c);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "kvault http: a response task failed: %s\n", e.what());
+      c->Close();
+    } catch (...) {
+      std::fprintf(stderr, "kvault http: a response task failed\n");
+      c->Close();
+    }
+  };
   if (defer) {
     asio::post(c->executor_, std::move(task));
   } else {
@@ -566,7 +659,9 @@ bool Responder::Post(std::function<void()> fn) {
 }
 
 void Responder::OnClose(std::function<void()> fn) {
-  Run([seq = sequence_, f = std::move(fn)](Connection& c) mutable { c.DoOnClose(seq, std::move(f)); }, false);
+  // Shared: if Run refuses (the connection is closed or gone), `fn` runs here.
+  auto shared = std::make_shared<std::function<void()>>(std::move(fn));
+  if (!Run([seq = sequence_, shared](Connection& c) { c.DoOnClose(seq, std::move(*shared)); }, false)) (*shared)();
 }
 
 bool Responder::closed() const {
@@ -579,10 +674,16 @@ bool Responder::closed() const {
 
 Server::Server(Options options, Handler handler) : options_(std::move(options)), handler_(std::move(handler)) {}
 
-Server::~Server() { Stop(); }
+Server::~Server() {
+  Stop();
+  core_.reset();  // destroys the io_context and with it any task posted after the stop
+}
 
 Status Server::Start(const std::string& host, int port) {
-  if (core_ != nullptr) return Status::InvalidArgument("http server already started on port " + std::to_string(this->port()));
+  if (core_ != nullptr && !core_->stopped.load()) {
+    return Status::InvalidArgument("http server already started on port " + std::to_string(this->port()));
+  }
+  core_.reset();  // a previous run's, stopped and joined
   if (port < 0 || port > 65535) return Status::InvalidArgument("invalid port " + std::to_string(port));
   const auto& o = options_;
   if (!handler_ || o.io_threads < 1 || o.max_connections < 1 || o.header_timeout.count() <= 0 ||
@@ -638,19 +739,19 @@ Status Server::Start(const std::string& host, int port) {
 }
 
 void Server::Stop() {
-  if (core_ == nullptr) return;
+  if (core_ == nullptr || core_->stopped.exchange(true)) return;
   port_.store(0, std::memory_order_release);
-  core_->stopped.store(true);
-  asio::post(core_->ioc, [c = core_.get()] {
+  // On the accept strand: never concurrent with an accept handler.
+  asio::post(core_->accept_strand, [c = core_.get()] {
     error_code ignored;
     c->acceptor.close(ignored);
     c->accept_retry.cancel();
     c->CloseAll();
   });
-  // Every connection closes and every pending operation completes: run() returns.
+  // Every connection closes and every pending operation completes: run() returns. The Core
+  // stays (see the top of this file).
   for (std::thread& t : core_->threads) t.join();
   core_->threads.clear();
-  core_.reset();
 }
 
 Stats Server::stats() const {

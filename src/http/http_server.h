@@ -8,16 +8,26 @@
 //     within idle_timeout (keep-alive) and their header within header_timeout after it;
 //   - a body must arrive within body_timeout; one larger than max_body_bytes is refused (413);
 //   - a response write that makes no progress for write_timeout closes the connection (a client
-//     that stops reading its stream);
+//     that stops reading its stream): the deadline restarts whenever the socket takes more bytes,
+//     so a large answer to a slow reader is not cut;
 //   - past max_connections open connections, a new one gets a canned 503 and is closed.
 // Header/body deadlines answer 408 and close; idle keep-alive connections are closed silently.
 // Requests on one connection are answered in order (pipelining); HTTP/1.0 and
-// "Connection: close" requests get a response that closes the connection; a streamed response
-// is chunked for HTTP/1.1 and sent until close for HTTP/1.0.
+// "Connection: close" requests get a response that closes the connection (an HTTP/1.0 request
+// with "Connection: keep-alive" gets it echoed and the connection stays); a streamed response
+// is chunked for HTTP/1.1 and sent until close for HTTP/1.0. "Expect: 100-continue" gets a
+// 100 Continue from HTTP/1.1 clients only; a method the parser does not know gets 501.
 //
 // The handler runs on the connection's strand (an io thread): it must not block. It answers
 // through its Responder, now or later, from any thread. While a response is pending the
-// connection watches for the client leaving; then the Responder's on-close callback runs.
+// connection watches for the client leaving (a reset, or a failed write); then the Responder's
+// on-close callback runs. A client that shuts down only its sending side after its request (a
+// half-close) still gets the whole answer; one that closed completely is noticed when the
+// answer's first bytes are refused (so a non-streamed answer is computed to the end).
+//
+// Lifetime: Stop closes every connection and joins the io threads; the internals stay until the
+// destructor (or the next Start), so a thread that still calls a Responder after Stop is safe
+// (its calls are ignored). Such threads must be joined before the Server is destroyed.
 //
 // Thread-safety: Start/Stop/the destructor from the owner's thread; port()/stats() from any.
 #pragma once
@@ -78,8 +88,9 @@ class Responder {
   // False when the connection is gone or the server stops: then `fn` never runs. When true,
   // `fn` runs unless the server stops first.
   bool Post(std::function<void()> fn);
-  // `fn` runs once, on the strand, if the connection closes before the response ended (client
-  // gone, a deadline, server stop). Set it from the handler (which runs on the strand).
+  // `fn` runs once if the connection closes before the response ended (client gone, a
+  // deadline, server stop): on the strand, or at once on the calling thread when it has
+  // already closed (or is gone). May be called from any thread.
   void OnClose(std::function<void()> fn);
   // The connection closed (may lag the truth; for cheap early exits only).
   bool closed() const;
@@ -129,7 +140,7 @@ class Server {
   // options or port, already started), IOError "... in use" / other bind errors.
   Status Start(const std::string& host, int port);
   // Stops accepting, closes every connection (their on-close callbacks run) and joins the io
-  // threads. Idempotent.
+  // threads. Idempotent. Responders stay safe to call until the destructor.
   void Stop();
   int port() const { return port_.load(std::memory_order_acquire); }
   Stats stats() const;
@@ -139,7 +150,7 @@ class Server {
  private:
   const Options options_;
   const Handler handler_;
-  std::shared_ptr<Core> core_;  // set while started
+  std::shared_ptr<Core> core_;  // set from Start to the destructor (or the next Start)
   std::atomic<int> port_{0};
 };
 

@@ -3,8 +3,8 @@
 //   GET /metrics  200, Content-Type "text/plain; version=0.0.4", body from `metrics`
 //   GET /healthz  200 "ok" when `health` answers {true, _}; 503 with its reason otherwise
 //   other methods on those two paths: 405 with "Allow: GET, HEAD"; any other path: 404
-//   (HEAD is answered like GET without a body; a request that cannot be parsed gets 400, a body
-//   over max_body_bytes 413.)
+//   (HEAD is answered like GET without a body; a request that cannot be parsed gets 400, a
+//   method HTTP does not know (BREW) 501, a body over max_body_bytes 413.)
 //
 // Connections are served asynchronously by `threads` io threads (at most 2 are useful), with
 // io_timeout_ms as the header, body, idle keep-alive and write deadline, a small body cap and a

@@ -5,9 +5,11 @@ namespace kvault::openai {
 Result<std::vector<uint32_t>> PromptTokens(const GenerationRequest& r, const tokenizer::Tokenizer& tok,
                                            const tokenizer::ChatTemplate& chat, const PromptOptions& options) {
   using tokenizer::SpecialTokens;
+  // A raw prompt spells its control tokens on purpose (fill-in-the-middle markers, a
+  // client-side template, "<|endoftext|>" separators): they are always parsed.
+  if (!r.chat) return tok.Encode(r.prompt, options.add_bos, SpecialTokens::kParse);
   const SpecialTokens user_text =
       options.special_tokens_in_content ? SpecialTokens::kParse : SpecialTokens::kPlainText;
-  if (!r.chat) return tok.Encode(r.prompt, options.add_bos, user_text);
   auto segments = chat.RenderSegments(r.messages, /*add_generation_prompt=*/true);
   if (!segments.ok()) return segments.status();
   // One text, tokenized in one run: the template's pieces may spell control tokens, the

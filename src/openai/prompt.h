@@ -15,10 +15,11 @@ namespace kvault::openai {
 struct PromptOptions {
   // /v1/completions: a raw prompt starts with BOS (when the tokenizer has one).
   bool add_bos = true;
-  // Special-token spellings typed by the client (e.g. "<|im_end|>" in a message's content, or
-  // in a raw completions prompt) become control tokens, as before kvault told them apart. Off
-  // (the default): the client's text is plain text (tokenizer::SpecialTokens::kPlainText) and
-  // the chat template alone writes control tokens.
+  // Chat only: special-token spellings typed in a message's content (e.g. "<|im_end|>") become
+  // control tokens, as before kvault told them apart. Off (the default): message content is
+  // plain text (tokenizer::SpecialTokens::kPlainText) and the chat template alone writes
+  // control tokens. A raw completions prompt is not message content: its spellings are always
+  // control tokens, whatever this says.
   bool special_tokens_in_content = false;
 };
 
@@ -26,8 +27,8 @@ struct PromptOptions {
 // tokenized as one text (Tokenizer::EncodePieces), template segments with their control tokens,
 // content segments as plain text unless options.special_tokens_in_content. With content that
 // spells no special token the ids equal tok.Encode(chat.Render(...), false), and with
-// special_tokens_in_content they always do. Completions: the raw prompt, plain text unless
-// options.special_tokens_in_content, BOS first when options.add_bos.
+// special_tokens_in_content they always do. Completions: the raw prompt with its special-token
+// spellings parsed (tok.Encode(prompt, add_bos) exactly), BOS first when options.add_bos.
 // kInvalidArgument (the message says why; the server answers 400 with param "messages" or
 // "prompt") when the template refuses the conversation.
 Result<std::vector<uint32_t>> PromptTokens(const GenerationRequest& r, const tokenizer::Tokenizer& tok,

@@ -5,9 +5,11 @@
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "http/http_server.h"
 #include "metrics/latency_histogram.h"
@@ -154,7 +156,7 @@ class LogprobAssembler {
 // connection, and the server object too). Thread-safe.
 struct ServeCounters {
   std::atomic<uint64_t> requests{0}, errors_4xx{0}, errors_5xx{0}, prompt_tokens{0}, cached_tokens{0},
-      completion_tokens{0}, active{0}, client_gone{0};
+      completion_tokens{0}, active{0}, client_gone{0}, busy{0};
   // The planner's decisions for requests with a cached prefix, by kind (load, recompute,
   // split), and the cached tokens it chose to recompute.
   std::atomic<uint64_t> plans[3] = {0, 0, 0};
@@ -369,6 +371,65 @@ class Generation : public std::enable_shared_from_this<Generation> {
   bool first_token_ = true, first_chunk_ = true, stream_started_ = false, ended_ = false;
 };
 
+// A few threads that run queued tasks, with a bounded queue: parsing a request's body and
+// tokenizing its prompt (seconds for a 16 MiB body) happen here rather than on an io thread.
+// Thread-safety: TryPost from any thread; Stop (idempotent) from the owner's thread, after the
+// last TryPost caller is done.
+class BoundedWorkers {
+ public:
+  BoundedWorkers(int threads, size_t capacity) : capacity_(capacity) {
+    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
+  }
+  ~BoundedWorkers() { Stop(); }
+  BoundedWorkers(const BoundedWorkers&) = delete;
+  BoundedWorkers& operator=(const BoundedWorkers&) = delete;
+
+  // Queues `task`; false (and `task` is dropped) when capacity tasks wait already or Stop ran.
+  bool TryPost(std::function<void()> task) EXCLUDES(mu_) {
+    {
+      MutexLock lock(mu_);
+      if (stopping_ || queue_.size() >= capacity_) return false;
+      queue_.push_back(std::move(task));
+    }
+    cv_.notify_one();
+    return true;
+  }
+  // Finishes the tasks running, drops those still queued, joins the threads.
+  void Stop() EXCLUDES(mu_) {
+    std::deque<std::function<void()>> dropped;
+    {
+      MutexLock lock(mu_);
+      stopping_ = true;
+      dropped.swap(queue_);
+    }
+    cv_.notify_all();
+    for (std::thread& t : threads_) t.join();
+    threads_.clear();
+  }
+
+ private:
+  void Run() EXCLUDES(mu_) {
+    for (;;) {
+      std::function<void()> task;
+      {
+        MutexLock lock(mu_);
+        cv_.wait(lock.native(), [&]() REQUIRES(mu_) { return stopping_ || !queue_.empty(); });
+        if (stopping_) return;
+        task = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      task();  // tasks catch their own exceptions
+    }
+  }
+
+  const size_t capacity_;
+  Mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_ GUARDED_BY(mu_);
+  bool stopping_ GUARDED_BY(mu_) = false;
+  std::vector<std::thread> threads_;  // the owner's thread only
+};
+
 }  // namespace
 
 class Server::Impl {
@@ -390,6 +451,9 @@ class Server::Impl {
  private:
   void EngineLoop();
   void Handle(http::Request req, std::shared_ptr<http::Responder> res);
+  // Queues Generate on workers_; a 503 when the queue is full. io thread.
+  void QueueGenerate(http::Request req, std::shared_ptr<http::Responder> res, bool chat);
+  // Parses, tokenizes and submits one generation request. A worker thread.
   void Generate(const http::Request& req, const std::shared_ptr<http::Responder>& res, bool chat);
   void SendError(http::Responder& res, const ApiError& e);
   static http::Options HttpOptions(const ServerOptions& o);
@@ -401,7 +465,9 @@ class Server::Impl {
   const tokenizer::ChatTemplate chat_;
   const ServerOptions opt_;
   std::vector<uint32_t> stop_ids_;
+  // Destroyed only once the engine thread is joined (it calls Responders until then).
   std::unique_ptr<http::Server> http_;
+  std::unique_ptr<BoundedWorkers> workers_;  // parse + tokenize + submit, off the io threads
   std::thread engine_thread_;
   std::atomic<bool> stopping_{false};
   std::mutex work_mu_;
@@ -427,21 +493,31 @@ http::Options Server::Impl::HttpOptions(const ServerOptions& o) {
 }
 
 Status Server::Impl::Start() {
+  if (opt_.prepare_threads < 1 || opt_.prepare_queue < 1) {
+    return Status::InvalidArgument("serve options: prepare_threads and prepare_queue must be positive");
+  }
+  workers_ = std::make_unique<BoundedWorkers>(opt_.prepare_threads, opt_.prepare_queue);
   http_ = std::make_unique<http::Server>(HttpOptions(opt_), [this](http::Request q, std::shared_ptr<http::Responder> r) {
     Handle(std::move(q), std::move(r));
   });
   if (Status st = http_->Start(opt_.host, opt_.port); !st.ok()) {
     http_.reset();
+    workers_.reset();
     return st;
   }
   engine_thread_ = std::thread([this] { EngineLoop(); });
   return Status::OK();
 }
 
+// The order matters: (1) the HTTP side stops (every connection closes, which cancels its
+// request; no handler runs after it); (2) the workers finish what they are doing (a request
+// submitted now finds its connection closed and is cancelled at once) and drop the rest;
+// (3) everything in flight is cancelled and the engine thread ends; (4) only then is the HTTP
+// server destroyed: until (3) the engine thread may still call a request's Responder.
 void Server::Impl::Stop() {
   if (stopping_.exchange(true)) return;
-  // HTTP first: every connection closes, which cancels its request.
   if (http_) http_->Stop();
+  if (workers_) workers_->Stop();
   {
     MutexLock lock(counters_->mu);
     for (auto& [_, cancel] : counters_->inflight) cancel->store(true);
@@ -452,6 +528,8 @@ void Server::Impl::Stop() {
   }
   work_cv_.notify_all();
   if (engine_thread_.joinable()) engine_thread_.join();
+  http_.reset();
+  workers_.reset();
 }
 
 void Server::Impl::EngineLoop() {
@@ -482,12 +560,13 @@ void Server::Impl::SendError(http::Responder& res, const ApiError& e) {
   res.Respond({e.http_status, "application/json", {}, ErrorJson(e)});
 }
 
-// Runs on the connection's io thread: routes, and answers at once except for generation.
+// Runs on the connection's io thread: routes, and answers at once except for generation, which
+// goes to the workers (the io threads only move bytes).
 void Server::Impl::Handle(http::Request req, std::shared_ptr<http::Responder> res) {
   const std::string& path = req.path;
   const bool get = req.method == "GET" || req.method == "HEAD";
-  if (req.method == "POST" && path == "/v1/chat/completions") return Generate(req, res, true);
-  if (req.method == "POST" && path == "/v1/completions") return Generate(req, res, false);
+  if (req.method == "POST" && path == "/v1/chat/completions") return QueueGenerate(std::move(req), std::move(res), true);
+  if (req.method == "POST" && path == "/v1/completions") return QueueGenerate(std::move(req), std::move(res), false);
   if (get && path == "/healthz") {
     const bool stopping = stopping_.load();
     return res->Respond({stopping ? 503 : 200, "text/plain", {}, stopping ? "stopping\n" : "ok\n"});
@@ -507,6 +586,26 @@ void Server::Impl::Handle(http::Request req, std::shared_ptr<http::Responder> re
   e.http_status = 404;
   e.message = "unknown route";
   SendError(*res, e);
+}
+
+void Server::Impl::QueueGenerate(http::Request req, std::shared_ptr<http::Responder> res, bool chat) {
+  auto shared_req = std::make_shared<http::Request>(std::move(req));
+  const bool queued = workers_->TryPost([this, shared_req, res, chat] {
+    try {
+      Generate(*shared_req, res, chat);
+    } catch (const std::exception& e) {
+      SendError(*res, {500, std::string("internal error: ") + e.what(), "server_error", "", ""});
+    } catch (...) {
+      SendError(*res, {500, "internal error", "server_error", "", ""});
+    }
+  });
+  if (!queued) {
+    ++counters_->requests;
+    ++counters_->busy;
+    SendError(*res, {503, "The server is busy (" + std::to_string(opt_.prepare_queue) +
+                              " requests wait to be prepared); try again shortly",
+                     "server_error", "", "server_overloaded"});
+  }
 }
 
 void Server::Impl::Generate(const http::Request& req, const std::shared_ptr<http::Responder>& res, bool chat) {
@@ -589,6 +688,9 @@ std::string Server::Impl::Metrics() const {
                "Requests whose client left (or whose connection hit a deadline) before the answer was sent.", {},
                c.client_gone.load());
   w.AddGauge("kvault_serve_active_requests", "Requests in progress.", {}, c.active.load());
+  w.AddCounter("kvault_serve_busy_rejections_total",
+               "Generation requests answered 503 because the queue of requests to prepare was full.", {},
+               c.busy.load());
   const http::Stats hs = http_ ? http_->stats() : http::Stats{};
   w.AddGauge("kvault_serve_open_connections", "HTTP connections open.", {}, hs.open_connections);
   w.AddCounter("kvault_serve_rejected_connections_total", "Connections refused with a 503 past --max-connections.", {},

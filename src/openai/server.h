@@ -3,11 +3,13 @@
 // store by prefix hashing, and usage.prompt_tokens_details.cached_tokens says how much.
 //
 // Threads: kvault::http's io threads (ServerOptions::io_threads, event-driven, one strand per
-// connection) parse requests, tokenize prompts and submit them; one engine thread runs the
-// engine loop (Engine::Step) and hands each request's tokens to its connection's strand, which
-// writes them out. No thread waits on a client: a slow or idle client costs memory, and the
-// limits below bound that. A client that leaves cancels its request. Thread-safety:
-// Start/Stop from one thread.
+// connection) only move bytes and route; a few worker threads (prepare_threads, with a queue of
+// prepare_queue requests; past it a 503) parse generation requests, tokenize prompts and
+// submit them; one engine thread runs the engine loop (Engine::Step) and hands each request's
+// tokens to its connection's strand, which writes them out. No thread waits on a client: a slow
+// or idle client costs memory, and the limits below bound that. A client that leaves cancels
+// its request. Stop ends the HTTP side, then the workers, then the engine thread, and only then
+// frees the HTTP server. Thread-safety: Start/Stop from one thread.
 #pragma once
 
 #include <memory>
@@ -34,6 +36,8 @@ struct ServerOptions {
   double body_timeout_s = 30;           // a request's body, after its header (408)
   double idle_timeout_s = 60;           // a keep-alive connection with no request (closed)
   double write_timeout_s = 30;          // a response write that makes no progress (closed)
+  int prepare_threads = 2;              // threads that parse, tokenize and submit requests
+  size_t prepare_queue = 64;            // generation requests waiting for them; past it a 503
   size_t max_body_bytes = size_t{16} << 20;  // larger bodies get 413
   size_t send_buffer_bytes = size_t{256} << 10;  // per-connection SO_SNDBUF (0: kernel autotuning)
   // /v1/completions: raw prompts start with BOS (when the tokenizer has one). False for models

@@ -2,13 +2,15 @@
 """`kvault serve`'s HTTP layer against careless and hostile clients (issue 16): a port in use
 is refused; slow and idle connections never hold up other requests; the connection cap (503),
 the body cap (413), header/body/write deadlines (408, close); HTTP/1.0 streams are not
-chunked; pipelined requests each get an answer, in order; a client that leaves cancels its
-request. Exits non-zero on any failure.
+chunked; pipelined requests each get an answer, in order; a client that leaves mid-stream
+cancels its request, one that only half-closes (sends its request, then shuts down its sending
+side) still gets the whole answer; unknown methods get 501. Exits non-zero on any failure.
 
 Usage: http_limits_test.py KVAULT_BINARY
 """
 import argparse
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -120,18 +122,22 @@ def test_limits(binary):
             status = "closed"
         check(status == 408, f"a body dripping past --body-timeout-s 1: {status}")
         s.close()
-        # Idle keep-alive: closed silently after the idle deadline.
+        # Idle keep-alive: closed silently after the idle deadline (1 s; up to 4 s on a busy machine),
+        # not merely when this client's own 10 s timeout gives up.
         s = h.connect(port, 10)
         s.sendall(h.request_bytes("GET", "/healthz"))
         r = h.Reader(s)
         status, _, _ = r.response()
         t = time.monotonic()
-        closed = False
         try:
-            closed = s.recv(1) == b""
+            how = "closed" if s.recv(1) == b"" else "sent data"
+        except socket.timeout:  # before OSError: socket.timeout is one
+            how = "still open"
         except OSError:
-            closed = True
-        check(status == 200 and closed, f"an idle keep-alive connection is closed after {time.monotonic() - t:.1f} s")
+            how = "closed"  # a reset
+        took = time.monotonic() - t
+        check(status == 200 and how == "closed" and 0.5 <= took <= 4,
+              f"an idle keep-alive connection is closed after --idle-timeout-s 1: {how} after {took:.1f} s")
         s.close()
 
         # A client that does not read its stream: the write deadline closes it and cancels.
@@ -195,33 +201,58 @@ def test_http10_and_pipelining(server):
     check(ok == 5, f"keep-alive: 5 requests on one connection ({ok} answered)")
 
 
+def test_half_close(server):
+    """A client that sends its request and then shuts down its sending side (nc -N, some HTTP/1.0
+    tools) still reads the whole answer: a half-close is not a departure."""
+    port = server.port
+    _, want = h.chat(port, "hello", 8)
+    for stream in (False, True):
+        s = h.connect(port, 60)
+        s.sendall(h.request_bytes("POST", "/v1/chat/completions", h.chat_body("hello", 8, stream=stream)))
+        s.shutdown(socket.SHUT_WR)
+        try:
+            status, _, body = h.Reader(s).response()
+        except (EOFError, OSError) as e:
+            status, body = f"nothing ({e!r})", b""
+        s.close()
+        if status == 200 and stream:
+            text, done = h.stream_text(body)
+        elif status == 200:
+            text, done = json.loads(body)["choices"][0]["message"]["content"], True
+        else:
+            text, done = None, False
+        check(status == 200 and done and text == want,
+              f"a half-closed {'stream' if stream else 'request'} gets the whole answer: {status}")
+
+
 def test_disconnects(server):
     port = server.port
     before = h.metric(port, "kvault_serve_cancelled_by_client_total")
-    # Mid-stream.
+    # Mid-stream: noticed by the next write (the client's kernel answers it with a reset).
     s = h.connect(port, 60)
     s.sendall(h.request_bytes("POST", "/v1/chat/completions", h.chat_body("a long story", 2000, stream=True)))
     s.recv(200)
     s.close()
-    # Mid non-streaming request.
+    # Mid non-streaming request: indistinguishable from a half-close until the answer is
+    # written, so it runs to its end; it must not be left running.
     s = h.connect(port, 60)
-    s.sendall(h.request_bytes("POST", "/v1/chat/completions", h.chat_body("another long story", 2000)))
+    s.sendall(h.request_bytes("POST", "/v1/chat/completions", h.chat_body("another long story", 200)))
     time.sleep(0.3)
     s.close()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if (h.metric(port, "kvault_serve_cancelled_by_client_total") >= before + 2 and
+        if (h.metric(port, "kvault_serve_cancelled_by_client_total") >= before + 1 and
                 h.metric(port, "kvault_serve_active_requests") == 0):
             break
         time.sleep(0.2)
     gone = h.metric(port, "kvault_serve_cancelled_by_client_total") - before
-    check(gone >= 2, f"clients that leave mid-stream and mid-request cancel their requests ({gone:.0f} of 2)")
+    check(gone >= 1, f"a client that leaves mid-stream cancels its request ({gone:.0f})")
     check(h.metric(port, "kvault_serve_active_requests") == 0, "... and nothing is left running")
-    # Malformed requests get 400 and the server carries on.
+    # Malformed requests get 400, unknown methods 501, and the server carries on.
     status, _, _ = h.exchange(port, b"GARBAGE\r\n\r\n")
     check(status == 400, f"garbage: {status}")
     status, _, _ = h.exchange(port, b"BREW /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-    check(status == 400, f"unknown method: {status}")
+    check(status == 501, f"unknown method: {status}")
     check(h.healthz(port) == 200, "still healthy")
 
 
@@ -236,6 +267,7 @@ def main():
     try:
         test_slow_clients(server, args.slow)
         test_http10_and_pipelining(server)
+        test_half_close(server)
         test_disconnects(server)
     finally:
         code = server.stop()

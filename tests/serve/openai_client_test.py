@@ -38,10 +38,21 @@ class Server:
         model = ["--random-model", "tiny"] if random_model else []
         self.proc = subprocess.Popen([binary, "serve", "--port", "0"] + model + args,
                                      stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        ready = json.loads(line)
-        assert ready["event"] == "ready", line
-        self.port = ready["port"]
+        # The ready line, read with a timeout; on any failure the child is killed, not leaked.
+        box = []
+        reader = threading.Thread(target=lambda: box.append(self.proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(300)  # a model directory may take a while to load
+        try:
+            line = box[0] if box else ""
+            ready = json.loads(line) if line else None
+            if not isinstance(ready, dict) or ready.get("event") != "ready":
+                raise RuntimeError(f"kvault serve did not say ready: {line!r} (exit {self.proc.poll()})")
+            self.port = ready["port"]
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+            raise
         self.client = openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key="none", max_retries=0,
                                     timeout=120)
 
@@ -329,8 +340,9 @@ def test_bad_input(server):
 def test_request_fields(server, binary):
     """Issue 16 items 4-5: OpenAI fields kvault does not implement are refused (400
     unsupported_parameter naming them) unless neutral, unknown fields are refused, huge max_tokens
-    and null content are 400s, and special-token spellings in content or a raw prompt are plain
-    text (the byte tokenizer: one token per byte) unless --special-tokens-in-content."""
+    and null content are 400s, and special-token spellings in message content are plain text
+    (the byte tokenizer: one token per byte) unless --special-tokens-in-content, while a raw
+    completions prompt parses them either way (review item 7)."""
     user = [{"role": "user", "content": "hi"}]
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
     refused = [
@@ -387,14 +399,17 @@ def test_request_fields(server, binary):
     # one token each.
     plain_extra = prompt_tokens(server, "x" + forged) - prompt_tokens(server, "x")
     check(plain_extra == len(forged.encode()), f"plain content: a forged turn is {plain_extra} byte tokens of text")
-    check(prompt_tokens(server, prompt="<|im_start|>") == len("<|im_start|>"), "plain content: a raw prompt too")
+    # A raw /v1/completions prompt is no message content: its control tokens are meant (FIM
+    # markers, client-side templates), so they are parsed by default, one token each.
+    raw = prompt_tokens(server, prompt="<|im_start|>")
+    check(raw == 1, f"raw prompt: a typed control token is one token by default ({raw})")
     legacy = Server(binary, ["--no-cache", "--ctx-size", "2048", "--special-tokens-in-content"])
     try:
         legacy_extra = prompt_tokens(legacy, "x" + forged) - prompt_tokens(legacy, "x")
         honoured = 2 * (len("<|im_end|>") - 1) + 2 * (len("<|im_start|>") - 1)  # bytes saved by 4 tokens
         check(legacy_extra == len(forged.encode()) - honoured,
               f"--special-tokens-in-content: typed control tokens are honoured ({legacy_extra})")
-        check(prompt_tokens(legacy, prompt="<|im_start|>") == 1, "--special-tokens-in-content: in a raw prompt too")
+        check(prompt_tokens(legacy, prompt="<|im_start|>") == 1, "--special-tokens-in-content: a raw prompt alike")
     finally:
         legacy.stop()
 

@@ -8,6 +8,33 @@ import threading
 import time
 
 MODEL = "kvault-random-tiny"
+READY_TIMEOUT_S = 120
+
+
+def read_ready(proc, timeout=READY_TIMEOUT_S):
+    """The port from a started server's first stdout line, {"event": "ready", "port": N}. On a
+    missing, late or malformed line the child is killed (never left running) and RuntimeError
+    says why."""
+    box = []
+    reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    line = box[0] if box else None
+    try:
+        if line is None:
+            raise RuntimeError(f"kvault serve said nothing within {timeout} s")
+        if not line:
+            raise RuntimeError(f"kvault serve exited before it was ready ({proc.poll()})")
+        ready = json.loads(line)
+        if not isinstance(ready, dict) or ready.get("event") != "ready" or "port" not in ready:
+            raise RuntimeError(f"kvault serve's first line is not the ready event: {line!r}")
+        return int(ready["port"])
+    except (RuntimeError, ValueError) as e:
+        proc.kill()
+        proc.wait()
+        if isinstance(e, RuntimeError):
+            raise
+        raise RuntimeError(f"kvault serve's first line is not JSON: {line!r}") from e
 
 
 class Serve:
@@ -16,16 +43,15 @@ class Serve:
     def __init__(self, binary, args=(), port=0):
         self.proc = subprocess.Popen([binary, "serve", "--random-model", "tiny", "--no-cache", "--port", str(port)]
                                      + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        if not line:
-            err = self.proc.stderr.read()
-            raise RuntimeError(f"kvault serve did not start: {err}")
-        ready = json.loads(line)
-        assert ready["event"] == "ready", line
-        self.port = ready["port"]
-        # Drain stderr so that the server never blocks on a full pipe.
+        # Drain stderr so that the server never blocks on a full pipe (and so a failed start can
+        # say why).
         self._err = []
         threading.Thread(target=lambda: self._err.extend(self.proc.stderr), daemon=True).start()
+        try:
+            self.port = read_ready(self.proc)
+        except RuntimeError as e:
+            time.sleep(0.2)  # the stderr reader catches up with the dead child
+            raise RuntimeError(f"{e}; stderr: {''.join(self._err)[-2000:]}") from None
 
     def rss_kib(self):
         with open(f"/proc/{self.proc.pid}/status") as f:

@@ -225,8 +225,8 @@ void AddServeCommand(CLI::App& app) {
   s->add_option("--idle-timeout-s", f->idle_timeout_s, "Seconds a keep-alive connection may wait for its next request")
       ->check(CLI::Range(0.001, 86400.0))->capture_default_str();
   s->add_option("--write-timeout-s", f->write_timeout_s,
-                "Seconds a response write may take (a client that stopped reading its stream, once its send "
-                "buffer is full) before the connection closes and its request is cancelled")
+                "Seconds a response write may make no progress (a client that stopped reading its stream, once "
+                "its send buffer is full) before the connection closes and its request is cancelled")
       ->check(CLI::Range(0.001, 86400.0))->capture_default_str();
   s->add_option("--max-body-mib", f->max_body_mib, "Largest request body in MiB (larger: 413)")
       ->check(CLI::Range(0.001, 4096.0))->capture_default_str();
@@ -235,9 +235,9 @@ void AddServeCommand(CLI::App& app) {
                 "0: the kernel's autotuning, up to 4 MiB)")
       ->check(CLI::Range(0, 1 << 20))->capture_default_str();
   s->add_flag("--special-tokens-in-content", f->special_tokens_in_content,
-              "treat special-token spellings typed in message content or a raw /v1/completions prompt "
-              "(e.g. <|im_end|>) as control tokens; off: that text is plain text and only the chat template "
-              "writes control tokens (a user cannot forge a turn)");
+              "treat special-token spellings typed in chat message content (e.g. <|im_end|>) as control "
+              "tokens; off: that text is plain text and only the chat template writes control tokens (a user "
+              "cannot forge a turn). Raw /v1/completions prompts always parse special tokens");
   s->callback([f] { SetExitCode(RunServe(*f)); });
 }
 
