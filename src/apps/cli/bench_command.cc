@@ -1,6 +1,7 @@
 #include "apps/cli/commands.h"
 #include "gpu_ttft_bench.h"
 #include "model_bench.h"
+#include "serve_load.h"
 #include "share_bench.h"
 #include "store_bench.h"
 
@@ -62,6 +63,33 @@ void AddBenchCommand(CLI::App& app) {
   model->add_flag("--profile", mo->profile, "Also break a prefill, a returning turn and a decode step down by category");
   model->add_flag("--json", mo->json, "Print one JSON object instead of a summary");
   model->callback([mo] { SetExitCode(RunModelBench(*mo)); });
+
+  auto lo = std::make_shared<ServeLoadOptions>();
+  CLI::App* serve = bench->add_subcommand(
+      "serve", "Load on any OpenAI-compatible server: multi-turn sessions at a Poisson rate -> TTFT percentiles, goodput under an SLO (--sweep: the highest rate that holds it)");
+  serve->add_option("--url", lo->url, "The server's base URL (http:// only; with or without /v1)")->capture_default_str();
+  serve->add_option("--model", lo->model, "Model ID of the requests (default: the first of GET /v1/models)");
+  serve->add_option("--rate", lo->rate, "Sessions per second, arriving as a Poisson process")->capture_default_str();
+  serve->add_option("--duration-s", lo->duration_s, "Seconds during which sessions arrive (then every session runs to its end)")->capture_default_str();
+  serve->add_option("--sessions", lo->sessions, "Stop arrivals after this many sessions (0: no cap)")->capture_default_str();
+  serve->add_option("--turns", lo->turns, "Requests per session (each sends the whole conversation so far)")->capture_default_str();
+  serve->add_option("--think-s", lo->think_s, "Seconds between an answer and the session's next question")->capture_default_str();
+  serve->add_option("--documents", lo->documents, "Documents in a session's first message (longer prompts)")->capture_default_str();
+  serve->add_option("--max-tokens", lo->max_tokens, "max_tokens of every request")->capture_default_str();
+  serve->add_option("--temperature", lo->temperature, "Sampling temperature (0: greedy)")->capture_default_str();
+  serve->add_option("--slo-ttft-ms", lo->slo_ttft_ms, "TTFT SLO: goodput counts requests within it; a rate holds it when its p90 TTFT does")->capture_default_str();
+  serve->add_option("--timeout-s", lo->timeout_s, "Per request, from sending to the stream's end (a timeout counts as failed)")->capture_default_str();
+  serve->add_option("--seed", lo->seed, "Seed of the arrivals and of each session's document and tag")->capture_default_str();
+  serve->add_flag("--sweep", lo->sweep, "Run increasing rates until one breaks the SLO; report max_rate_at_slo");
+  serve->add_option("--rates", lo->rates, "The sweep's rates (default: --rate x 1, 2, 4, 8, 16, 32)")->delimiter(',');
+  serve->add_flag("--sweep-all", lo->sweep_all, "Run every rate of the sweep, also past the first that breaks the SLO");
+  serve->add_option("--max-failed-fraction", lo->max_failed_fraction, "A rate with more failed requests than this does not hold the SLO")->capture_default_str();
+  serve->add_option("--chart", lo->chart, "Write an SVG of TTFT p90 against offered load");
+  serve->add_option("--chart-with", lo->chart_with, "Other servers' --json outputs (files) drawn on the same chart");
+  serve->add_option("--label", lo->label, "This server's name in the JSON and on the chart (default: the model ID)");
+  serve->add_option("--progress-s", lo->progress_s, "Seconds between progress lines on stderr (0: none)")->capture_default_str();
+  serve->add_flag("--json", lo->json, "Print one JSON object instead of a table");
+  serve->callback([lo] { SetExitCode(RunServeLoadBench(*lo)); });
 }
 
 }  // namespace kvault::cli
