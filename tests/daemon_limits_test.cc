@@ -262,9 +262,10 @@ TEST(DaemonLimitsTest, ManyBigFramesShareOneBudget) {
   EXPECT_GE(mid.budget_refusals, 1u);
   EXPECT_LE(mid.message_bytes_peak, o.message_budget_bytes);
   const uint64_t growth = ResidentBytes() - std::min(ResidentBytes(), rss_before);
-  // Old code: 8 x 32 MiB zeroed at the headers. Now: the budget, plus 2 x 256 KiB per
-  // connection, plus a buffer being copied while it grows; 48 MiB leaves room for noise.
-  EXPECT_LT(growth, 48ull << 20);
+  // Old code: 8 x 32 MiB = 256 MiB zeroed at the headers. Now: the budget, plus 2 x 256 KiB
+  // per connection, plus a buffer being copied while it grows; 96 MiB leaves room for noise
+  // and for ThreadSanitizer's shadow memory (56 MiB measured under it), still far below 256.
+  EXPECT_LT(growth, 96ull << 20);
 
   NormalClientWorks(*client, 4);  // small requests never compete for the budget
 
