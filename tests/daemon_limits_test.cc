@@ -24,6 +24,7 @@
 #include "daemon/protocol.h"
 #include "daemon/socket_io.h"
 #include "kvault/client.h"
+#include "daemon_test_util.h"
 #include "test_util.h"
 
 namespace kvault {
@@ -106,18 +107,8 @@ struct RawConn {
   }
 };
 
-DaemonOptions LimitsDaemon(const std::string& dir) {
-  DaemonOptions o;
-  o.store = kvtest::SmallOptions(dir);
-  o.store.huge_pages = false;
-  return o;
-}
-
-std::unique_ptr<Daemon> StartDaemon(const DaemonOptions& o) {
-  auto d = Daemon::Start(o);
-  EXPECT_TRUE(d.ok()) << d.status().ToString();
-  return d.ok() ? std::move(d.value()) : nullptr;
-}
+using kvtest::StartDaemon;
+using kvtest::SmallDaemonOptions;
 
 std::unique_ptr<Client> Connect(const std::string& socket, bool shared_memory = false) {
   ClientOptions o;
@@ -157,7 +148,7 @@ bool WaitForBytesReceived(const Daemon& d, uint64_t bytes) {
 // once: six of them took the resident set up by 1.5 GiB.
 TEST(DaemonLimitsTest, AHugeFrameHeaderCommitsNoMemory) {
   kvtest::TempDir dir;
-  DaemonOptions o = LimitsDaemon(dir.path());
+  DaemonOptions o = SmallDaemonOptions(dir.path());
   o.max_message_bytes = 256u << 20;  // the default
   o.frame_timeout_ms = 60000;         // the frames stay open while we measure
   auto d = StartDaemon(o);
@@ -191,7 +182,7 @@ TEST(DaemonLimitsTest, AHugeFrameHeaderCommitsNoMemory) {
 // commit one open put's payload.
 TEST(DaemonLimitsTest, AFrameLargerThanItsTypeCarriesIsRefusedFromItsHeader) {
   kvtest::TempDir dir;
-  auto d = StartDaemon(LimitsDaemon(dir.path()));
+  auto d = StartDaemon(SmallDaemonOptions(dir.path()));
   ASSERT_TRUE(d);
   for (auto [type, bytes] : {std::pair{wire::MsgType::kOpen, 1u << 20}, std::pair{wire::MsgType::kRelease, 9u},
                              std::pair{wire::MsgType::kFlush, 1u}, std::pair{wire::MsgType::kBeginPut, 64u << 20},
@@ -223,7 +214,7 @@ TEST(DaemonLimitsTest, AFrameLargerThanItsTypeCarriesIsRefusedFromItsHeader) {
 // allowance, and small requests are never refused.
 TEST(DaemonLimitsTest, ManyBigFramesShareOneBudget) {
   kvtest::TempDir dir;
-  DaemonOptions o = LimitsDaemon(dir.path());
+  DaemonOptions o = SmallDaemonOptions(dir.path());
   o.max_message_bytes = 64u << 20;
   o.message_budget_bytes = 4u << 20;
   o.frame_timeout_ms = 60000;
@@ -309,7 +300,7 @@ TEST(DaemonLimitsTest, ManyBigFramesShareOneBudget) {
 // line; once one closes, the next is accepted.
 TEST(DaemonLimitsTest, ConnectionsPastTheCapAreRefused) {
   kvtest::TempDir dir;
-  DaemonOptions o = LimitsDaemon(dir.path());
+  DaemonOptions o = SmallDaemonOptions(dir.path());
   o.max_connections = 4;
   std::vector<std::string> log;
   std::mutex log_mu;
@@ -346,7 +337,7 @@ TEST(DaemonLimitsTest, ConnectionsPastTheCapAreRefused) {
 // says so; the daemon's other clients carry on.
 TEST(DaemonLimitsTest, AStalledFrameIsCutAtTheDeadline) {
   kvtest::TempDir dir;
-  DaemonOptions o = LimitsDaemon(dir.path());
+  DaemonOptions o = SmallDaemonOptions(dir.path());
   o.frame_timeout_ms = 300;
   auto d = StartDaemon(o);
   ASSERT_TRUE(d);
@@ -367,7 +358,7 @@ TEST(DaemonLimitsTest, AStalledFrameIsCutAtTheDeadline) {
 // frame's, so the trickle is cut too.
 TEST(DaemonLimitsTest, ATrickledFrameIsCutAtTheDeadline) {
   kvtest::TempDir dir;
-  DaemonOptions o = LimitsDaemon(dir.path());
+  DaemonOptions o = SmallDaemonOptions(dir.path());
   o.frame_timeout_ms = 500;
   auto d = StartDaemon(o);
   ASSERT_TRUE(d);
@@ -397,7 +388,7 @@ TEST(DaemonLimitsTest, ATrickledFrameIsCutAtTheDeadline) {
 // their pins must stay); the hello itself has a deadline.
 TEST(DaemonLimitsTest, IdleConnectionsStayButAHelloHasADeadline) {
   kvtest::TempDir dir;
-  DaemonOptions o = LimitsDaemon(dir.path());
+  DaemonOptions o = SmallDaemonOptions(dir.path());
   o.frame_timeout_ms = 100;
   o.hello_timeout_ms = 300;
   auto d = StartDaemon(o);
@@ -419,7 +410,7 @@ TEST(DaemonLimitsTest, IdleConnectionsStayButAHelloHasADeadline) {
 // a miss), never the daemon's memory; so is an inline commit too big for it.
 TEST(DaemonLimitsTest, InlineRepliesDrawOnTheBudget) {
   kvtest::TempDir dir;
-  DaemonOptions o = LimitsDaemon(dir.path());
+  DaemonOptions o = SmallDaemonOptions(dir.path());
   o.message_budget_bytes = 64u << 10;  // less than one chunk beyond the allowance
   auto d = StartDaemon(o);
   ASSERT_TRUE(d);
@@ -489,7 +480,7 @@ bool WaitForBudgetInUse(const Daemon& d, uint64_t bytes) {
 // bytes through its reader, with no error.
 TEST(DaemonLimitsTest, ABudgetRefusalKeepsASharedMemoryClientsConnectionAndPins) {
   kvtest::TempDir dir;
-  DaemonOptions o = LimitsDaemon(dir.path());
+  DaemonOptions o = SmallDaemonOptions(dir.path());
   o.store.t2_bytes = 0;  // T1 only: an unpinned chunk's pages go to the next puts
   o.max_message_bytes = 64u << 20;
   o.message_budget_bytes = 4u << 20;
@@ -552,7 +543,7 @@ TEST(DaemonLimitsTest, ABudgetRefusalKeepsASharedMemoryClientsConnectionAndPins)
 // rewrote the pages the client was reading.
 TEST(DaemonLimitsTest, ADaemonEndedSharedMemoryConnectionKeepsItsPinsUntilTheClientCloses) {
   kvtest::TempDir dir;
-  DaemonOptions o = LimitsDaemon(dir.path());
+  DaemonOptions o = SmallDaemonOptions(dir.path());
   o.store.t2_bytes = 0;  // T1 only: an unpinned chunk's pages go to the next puts
   o.frame_timeout_ms = 300;
   std::vector<std::string> log;

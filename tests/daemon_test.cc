@@ -13,6 +13,7 @@
 #include "daemon/daemon.h"
 #include "daemon/protocol.h"
 #include "daemon/socket_io.h"
+#include "daemon_test_util.h"
 #include "test_util.h"
 
 namespace kvault {
@@ -26,18 +27,8 @@ using kvtest::MakeTokens;
 using kvtest::PutChain;
 using kvtest::TempDir;
 
-DaemonOptions SmallDaemon(const std::string& dir) {
-  DaemonOptions o;
-  o.store = kvtest::SmallOptions(dir);
-  o.store.huge_pages = false;
-  return o;
-}
-
-std::unique_ptr<Daemon> StartDaemon(const DaemonOptions& o) {
-  auto d = Daemon::Start(o);
-  EXPECT_TRUE(d.ok()) << d.status().ToString();
-  return d.ok() ? std::move(d.value()) : nullptr;
-}
+using kvtest::StartDaemon;
+using kvtest::SmallDaemonOptions;
 
 std::unique_ptr<Client> Connect(const std::string& socket, const std::string& token = "", bool shm = true) {
   ClientOptions o;
@@ -68,7 +59,7 @@ void SaveThenLoad(Store& writer, Store& reader, const Namespace& ns, uint64_t se
 
 TEST(DaemonTest, SecondClientLoadsWhatTheFirstSavedThroughSharedMemory) {
   TempDir dir;
-  auto d = StartDaemon(SmallDaemon(dir.path()));
+  auto d = StartDaemon(SmallDaemonOptions(dir.path()));
   ASSERT_TRUE(d);
   auto a = Connect(d->socket_path());
   auto b = Connect(d->socket_path());
@@ -85,7 +76,7 @@ TEST(DaemonTest, SecondClientLoadsWhatTheFirstSavedThroughSharedMemory) {
 
 TEST(DaemonTest, InlineClientsShareWithSharedMemoryClients) {
   TempDir dir;
-  auto d = StartDaemon(SmallDaemon(dir.path()));
+  auto d = StartDaemon(SmallDaemonOptions(dir.path()));
   ASSERT_TRUE(d);
   auto shm = Connect(d->socket_path());
   auto inl = Connect(d->socket_path(), "", /*shm=*/false);
@@ -98,7 +89,7 @@ TEST(DaemonTest, InlineClientsShareWithSharedMemoryClients) {
 
 TEST(DaemonTest, LayerWritesAndPiecesThroughTheClient) {
   TempDir dir;
-  auto d = StartDaemon(SmallDaemon(dir.path()));
+  auto d = StartDaemon(SmallDaemonOptions(dir.path()));
   ASSERT_TRUE(d);
   for (bool shm : {true, false}) {
     auto c = Connect(d->socket_path(), "", shm);
@@ -129,7 +120,7 @@ TEST(DaemonTest, LayerWritesAndPiecesThroughTheClient) {
 
 TEST(DaemonTest, IncompleteCommitIsRefusedAndNothingIsPublished) {
   TempDir dir;
-  auto d = StartDaemon(SmallDaemon(dir.path()));
+  auto d = StartDaemon(SmallDaemonOptions(dir.path()));
   ASSERT_TRUE(d);
   for (bool shm : {true, false}) {
     auto c = Connect(d->socket_path(), "", shm);
@@ -148,7 +139,7 @@ TEST(DaemonTest, IncompleteCommitIsRefusedAndNothingIsPublished) {
 
 TEST(DaemonTest, TenantsNeverSeeEachOthersEntries) {
   TempDir dir;
-  DaemonOptions o = SmallDaemon(dir.path());
+  DaemonOptions o = SmallDaemonOptions(dir.path());
   o.tokens = {{"alice", "tok-alice", /*shared_memory=*/false}, {"bob", "tok-bob", false}};
   auto d = StartDaemon(o);
   ASSERT_TRUE(d);
@@ -231,7 +222,7 @@ std::vector<std::byte> Frame(wire::MsgType type, const std::vector<std::byte>& p
 
 TEST(DaemonTest, MalformedAndOversizedMessagesGetAnErrorAndAClosedConnection) {
   TempDir dir;
-  DaemonOptions o = SmallDaemon(dir.path());
+  DaemonOptions o = SmallDaemonOptions(dir.path());
   o.max_message_bytes = 64 << 10;
   auto d = StartDaemon(o);
   ASSERT_TRUE(d);
@@ -340,7 +331,7 @@ TEST(DaemonTest, MalformedAndOversizedMessagesGetAnErrorAndAClosedConnection) {
 
 TEST(DaemonTest, ClientsSeeMissesWhileTheDaemonIsAwayAndReconnect) {
   TempDir dir;
-  const DaemonOptions o = SmallDaemon(dir.path());
+  const DaemonOptions o = SmallDaemonOptions(dir.path());
   auto d = StartDaemon(o);
   ASSERT_TRUE(d);
   auto c = Connect(d->socket_path());
@@ -388,7 +379,7 @@ TEST(DaemonTest, ClientsSeeMissesWhileTheDaemonIsAwayAndReconnect) {
 
 TEST(DaemonTest, ADisconnectingClientReleasesItsPinsAndPuts) {
   TempDir dir;
-  DaemonOptions o = SmallDaemon(dir.path());
+  DaemonOptions o = SmallDaemonOptions(dir.path());
   o.store.t2_bytes = 0;  // T1 only: a pinned chunk has nowhere to go
   auto d = StartDaemon(o);
   ASSERT_TRUE(d);
@@ -440,7 +431,7 @@ TEST(DaemonTest, ADisconnectingClientReleasesItsPinsAndPuts) {
 // policy protects all of them (one client's hint does not erase another's).
 TEST(DaemonTest, EveryClientsWindowIsProtected) {
   TempDir dir;
-  DaemonOptions o = SmallDaemon(dir.path());
+  DaemonOptions o = SmallDaemonOptions(dir.path());
   o.store.policy = "aware";
   o.store.t2_bytes = 0;  // what T1 evicts is gone
   auto d = StartDaemon(o);
@@ -502,7 +493,7 @@ void ExpectSameResult(const LookupResult& a, const LookupResult& b) {
 
 TEST(DaemonTest, KeyedCallsSendKeysAndAnswerLikeTheTokenCalls) {
   TempDir dir;
-  auto d = StartDaemon(SmallDaemon(dir.path()));
+  auto d = StartDaemon(SmallDaemonOptions(dir.path()));
   ASSERT_TRUE(d);
   for (bool shm : {true, false}) {
     auto c = Connect(d->socket_path(), "", shm);
@@ -544,7 +535,7 @@ TEST(DaemonTest, KeyedCallsSendKeysAndAnswerLikeTheTokenCalls) {
 
 TEST(DaemonTest, KeysOfAnotherNamespaceReachNothing) {
   TempDir dir;
-  DaemonOptions o = SmallDaemon(dir.path());
+  DaemonOptions o = SmallDaemonOptions(dir.path());
   o.tokens = {{"alice", "tok-alice", /*shared_memory=*/false}, {"bob", "tok-bob", false}};
   auto d = StartDaemon(o);
   ASSERT_TRUE(d);
@@ -660,7 +651,7 @@ TEST(DaemonTest, KeyedCallsFallBackToTokensAgainstAnOlderDaemon) {
 
 TEST(DaemonTest, ConcurrentClientsFromManyThreads) {
   TempDir dir;
-  auto d = StartDaemon(SmallDaemon(dir.path()));
+  auto d = StartDaemon(SmallDaemonOptions(dir.path()));
   ASSERT_TRUE(d);
   auto shared = Connect(d->socket_path());
   ASSERT_TRUE(shared);
