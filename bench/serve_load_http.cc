@@ -249,6 +249,20 @@ HttpClient::Response HttpClient::RequestOnce(const std::string& method, const st
     if (r.body.size() < 4096) r.body.append(bytes.substr(0, 4096 - r.body.size()));
     return true;
   };
+  // Delivers the next `left` bytes of the body; "" or why not ("stream cut", "stopped", ...).
+  auto deliver_exactly = [&](uint64_t left) -> std::string {
+    while (left > 0) {
+      if (buf_.empty()) {
+        if (std::string e = Fill(deadline); !e.empty()) return e == "closed" ? "stream cut" : e;
+      }
+      const size_t take = static_cast<size_t>(std::min<uint64_t>(left, buf_.size()));
+      const bool go_on = deliver(std::string_view(buf_).substr(0, take));
+      buf_.erase(0, take);
+      left -= take;
+      if (!go_on) return "stopped";
+    }
+    return "";
+  };
   if (chunked) {
     for (;;) {
       size_t eol;
@@ -268,34 +282,14 @@ HttpClient::Response HttpClient::RequestOnce(const std::string& method, const st
         }
         break;
       }
-      uint64_t left = size;
-      while (left > 0) {
-        if (buf_.empty()) {
-          if (std::string e = Fill(deadline); !e.empty()) return fail(e == "closed" ? "stream cut" : e);
-        }
-        const size_t take = static_cast<size_t>(std::min<uint64_t>(left, buf_.size()));
-        const bool go_on = deliver(std::string_view(buf_).substr(0, take));
-        buf_.erase(0, take);
-        left -= take;
-        if (!go_on) return fail("stopped");
-      }
+      if (std::string e = deliver_exactly(size); !e.empty()) return fail(e);
       while (buf_.size() < 2) {
         if (std::string e = Fill(deadline); !e.empty()) return fail(e == "closed" ? "stream cut" : e);
       }
       buf_.erase(0, 2);
     }
   } else if (content_length >= 0) {
-    uint64_t left = static_cast<uint64_t>(content_length);
-    while (left > 0) {
-      if (buf_.empty()) {
-        if (std::string e = Fill(deadline); !e.empty()) return fail(e == "closed" ? "stream cut" : e);
-      }
-      const size_t take = static_cast<size_t>(std::min<uint64_t>(left, buf_.size()));
-      const bool go_on = deliver(std::string_view(buf_).substr(0, take));
-      buf_.erase(0, take);
-      left -= take;
-      if (!go_on) return fail("stopped");
-    }
+    if (std::string e = deliver_exactly(static_cast<uint64_t>(content_length)); !e.empty()) return fail(e);
   } else {
     keep_alive = false;
     for (;;) {
