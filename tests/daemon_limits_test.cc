@@ -133,14 +133,20 @@ void NormalClientWorks(Store& client, uint64_t seed) {
   }
 }
 
-// Waits (at most 10 s) until the daemon has read `bytes` frame bytes in all.
-bool WaitForBytesReceived(const Daemon& d, uint64_t bytes) {
+// Waits (at most 10 s) until the daemon's counters satisfy `done`.
+template <typename Done>
+bool WaitForCounters(const Daemon& d, Done done) {
   const auto until = Clock::now() + 10s;
-  while (d.Counters().bytes_received < bytes) {
+  while (!done(d.Counters())) {
     if (Clock::now() > until) return false;
     std::this_thread::sleep_for(5ms);
   }
   return true;
+}
+
+// Waits until the daemon has read `bytes` frame bytes in all.
+bool WaitForBytesReceived(const Daemon& d, uint64_t bytes) {
+  return WaitForCounters(d, [&](const DaemonCounters& c) { return c.bytes_received >= bytes; });
 }
 
 // The issue's reproduction: after hello, frame headers announcing 250 MiB and a few bytes of
@@ -461,14 +467,9 @@ void PressT1(Store& writer, const Namespace& ns, size_t n, uint64_t seed) {
   }
 }
 
-// Waits (at most 10 s) until the daemon holds exactly `bytes` of its message budget.
+// Waits until the daemon holds exactly `bytes` of its message budget.
 bool WaitForBudgetInUse(const Daemon& d, uint64_t bytes) {
-  const auto until = Clock::now() + 10s;
-  while (d.Counters().message_bytes_in_use != bytes) {
-    if (Clock::now() > until) return false;
-    std::this_thread::sleep_for(5ms);
-  }
-  return true;
+  return WaitForCounters(d, [&](const DaemonCounters& c) { return c.message_bytes_in_use == bytes; });
 }
 
 // The review's scenario (issue 16, item 2): other connections hold the message budget while a
