@@ -43,6 +43,16 @@ void PutAndFlush(Store& store, const Namespace& ns, const std::vector<uint32_t>&
   ASSERT_TRUE(st.ok()) << st.ToString() << " " << store.Stats().ToJson();
 }
 
+// Reopens the store (after the test's one closed) and reads `a`: its exact bytes, from T2.
+void ExpectReadFromT2AfterReopen(const kvault::StoreOptions& o, const Namespace& ns, const kvault::ChunkSpan& a) {
+  auto reopened = Store::Open(o);
+  ASSERT_TRUE(reopened.ok());
+  kvault::Tier from = kvault::Tier::kNone;
+  std::string why;
+  EXPECT_EQ(CheckChunk(**reopened, ns, a.key, a.tokens, &from, &why), Check::kMatch) << why;
+  EXPECT_EQ(from, kvault::Tier::kT2);
+}
+
 void ReadAll(Store& store, const Namespace& ns, const std::vector<uint32_t>& tokens) {
   for (const auto& s : kvault::ChunkKeys(ns, tokens)) ASSERT_NE(CheckChunk(store, ns, s.key, s.tokens), Check::kMismatch);
 }
@@ -177,12 +187,7 @@ TEST(T2Policy, AChunkAReaderHoldsIsNeverDroppedFromT2) {
     EXPECT_GT(st.t2_compactions, 0u) << st.ToJson();
     EXPECT_LE(DirBytes(dir.path()), o.t2_bytes);
   }  // the reader is released here, then the store closes
-  auto reopened = Store::Open(o);
-  ASSERT_TRUE(reopened.ok());
-  kvault::Tier from = kvault::Tier::kNone;
-  std::string why;
-  EXPECT_EQ(CheckChunk(**reopened, ns, a.key, a.tokens, &from, &why), Check::kMatch) << why;
-  EXPECT_EQ(from, kvault::Tier::kT2);
+  ExpectReadFromT2AfterReopen(o, ns, a);
 }
 
 // Compaction leaves no live record behind: a chunk whose promotion (the read of its record into
@@ -256,12 +261,7 @@ TEST(T2Policy, CompactionMovesAChunkWhosePromotionIsInFlight) {
     EXPECT_TRUE(got == want);
     EXPECT_GT(store.Stats().t2_compactions, 0u) << store.Stats().ToJson();
   }
-  auto reopened = Store::Open(o);
-  ASSERT_TRUE(reopened.ok());
-  kvault::Tier from = kvault::Tier::kNone;
-  std::string why;
-  EXPECT_EQ(CheckChunk(**reopened, ns, a.key, a.tokens, &from, &why), Check::kMatch) << why;
-  EXPECT_EQ(from, kvault::Tier::kT2);
+  ExpectReadFromT2AfterReopen(o, ns, a);
 }
 
 // "aware": the chunks of a hinted (queued) request outlive everything else on the disk tier.
