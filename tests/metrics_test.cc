@@ -693,13 +693,11 @@ std::unique_ptr<httplib::Client> ClientFor(int port) {
   return cli;
 }
 
-// Sends `bytes` on a fresh connection and returns the server's first response (its header
-// block and Content-Length body), or whatever came before the server closed or 5 s passed.
-// (No half-close: httplib drops the answer to a peer that has shut down its sending side.)
-std::string RawExchange(int port, const std::string& bytes) {
+// A connected socket to 127.0.0.1:port with a receive timeout, or -1.
+int Connect(int port, int receive_timeout_s = 10) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return "socket failed";
-  timeval tv{5, 0};
+  if (fd < 0) return -1;
+  timeval tv{receive_timeout_s, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -707,8 +705,17 @@ std::string RawExchange(int port, const std::string& bytes) {
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     close(fd);
-    return "connect failed";
+    return -1;
   }
+  return fd;
+}
+
+// Sends `bytes` on a fresh connection and returns the server's first response (its header
+// block and Content-Length body), or whatever came before the server closed or 5 s passed.
+// (No half-close: httplib drops the answer to a peer that has shut down its sending side.)
+std::string RawExchange(int port, const std::string& bytes) {
+  const int fd = Connect(port, /*receive_timeout_s=*/5);
+  if (fd < 0) return "connect failed";
   size_t sent = 0;
   while (sent < bytes.size()) {
     ssize_t n = send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
@@ -955,22 +962,6 @@ TEST(HttpEndpoint, ConcurrentScrapesAllSucceed) {
 }
 
 
-// A connected socket to 127.0.0.1:port with a 10 s receive timeout, or -1.
-int Connect(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  timeval tv{10, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
 
 void SendAll(int fd, const std::string& bytes) {
   size_t sent = 0;
