@@ -86,8 +86,16 @@ RequestRecord OneTurn(const RunContext& ctx, HttpClient& client, const json& mes
   rec.turn = turn;
   ChatStreamState st;
   const Clock::time_point sent = Clock::now();
+  Clock::time_point last_chunk;
   SseParser sse([&](std::string_view data) {
-    if (st.Add(data)) rec.ttft_ms = SecondsBetween(sent, Clock::now()) * 1e3;
+    const int64_t chunks_before = st.content_chunks;
+    const bool first = st.Add(data);
+    const Clock::time_point now = Clock::now();
+    if (first) rec.ttft_ms = SecondsBetween(sent, now) * 1e3;
+    if (st.content_chunks > chunks_before) {
+      if (chunks_before > 0) rec.itl_ms.push_back(SecondsBetween(last_chunk, now) * 1e3);
+      last_chunk = now;
+    }
   });
   const auto deadline = sent + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o.timeout_s));
   const HttpClient::Response resp =
@@ -114,6 +122,7 @@ RequestRecord OneTurn(const RunContext& ctx, HttpClient& client, const json& mes
     rec.completion_tokens = st.completion_tokens >= 0 ? st.completion_tokens : st.content_chunks;
     rec.prompt_tokens = st.prompt_tokens;
     rec.cached_tokens = st.cached_tokens;
+    rec.answer = st.text;
     *answer = st.text;
   }
   return rec;
@@ -150,6 +159,7 @@ void RunSession(const RunContext& ctx, uint64_t session_seed, std::vector<Reques
     ++ctx.counters->sent;
     std::string answer;
     out->push_back(OneTurn(ctx, client, messages, turn, &answer));
+    out->back().session = tag;
     if (out->back().ok) {
       ++ctx.counters->completed;
       messages.push_back({{"role", "assistant"}, {"content", answer}});
@@ -158,6 +168,17 @@ void RunSession(const RunContext& ctx, uint64_t session_seed, std::vector<Reques
       messages.erase(messages.size() - 1);
     }
   }
+}
+
+// --answers: one JSON line per request (rate, session tag, turn, ok, answer), appended, so two
+// runs with the same seed can be compared answer by answer (e.g. with and without a cache).
+void AppendAnswers(const std::string& path, double rate, const std::vector<RequestRecord>& records) {
+  std::ofstream f(path, std::ios::app);
+  for (const RequestRecord& r : records) {
+    f << json{{"rate", rate}, {"session", r.session}, {"turn", r.turn}, {"ok", r.ok}, {"answer", r.answer}}.dump()
+      << "\n";
+  }
+  if (!f) Progress("cannot write the answers to %s", path.c_str());
 }
 
 struct RateResult {
@@ -232,6 +253,7 @@ RateResult RunAtRate(const ServeLoadOptions& o, const BaseUrl& url, const std::s
   r.sessions = static_cast<int64_t>(slots.size());
   r.summary = serve_load::Summarize(records, o.slo_ttft_ms, elapsed);
   r.meets_slo = serve_load::MeetsSlo(r.summary, o.max_failed_fraction);
+  if (!o.answers.empty()) AppendAnswers(o.answers, rate, records);
   Progress("rate %g/s done in %.1f s: %lld sessions, sent %lld, completed %lld, failed %lld, TTFT p90 %.0f ms, %s",
            rate, elapsed, static_cast<long long>(r.sessions), static_cast<long long>(r.summary.sent),
            static_cast<long long>(r.summary.completed), static_cast<long long>(r.summary.failed),
@@ -342,13 +364,14 @@ Status WriteChart(const ServeLoadOptions& o, const std::string& label, const jso
 }
 
 void PrintTable(const std::vector<RateResult>& results) {
-  std::printf("%8s %8s %6s %6s %6s %9s %9s %9s %8s %9s %7s %9s %s\n", "rate/s", "sessions", "sent", "ok", "failed",
-              "ttft_p50", "ttft_p90", "ttft_p99", "tpot", "e2e_p90", "cached", "goodput", "SLO");
+  std::printf("%8s %8s %6s %6s %6s %9s %9s %9s %8s %9s %9s %7s %9s %s\n", "rate/s", "sessions", "sent", "ok", "failed",
+              "ttft_p50", "ttft_p90", "ttft_p99", "tpot", "itl_p99", "e2e_p90", "cached", "goodput", "SLO");
   for (const RateResult& r : results) {
     const LoadSummary& s = r.summary;
-    std::printf("%8g %8lld %6lld %6lld %6lld %7.0fms %7.0fms %7.0fms %6.1fms %7.0fms %6.1f%% %7.2f/s %s\n", r.rate,
-                static_cast<long long>(r.sessions), static_cast<long long>(s.sent), static_cast<long long>(s.completed),
-                static_cast<long long>(s.failed), s.ttft_p50_ms, s.ttft_p90_ms, s.ttft_p99_ms, s.tpot_ms, s.e2e_p90_ms,
+    std::printf("%8g %8lld %6lld %6lld %6lld %7.0fms %7.0fms %7.0fms %6.1fms %7.0fms %7.0fms %6.1f%% %7.2f/s %s\n",
+                r.rate, static_cast<long long>(r.sessions), static_cast<long long>(s.sent),
+                static_cast<long long>(s.completed), static_cast<long long>(s.failed), s.ttft_p50_ms, s.ttft_p90_ms,
+                s.ttft_p99_ms, s.tpot_ms, s.itl_p99_ms, s.e2e_p90_ms,
                 100 * s.cached_token_fraction, s.goodput_rps, r.meets_slo ? "holds" : "breaks");
     for (const auto& [error, n] : s.errors) std::printf("         failed: %lld x %s\n", static_cast<long long>(n), error.c_str());
   }
@@ -395,6 +418,10 @@ int RunServeLoadBench(const ServeLoadOptions& o) {
   Progress("%s at %s: %zu rate(s), %d turns per session, think %g s, max_tokens %d, SLO p90 TTFT <= %g ms",
            model.c_str(), o.url.c_str(), rates.size(), o.turns, o.think_s, o.max_tokens, o.slo_ttft_ms);
 
+  if (!o.answers.empty() && !std::ofstream(o.answers, std::ios::trunc)) {
+    std::fprintf(stderr, "kvault bench serve: cannot write --answers %s\n", o.answers.c_str());
+    return 2;
+  }
   std::vector<RateResult> results;
   std::vector<serve_load::SweepPoint> points;
   for (size_t i = 0; i < rates.size(); ++i) {

@@ -38,6 +38,7 @@ struct ServeLoadOptions {
   std::string chart;                           // SVG of TTFT p90 vs offered load
   std::vector<std::string> chart_with;         // other servers' --json outputs, drawn beside
   std::string label;                           // this server's name on the chart (default: model)
+  std::string answers;                         // JSON lines of every request's answer ("": none)
   double progress_s = 5;                       // seconds between progress lines on stderr
   bool json = false;
 };

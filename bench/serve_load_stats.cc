@@ -35,7 +35,7 @@ LoadSummary Summarize(const std::vector<RequestRecord>& records, double slo_ttft
   LoadSummary s;
   s.elapsed_s = elapsed_s;
   s.slo_ttft_ms = slo_ttft_ms;
-  std::vector<double> ttft, tpot, e2e;
+  std::vector<double> ttft, tpot, e2e, itl;
   int max_turn = 0;
   for (const RequestRecord& r : records) max_turn = std::max(max_turn, r.turn);
   std::vector<std::vector<double>> turn_ttft(static_cast<size_t>(max_turn));
@@ -56,6 +56,7 @@ LoadSummary Summarize(const std::vector<RequestRecord>& records, double slo_ttft
     e2e.push_back(r.e2e_ms);
     if (r.ttft_ms <= slo_ttft_ms) ++s.met_slo;
     if (r.completion_tokens >= 2) tpot.push_back((r.e2e_ms - r.ttft_ms) / static_cast<double>(r.completion_tokens - 1));
+    itl.insert(itl.end(), r.itl_ms.begin(), r.itl_ms.end());
     s.completion_tokens += r.completion_tokens;
     if (r.prompt_tokens >= 0) {
       ++s.usage_reported;
@@ -77,6 +78,9 @@ LoadSummary Summarize(const std::vector<RequestRecord>& records, double slo_ttft
   s.ttft_mean_ms = Mean(ttft);
   s.tpot_ms = Mean(tpot);
   s.tpot_p50_ms = Percentile(tpot, 50);
+  s.itl_p50_ms = Percentile(itl, 50);
+  s.itl_p99_ms = Percentile(itl, 99);
+  s.itl_max_ms = Percentile(itl, 100);
   s.e2e_p50_ms = Percentile(e2e, 50);
   s.e2e_p90_ms = Percentile(e2e, 90);
   s.e2e_p99_ms = Percentile(e2e, 99);
@@ -124,6 +128,9 @@ nlohmann::json ToJson(const LoadSummary& s) {
           {"ttft_mean_ms", Figure(s.ttft_mean_ms)},
           {"tpot_ms", Figure(s.tpot_ms)},
           {"tpot_p50_ms", Figure(s.tpot_p50_ms)},
+          {"itl_p50_ms", Figure(s.itl_p50_ms)},
+          {"itl_p99_ms", Figure(s.itl_p99_ms)},
+          {"itl_max_ms", Figure(s.itl_max_ms)},
           {"e2e_p50_ms", Figure(s.e2e_p50_ms)},
           {"e2e_p90_ms", Figure(s.e2e_p90_ms)},
           {"e2e_p99_ms", Figure(s.e2e_p99_ms)},

@@ -25,6 +25,11 @@ struct RequestRecord {
   int64_t completion_tokens = 0;   // usage.completion_tokens, else the content chunks counted
   int64_t prompt_tokens = -1;      // usage.prompt_tokens; -1: not reported
   int64_t cached_tokens = -1;      // usage.prompt_tokens_details.cached_tokens; -1: not reported
+  // Inter-token latency: the gaps between consecutive content chunks after the first (what a
+  // reader of the stream sees stall), in arrival order.
+  std::vector<double> itl_ms;
+  std::string session;             // the session's tag (the same seed gives the same tags)
+  std::string answer;              // the answer's text (completed requests)
 };
 
 // The p-th percentile (0..100) by linear interpolation between the closest ranks (NumPy's
@@ -49,6 +54,8 @@ struct LoadSummary {
   // Time per output token of a request: (e2e - ttft) / (completion_tokens - 1), over completed
   // requests with at least 2 output tokens; tpot_ms is their mean, tpot_p50_ms the median.
   double tpot_ms = 0, tpot_p50_ms = 0;
+  // Inter-token latency over every gap of every completed request (RequestRecord::itl_ms).
+  double itl_p50_ms = 0, itl_p99_ms = 0, itl_max_ms = 0;
   double e2e_p50_ms = 0, e2e_p90_ms = 0, e2e_p99_ms = 0;
   int64_t prompt_tokens = 0, cached_tokens = 0, completion_tokens = 0;
   int64_t usage_reported = 0;                   // completed requests that reported usage

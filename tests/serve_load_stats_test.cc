@@ -97,6 +97,24 @@ TEST(ServeLoadStats, SummaryCountsFiguresAndGoodput) {
   }
 }
 
+// Inter-token latency pools every gap of every completed request; a failed request's gaps
+// never count.
+TEST(ServeLoadStats, InterTokenLatencyPoolsTheGapsOfCompletedRequests) {
+  RequestRecord a = Ok(1, 100, 400, 4, 300, 0);
+  a.itl_ms = {10, 250, 40};  // a stall of 250 ms behind another request's prefill
+  RequestRecord b = Ok(2, 100, 200, 3, 300, 0);
+  b.itl_ms = {20, 30};
+  RequestRecord failed = Failed(1, "stream cut");
+  failed.itl_ms = {5000};
+  const LoadSummary s = Summarize({a, b, failed}, 2000, 1.0);
+  // Gaps 10, 20, 30, 40, 250.
+  EXPECT_DOUBLE_EQ(s.itl_p50_ms, 30);
+  EXPECT_DOUBLE_EQ(s.itl_p99_ms, 40 + 0.96 * 210);
+  EXPECT_DOUBLE_EQ(s.itl_max_ms, 250);
+  const nlohmann::json j = ToJson(s);
+  for (const char* key : {"itl_p50_ms", "itl_p99_ms", "itl_max_ms"}) EXPECT_TRUE(j.contains(key)) << key;
+}
+
 TEST(ServeLoadStats, NothingCompletedGivesNullPercentilesAndNoSlo) {
   const LoadSummary s = Summarize({Failed(1, "connect: Connection refused")}, 2000, 1.0);
   EXPECT_EQ(s.failed, 1);

@@ -27,7 +27,13 @@ Per mode: start the server (fresh state), sweep the session rates (--sweep: stop
 rate whose p90 TTFT breaks the SLO), stop it and start it again on the same store / cache
 directory, then replay the sweep's first rate with the same seed: the same sessions send the
 same prompts again, so what the server kept over the restart shows as cached tokens and a
-faster first turn. Results go to OUT:
+faster first turn. Then (unless --no-live-restart) a third run at that rate with a new seed
+during which the server is stopped and started again halfway: the requests the restart costs
+(failed) and what the sessions find afterwards. Every request's answer is logged
+(raw/<mode>.<phase>.answers.jsonl), so the summary compares each mode's answers with
+kvault-nocache's for the same sessions and turns (greedy: a cache must not change them), and
+the server's RSS is sampled every 2 s (raw/<mode>.rss.<phase>.txt: is memory flat?). Results
+go to OUT:
 
   OUT/<mode>.json      one JSON per mode: the sweep (per rate: TTFT p50/p90/p99, tpot, sent,
                        failed, cached_token_fraction, ...), max_rate_at_slo, the restart
@@ -58,6 +64,7 @@ Options:
   --duration-s S       seconds of arrivals per rate (default 60; --quick 10)
   --turns N            requests per session (default 6; --quick 4)
   --think-s S          seconds between an answer and the next question (default 2; --quick 1)
+  --no-live-restart    skip the run with a restart under live traffic
   --documents N        documents in a session's first message (default 1)
   --max-tokens N       tokens per answer (default 16)
   --slo-ttft-ms MS     the SLO on p90 TTFT (default 2000)
@@ -82,7 +89,7 @@ die() { echo "serve_peers: $*" >&2; exit 2; }
 log() { echo "serve_peers [$(date -u +%H:%M:%S)] $*" >&2; }
 
 # ---- options ---------------------------------------------------------------------------------
-QUICK=0 DRY_RUN=0 OUT="" MODES="$ALL_MODES" KVAULT_BIN="${KVAULT:-$ROOT/build/kvault}" MODEL=""
+QUICK=0 DRY_RUN=0 LIVE_RESTART=1 OUT="" MODES="$ALL_MODES" KVAULT_BIN="${KVAULT:-$ROOT/build/kvault}" MODEL=""
 THREADS="" VENV="${LLAMACPP_VENV:-/work/llamacpp-venv}" RATES="0.05,0.1,0.2,0.4,0.8"
 DURATION="" TURNS="" THINK="" DOCUMENTS=1 MAX_TOKENS=16 SLO_MS=2000 TIMEOUT="" SEED=3
 T1_GIB="" T2_GIB="" CTX=4096 PORT=18089 START_TIMEOUT=180
@@ -91,6 +98,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
     --quick) QUICK=1; shift; continue ;;
+    --no-live-restart) LIVE_RESTART=0; shift; continue ;;
     --dry-run) DRY_RUN=1; shift; continue ;;
     --out) need_arg "$@"; OUT=$2 ;;
     --modes) need_arg "$@"; MODES=$2 ;;
@@ -131,6 +139,7 @@ for pair in "threads:$THREADS" "duration-s:$DURATION" "turns:$TURNS" "think-s:$T
             "t2-gib:$T2_GIB" "ctx-size:$CTX" "port:$PORT" "start-timeout-s:$START_TIMEOUT"; do
   [[ ${pair#*:} =~ $num ]] || die "--${pair%%:*} must be a number, got '${pair#*:}'"
 done
+[[ $SEED =~ ^[0-9]+$ ]] || die "--seed must be a whole number, got '$SEED'"
 [[ $RATES =~ ^[0-9.]+(,[0-9.]+)*$ ]] || die "--rates must be comma-separated numbers, got '$RATES'"
 FIRST_RATE=$(tr ',' '\n' <<<"$RATES" | sort -g | head -n1)
 for m in $MODES; do
@@ -221,6 +230,7 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   [[ -z $SERVER_PID ]] || log "stopping server $SERVER_PID"
+  stop_rss_sampler
   stop_server
   exit "$rc"
 }
@@ -284,12 +294,31 @@ start_server() {  # mode phase; sets SERVER_PID; returns 1 (with the log's tail)
 
 peak_rss_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$SERVER_PID/status" 2>/dev/null || true; }
 
-bench() {  # out_json bench_log args...: kvault bench serve against the running server
-  local out=$1 logf=$2
-  shift 2
+bench() {  # out_json bench_log seed args...: kvault bench serve against the running server
+  local out=$1 logf=$2 seed=$3
+  shift 3
   "$KVAULT_BIN" bench serve --url "$URL" --model "$MODEL_ID" --turns "$TURNS" --think-s "$THINK" \
     --documents "$DOCUMENTS" --max-tokens "$MAX_TOKENS" --slo-ttft-ms "$SLO_MS" --timeout-s "$TIMEOUT" \
-    --seed "$SEED" --duration-s "$DURATION" --progress-s 10 --json "$@" >"$out" 2> >(tee "$logf" >&2)
+    --seed "$seed" --duration-s "$DURATION" --progress-s 10 --answers "${out%.json}.answers.jsonl" --json "$@" \
+    >"$out" 2> >(tee "$logf" >&2)
+}
+
+# Samples the server's resident memory every 2 s ("unix_time rss_kib" lines) until it exits or
+# stop_rss_sampler; one sampler at a time.
+RSS_SAMPLER=""
+start_rss_sampler() {  # file
+  local pid=$SERVER_PID file=$1
+  ( while [[ -r /proc/$pid/status ]]; do
+      awk -v t="$(date +%s.%N)" '/^VmRSS:/ {print t, $2}' "/proc/$pid/status" 2>/dev/null || break
+      sleep 2
+    done ) >"$file" &
+  RSS_SAMPLER=$!
+}
+stop_rss_sampler() {
+  [[ -n $RSS_SAMPLER ]] || return 0
+  kill "$RSS_SAMPLER" 2>/dev/null || true
+  wait "$RSS_SAMPLER" 2>/dev/null || true
+  RSS_SAMPLER=""
 }
 
 FAILED=0
@@ -313,11 +342,14 @@ run_mode() {  # mode is_last
   fi
   log "$mode: sweep at $RATES sessions/s"
   echo "sweep_started_at=$(date +%s.%N)" >>"$meta"
-  if ! bench "$OUT/raw/$mode.sweep.json" "$OUT/logs/$mode.sweep.log" --sweep --rates "$RATES" --label "$mode" "${chart[@]}"; then
+  start_rss_sampler "$OUT/raw/$mode.rss.sweep.txt"
+  if ! bench "$OUT/raw/$mode.sweep.json" "$OUT/logs/$mode.sweep.log" "$SEED" --sweep --rates "$RATES" --label "$mode" "${chart[@]}"; then
     echo "error=kvault bench serve failed (logs/$mode.sweep.log)" >>"$meta"
+    stop_rss_sampler
     stop_server
     return 1
   fi
+  stop_rss_sampler
   DONE_SWEEPS+=("$OUT/raw/$mode.sweep.json")
   [[ $mode != kvault-* ]] || curl -sf --max-time 10 "$URL/metrics" >"$OUT/raw/$mode.metrics.1.txt" || true
   echo "rss_peak_kib_1=$(peak_rss_kib)" >>"$meta"
@@ -334,15 +366,47 @@ run_mode() {  # mode is_last
   echo "restart_s=$(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 2))" "$t_stop" "$t_up")" >>"$meta"
   log "$mode: replay of the sweep's first rate ($FIRST_RATE sessions/s, same seed)"
   echo "replay_started_at=$(date +%s.%N)" >>"$meta"
-  if ! bench "$OUT/raw/$mode.replay.json" "$OUT/logs/$mode.replay.log" --rate "$FIRST_RATE" --label "$mode after restart"; then
+  start_rss_sampler "$OUT/raw/$mode.rss.replay.txt"
+  if ! bench "$OUT/raw/$mode.replay.json" "$OUT/logs/$mode.replay.log" "$SEED" --rate "$FIRST_RATE" --label "$mode after restart"; then
     echo "error=kvault bench serve failed after the restart (logs/$mode.replay.log)" >>"$meta"
+    stop_rss_sampler
     stop_server
     return 1
   fi
+  stop_rss_sampler
   [[ $mode != kvault-* ]] || curl -sf --max-time 10 "$URL/metrics" >"$OUT/raw/$mode.metrics.2.txt" || true
   echo "rss_peak_kib_2=$(peak_rss_kib)" >>"$meta"
+  [[ $LIVE_RESTART == 0 ]] || live_restart "$mode" "$meta" || { stop_server; return 1; }
   stop_server
   log "=== $mode: done"
+}
+
+# A run at the first rate with a new seed (new sessions) during which the server is stopped
+# (SIGTERM) and started again halfway through the arrivals: the load generator counts what the
+# restart costs as failed requests (connection refused or cut) and goes on.
+live_restart() {  # mode meta
+  local mode=$1 meta=$2 bench_pid t_stop
+  log "$mode: live restart: $FIRST_RATE sessions/s with seed $((SEED + 1)), the server restarted after $((${DURATION%.*} / 2)) s"
+  echo "live_started_at=$(date +%s.%N)" >>"$meta"
+  bench "$OUT/raw/$mode.live.json" "$OUT/logs/$mode.live.log" "$((SEED + 1))" --rate "$FIRST_RATE" \
+    --label "$mode, live restart" &
+  bench_pid=$!
+  sleep "$(python3 -c "import sys; print(float(sys.argv[1]) / 2)" "$DURATION")"
+  t_stop=$(date +%s.%N)
+  stop_server
+  if ! start_server "$mode" 3; then
+    echo "error=the server did not start again during the live restart (logs/$mode.server.3.log)" >>"$meta"
+    wait "$bench_pid" 2>/dev/null || true
+    return 1
+  fi
+  echo "live_restart_s=$(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 2))" "$t_stop" "$(date +%s.%N)")" >>"$meta"
+  start_rss_sampler "$OUT/raw/$mode.rss.live.txt"
+  if ! wait "$bench_pid"; then
+    echo "error=kvault bench serve failed in the live restart run (logs/$mode.live.log)" >>"$meta"
+    stop_rss_sampler
+    return 1
+  fi
+  stop_rss_sampler
 }
 
 log "output: $OUT; kvault: $KVAULT_BIN; model: $MODEL; threads: $THREADS"

@@ -9,7 +9,10 @@ Per mode, run.sh leaves under OUT/raw/:
   <mode>.meta            key=value lines: command, threads, start/restart seconds, peak RSS,
                          the unix times the sweep and the replay started
   <mode>.metrics.{1,2}.txt   kvault serve's /metrics before each stop (kvault modes)
-  <mode>.usage.{1,2}.jsonl   llamacpp_server.py's per-request log (llama.cpp modes)
+  <mode>.usage.{1,2,3}.jsonl llamacpp_server.py's per-request log (llama.cpp modes)
+  <mode>.live.json       `kvault bench serve --json` of the run with a restart under live traffic
+  <mode>.<phase>.answers.jsonl  every request's answer (rate, session, turn, ok, answer)
+  <mode>.rss.<phase>.txt "unix_time rss_kib" samples of the server every 2 s
 
     summarize.py OUT MODE [MODE ...]
 """
@@ -119,6 +122,42 @@ def usage_by_run(rows, start, runs):
     return sums
 
 
+def load_answers(path):
+    """{(rate, session, turn): answer} of the completed requests of an answers log."""
+    out = {}
+    for row in load_usage(path):
+        if row.get("ok"):
+            out[(row.get("rate"), row.get("session"), row.get("turn"))] = row.get("answer")
+    return out
+
+
+def compare_answers(mine, reference):
+    """How many requests that completed in both runs got the same answer."""
+    common = [k for k in mine if k in reference]
+    equal = sum(1 for k in common if mine[k] == reference[k])
+    return {"compared": len(common), "equal": equal}
+
+
+def rss_figures(path):
+    """Resident memory over a phase: after its first quarter, at its end, and its maximum (MiB).
+    Flat memory: the end is not above the first quarter's level by more than noise."""
+    samples = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 2:
+                    samples.append(int(parts[1]))
+    except (OSError, ValueError):
+        return None
+    if len(samples) < 4:
+        return None
+    mib = lambda kib: round(kib / 1024, 1)
+    quarter = samples[len(samples) // 4]
+    return {"samples": len(samples), "quarter_mib": mib(quarter), "end_mib": mib(samples[-1]),
+            "max_mib": mib(max(samples)), "growth_mib": mib(samples[-1] - quarter)}
+
+
 def turn1(run):
     turns = run.get("by_turn") or []
     return turns[0] if turns else {}
@@ -179,6 +218,18 @@ def mode_json(out_dir, mode):
         })
         restart["store_after_restart"] = store_figures(prom_counters(os.path.join(raw, mode + ".metrics.2.txt")))
     result["restart"] = restart
+    live = load_json(os.path.join(raw, mode + ".live.json"))
+    if live is not None:
+        if llama:
+            rows = load_usage(os.path.join(raw, mode + ".usage.3.jsonl")) + [
+                r for r in load_usage(os.path.join(raw, mode + ".usage.2.jsonl"))
+                if r["t"] >= float(meta.get("live_started_at") or 0)]
+            p = sum(r["prompt_tokens"] for r in rows)
+            live["cached_token_fraction"] = fraction(sum(r["cached_tokens"] for r in rows), p)
+        result["live_restart"] = {"restart_s": float(meta["live_restart_s"]) if meta.get("live_restart_s") else None,
+                                  "run": live}
+    result["rss"] = {phase: rss_figures(os.path.join(raw, f"{mode}.rss.{phase}.txt"))
+                     for phase in ("sweep", "replay", "live")}
     return result
 
 
@@ -247,21 +298,21 @@ def summary_md(modes):
     lines.append("")
     lines.append("Every rate tried:")
     lines.append("")
-    lines.append("| mode | sessions/s | sessions | requests (failed) | TTFT p50 / p90 / p99 ms | tpot ms | cached | goodput req/s | SLO |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    lines.append("| mode | sessions/s | sessions | requests (failed) | TTFT p50 / p90 / p99 ms | tpot ms | ITL p99 ms | cached | goodput req/s | SLO |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for m in modes:
         for run in m.get("rates") or []:
             lines.append(
                 f"| {m['mode']} | {run['offered_rate']:g} | {run.get('sessions')} | {run.get('sent')} ({run.get('failed')}) "
                 f"| {fmt(run.get('ttft_p50_ms'))} / {fmt(run.get('ttft_p90_ms'))} / {fmt(run.get('ttft_p99_ms'))} "
-                f"| {fmt(run.get('tpot_ms'))} | {pct(run.get('cached_token_fraction'))} | {fmt(run.get('goodput_rps'), 2)} "
+                f"| {fmt(run.get('tpot_ms'))} | {fmt(run.get('itl_p99_ms'))} | {pct(run.get('cached_token_fraction'))} | {fmt(run.get('goodput_rps'), 2)} "
                 f"| {'holds' if run.get('meets_slo') else 'breaks'} |")
         rep = (m.get("restart") or {}).get("replay")
         if rep:
             lines.append(
                 f"| {m['mode']} after restart | {rep['offered_rate']:g} | {rep.get('sessions')} | {rep.get('sent')} ({rep.get('failed')}) "
                 f"| {fmt(rep.get('ttft_p50_ms'))} / {fmt(rep.get('ttft_p90_ms'))} / {fmt(rep.get('ttft_p99_ms'))} "
-                f"| {fmt(rep.get('tpot_ms'))} | {pct(rep.get('cached_token_fraction'))} | {fmt(rep.get('goodput_rps'), 2)} "
+                f"| {fmt(rep.get('tpot_ms'))} | {fmt(rep.get('itl_p99_ms'))} | {pct(rep.get('cached_token_fraction'))} | {fmt(rep.get('goodput_rps'), 2)} "
                 f"| {'holds' if rep.get('meets_slo') else 'breaks'} |")
     stores = [(m["mode"], m.get("store_before_restart"), (m.get("restart") or {}).get("store_after_restart"))
               for m in modes if (m.get("store_before_restart") or {}).get("lookup_hit_tokens_t1", 0) + (m.get("store_before_restart") or {}).get("lookup_miss_tokens", 0) > 0]
@@ -277,6 +328,25 @@ def summary_md(modes):
                     lines.append(f"| {mode} | {phase} | {fmt(s['lookup_hit_tokens_t1'])} | {fmt(s['lookup_hit_tokens_t2'])} "
                                  f"| {fmt(s['lookup_miss_tokens'])} | {fmt(s['t1_evictions'])} | {fmt(s['promotions'])} "
                                  f"| {fmt(s['prefetches'])} | {fmt(s['t1_dropped_unpersisted'])} |")
+    lines.append("")
+    lines.append("Answers (greedy), memory and a restart under live traffic:")
+    lines.append("")
+    lines.append("| mode | answers = kvault-nocache's (same session and turn) | replay after restart = sweep | "
+                 "RSS MiB over the sweep: after 1/4 → end (max) | live restart: failed / sent, restart s, "
+                 "cached, TTFT p90 ms |")
+    lines.append("|---|---:|---:|---:|---|")
+    for m in modes:
+        a = m.get("answers_vs_kvault_nocache")
+        r = m.get("answers_replay_vs_sweep")
+        rss = (m.get("rss") or {}).get("sweep")
+        live = m.get("live_restart") or {}
+        run = live.get("run") or {}
+        a_text = f"{a['equal']}/{a['compared']}" if a else "–"
+        r_text = f"{r['equal']}/{r['compared']}" if r else "–"
+        rss_text = f"{fmt(rss['quarter_mib'])} → {fmt(rss['end_mib'])} ({fmt(rss['max_mib'])})" if rss else "–"
+        live_text = (f"{run.get('failed')} / {run.get('sent')}, {fmt(live.get('restart_s'), 1)} s, "
+                     f"{pct(run.get('cached_token_fraction'))}, {fmt(run.get('ttft_p90_ms'))}") if run else "–"
+        lines.append(f"| {m['mode']} | {a_text} | {r_text} | {rss_text} | {live_text} |")
     errors = [(m["mode"], m["error"]) for m in modes if m.get("error")]
     if errors:
         lines.append("")
@@ -290,8 +360,16 @@ def main():
         sys.exit(__doc__)
     out_dir, names = sys.argv[1], sys.argv[2:]
     modes = []
+    raw = os.path.join(out_dir, "raw")
+    reference = load_answers(os.path.join(raw, "kvault-nocache.sweep.answers.jsonl"))
     for name in names:
         m = mode_json(out_dir, name)
+        mine = load_answers(os.path.join(raw, name + ".sweep.answers.jsonl"))
+        if reference and name != "kvault-nocache":
+            m["answers_vs_kvault_nocache"] = compare_answers(mine, reference)
+        replayed = load_answers(os.path.join(raw, name + ".replay.answers.jsonl"))
+        if replayed:  # the replay repeats the sweep's first rate with the same seed
+            m["answers_replay_vs_sweep"] = compare_answers(replayed, mine)
         with open(os.path.join(out_dir, name + ".json"), "w", encoding="utf-8") as f:
             json.dump(m, f, indent=1)
             f.write("\n")

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <exception>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -61,19 +62,24 @@ struct Engine::Impl {
         connector(opt, planner),
         worker(o.store, TransferFor(pool, n.layout(), o.store), model->config().num_layers) {}
 
-  // The logits of a prefill's passes: a recomputed head's (when asked for), then the rest's.
-  struct PromptLogits {
-    torch::Tensor head, rest;
-  };
-
-  Status Prefill(Sequence& s);
+  // A prefill, over one or more steps (chunked prefill). StartPrefill checks the request, fits
+  // it into the context window, leases its pages and computes its first piece over its cached
+  // prefix; ContinuePrefill computes the next piece. Each computes at most `budget` new tokens
+  // (a recomputed head may overrun it) and adds the tokens it computed to `computed`. When
+  // s.length reaches s.prompt_len, FinishPrefill samples the first token.
+  Status StartPrefill(Sequence& s, int64_t budget, int64_t& computed);
+  Status ContinuePrefill(Sequence& s, int64_t budget, int64_t& computed);
+  void FinishPrefill(Sequence& s);
   Status CheckRequest(const Sequence& s) const;
   Status FitContext(Sequence& s) const;
   Status LeasePages(Sequence& s);
-  Status ComputePrompt(Sequence& s, const std::shared_ptr<PrefillMeasurements>& measured, PromptLogits& out);
+  Status ComputeFirstPiece(Sequence& s, const std::shared_ptr<PrefillMeasurements>& measured, int64_t budget,
+                           int64_t& computed);
   torch::Tensor RecomputeHead(Sequence& s, int64_t head, PrefillKvIo& io, double& ms);
   int64_t AccountCachedPrefix(Sequence& s, int64_t head, PrefillKvIo& io);
-  void EmitFirstToken(Sequence& s, const PromptLogits& logits);
+  // Where the saves may reach once new positions [0, end) are computed: the last whole chunk's
+  // end, or the prompt's end (its partial last chunk is saved with it).
+  int64_t SavesBoundary(const Sequence& s, int64_t end) const;
   // Before s's prefill: hints the store with s and the queued requests behind it.
   void HintQueue(const Sequence& s);
   void DecodeStep();
@@ -92,6 +98,7 @@ struct Engine::Impl {
   mutable std::mutex queue_mu;
   std::deque<std::unique_ptr<Sequence>> queue;  // GUARDED_BY(queue_mu); popped by the engine loop only
   uint64_t next_id = 1;                          // GUARDED_BY(queue_mu)
+  std::unique_ptr<Sequence> prefilling;            // engine loop thread only: a prefill begun, not done
   std::vector<std::unique_ptr<Sequence>> running;  // engine loop thread only
 
   planner::LoadPlanner planner;    // asked and taught by the connector's scheduler side only
@@ -99,26 +106,50 @@ struct Engine::Impl {
   KvConnectorWorker worker;        // the store's worker side: loads and saves, layer by layer (after the pool)
 };
 
-// A prefill, step by step: check the request, fit it into the context window and lease its
-// pages; compute the prompt over its cached prefix (the connector's two sides); let the planner
-// learn what this prefill measured; sample the first token.
-Status Engine::Impl::Prefill(Sequence& s) {
+// A prefill's first step: check the request, fit it into the context window and lease its
+// pages; compute its first piece over its cached prefix (the connector's two sides); let the
+// planner learn what this step measured.
+Status Engine::Impl::StartPrefill(Sequence& s, int64_t budget, int64_t& computed) {
   KVAULT_RETURN_IF_ERROR(CheckRequest(s));
   KVAULT_RETURN_IF_ERROR(FitContext(s));
   KVAULT_RETURN_IF_ERROR(LeasePages(s));
   auto measured = std::make_shared<PrefillMeasurements>();
-  PromptLogits logits;
-  Status computed;
+  Status st;
   try {
-    computed = ComputePrompt(s, measured, logits);
+    st = ComputeFirstPiece(s, measured, budget, computed);
   } catch (...) {  // the worker side is done with the prefill: what it measured is complete
     connector.Learn(*measured);
     throw;
   }
   connector.Learn(*measured);
-  KVAULT_RETURN_IF_ERROR(computed);
-  EmitFirstToken(s, logits);
+  return st;
+}
+
+// A later piece: the cached prefix and the earlier pieces are in the pages, nothing loads; the
+// chunks this piece completes are saved once the device has computed them.
+Status Engine::Impl::ContinuePrefill(Sequence& s, int64_t budget, int64_t& computed) {
+  const int64_t from = s.length, to = from + std::min(s.prompt_len - from, budget);
+  const auto t0 = Clock::now();
+  s.piece_logits.push_back(
+      model->Forward(TokenIds(s, from, to, opt.chunk_tokens), from, *s.kv, s.params.return_prompt_logits));
+  KVAULT_RETURN_IF_ERROR(worker.ComputeFinished());
+  const double ms = MsSince(t0);
+  s.result.forward_ms += ms;
+  PrefillMeasurements pass;
+  pass.passes.push_back({to - from, from, ms / 1e3});
+  connector.Learn(pass);
+  s.length = to;
+  computed += to - from;
+  const int64_t saves_to = SavesBoundary(s, to);
+  if (connector.saves_prompt() && saves_to > s.saves_from) {
+    worker.SaveComputed(connector.BeginSaves(s, s.saves_from, saves_to), s.kv->lease());
+    s.saves_from = saves_to;
+  }
   return Status::OK();
+}
+
+int64_t Engine::Impl::SavesBoundary(const Sequence& s, int64_t end) const {
+  return end == s.prompt_len ? end : end / opt.chunk_tokens * opt.chunk_tokens;
 }
 
 Status Engine::Impl::CheckRequest(const Sequence& s) const {
@@ -160,11 +191,12 @@ Status Engine::Impl::LeasePages(Sequence& s) {
   return Status::OK();
 }
 
-// The prompt's KV and logits. The scheduler side matches the cached prefix once and plans it;
-// the worker side loads the planned chunks while a planned head is recomputed, then the rest
-// computes layer by layer as the loaded layers land, its new KV saved as each layer is done.
-Status Engine::Impl::ComputePrompt(Sequence& s, const std::shared_ptr<PrefillMeasurements>& measured,
-                                   PromptLogits& out) {
+// The prompt's first piece: its KV and logits. The scheduler side matches the cached prefix
+// once and plans it; the worker side loads the planned chunks while a planned head is
+// recomputed, then the first `budget` new tokens compute layer by layer as the loaded layers
+// land, the new KV of the chunks they complete saved as each layer is done.
+Status Engine::Impl::ComputeFirstPiece(Sequence& s, const std::shared_ptr<PrefillMeasurements>& measured,
+                                       int64_t budget, int64_t& computed) {
   const int64_t m = s.prompt_len;
   // 1. Match the cached prefix (once) and plan it; start loading the chunks to load.
   const auto lookup_start = Clock::now();
@@ -176,30 +208,34 @@ Status Engine::Impl::ComputePrompt(Sequence& s, const std::shared_ptr<PrefillMea
 
   // 2. Recompute a planned head while the tail loads; then take what opened.
   double head_ms = 0;
-  if (head > 0) out.head = RecomputeHead(s, head, *io, head_ms);
+  if (head > 0) s.head_logits = RecomputeHead(s, head, *io, head_ms);
   const int64_t start = AccountCachedPrefix(s, head, *io);
+  const int64_t end = start + std::min(m - start, budget);  // budget may be the maximum
 
-  // 3. Begin the saves of the chunks holding new KV; their layers go out as they compute.
-  if (connector.saves_prompt()) io->StartSaves(connector.BeginSaves(s, start, m), s.kv->lease());
+  // 3. Begin the saves of the chunks this piece completes; their layers go out as they compute.
+  const int64_t saves_to = SavesBoundary(s, end);
+  if (connector.saves_prompt()) io->StartSaves(connector.BeginSaves(s, start, saves_to), s.kv->lease());
+  s.saves_from = std::max(start, saves_to);
 
-  // 4. Compute the rest: layer l waits for its loaded KV, then releases its new KV to the saver.
-  const torch::Tensor ids = TokenIds(s, start, m, opt.chunk_tokens);
+  // 4. Compute the piece: layer l waits for its loaded KV, then releases its new KV to the saver.
+  const torch::Tensor ids = TokenIds(s, start, end, opt.chunk_tokens);
   const auto forward_start = Clock::now();
   {
     PrefillKvIo::ForwardHooks hooks(*io, *s.kv);
-    out.rest = model->Forward(ids, start, *s.kv, s.params.return_prompt_logits);
+    s.piece_logits.push_back(model->Forward(ids, start, *s.kv, s.params.return_prompt_logits));
   }
   // 5. Close the pass: the saves go on with every layer, or drop after a failed load.
   const Status device_done = io->PassFinished();
   s.result.forward_ms = MsSince(forward_start);
-  io->RecordPass(m - start, start, s.result.forward_ms);
+  io->RecordPass(end - start, start, s.result.forward_ms);
   s.result.forward_ms += head_ms;
   if (io->load_failed() || !device_done.ok()) {  // save nothing computed over a failed copy
     io->EndSaves(false);
     return io->load_failed() ? Status::Corruption("cached KV could not be copied") : device_done;
   }
   io->EndSaves(true);
-  s.length = m;
+  s.length = end;
+  computed += end - start + std::min(head, start);
   s.result.load_wait_ms = io->load_wait_ms();
   s.result.load_copy_ms = measured->copy_ms;  // the pass waited for the last layer: written
   s.result.loaded_bytes = measured->copied_bytes;
@@ -245,13 +281,21 @@ int64_t Engine::Impl::AccountCachedPrefix(Sequence& s, int64_t head, PrefillKvIo
   return start;
 }
 
-void Engine::Impl::EmitFirstToken(Sequence& s, const PromptLogits& logits) {
-  s.next_token = Sample(s, logits.rest[logits.rest.size(0) - 1]);
+void Engine::Impl::FinishPrefill(Sequence& s) {
+  const torch::Tensor& last = s.piece_logits.back();
+  s.next_token = Sample(s, last[last.size(0) - 1]);
   s.result.output_tokens.push_back(s.next_token);
   s.result.ttft_ms = MsSince(s.submitted);
-  s.result.prompt_logits = logits.head.defined() && s.params.return_prompt_logits
-                               ? torch::cat({logits.head, logits.rest})
-                               : logits.rest;
+  if (s.params.return_prompt_logits) {
+    std::vector<torch::Tensor> rows;
+    if (s.head_logits.defined()) rows.push_back(s.head_logits);
+    rows.insert(rows.end(), s.piece_logits.begin(), s.piece_logits.end());
+    s.result.prompt_logits = rows.size() == 1 ? rows[0] : torch::cat(rows);
+  } else {
+    s.result.prompt_logits = last;
+  }
+  s.head_logits = torch::Tensor();
+  s.piece_logits.clear();
   Emitted(s);
 }
 
@@ -356,59 +400,88 @@ uint64_t Engine::Submit(std::vector<uint32_t> prompt, SamplingParams params, std
   return id;
 }
 
+// One iteration: prefill (a piece of the prefill in progress, then queued requests, in arrival
+// order, while the budget of computed tokens lasts and the batch has room), then one decode
+// step. A prefill that finishes joins the running requests; one that fails ends at once.
 bool Engine::Step() {
+  Impl& im = *impl_;
   bool did = false;
-  while (static_cast<int64_t>(impl_->running.size()) < options_.max_batch) {
-    std::unique_ptr<Sequence> s;
-    {
-      std::lock_guard<std::mutex> lock(impl_->queue_mu);
-      if (impl_->queue.empty()) break;
-      s = std::move(impl_->queue.front());
-      impl_->queue.pop_front();
-    }
-    impl_->HintQueue(*s);
-    auto prefill = [&]() -> Status {
-      try {
-        return impl_->Prefill(*s);
-      } catch (const std::exception& e) {  // a LibTorch error: fail this request, not the loop
-        s->kv.reset();
-        return Status::InvalidArgument(std::string("prefill failed: ") + e.what());
+  int64_t budget = options_.prefill_chunk_tokens > 0 ? options_.prefill_chunk_tokens
+                                                     : std::numeric_limits<int64_t>::max();
+  auto end_request = [&](std::unique_ptr<Sequence> s, Status st) {
+    s->result.status = std::move(st);
+    s->kv.reset();
+    if (s->done) s->done(std::move(s->result));
+  };
+  while (budget > 0) {
+    int64_t computed = 0;
+    Status st;
+    if (im.prefilling) {  // the prefill in progress: its next piece
+      if (im.prefilling->params.cancel && im.prefilling->params.cancel->load(std::memory_order_relaxed)) {
+        end_request(std::move(im.prefilling), Status::OK());  // the client went away: no tokens
+        did = true;
+        continue;
       }
-    };
-    Status st = prefill();
-    if (st.code() == Code::kResourceExhausted && impl_->running.empty()) {
-      s->kv.reset();
-      impl_->worker.WaitForSaves();  // pages may be held only by saves still copying out
-      st = prefill();
-    }
-    if (st.code() == Code::kResourceExhausted && !impl_->running.empty()) {
-      s->kv.reset();
-      std::lock_guard<std::mutex> lock(impl_->queue_mu);
-      impl_->queue.push_front(std::move(s));  // wait for running requests to free pages
-      break;
+      try {
+        st = im.ContinuePrefill(*im.prefilling, budget, computed);
+      } catch (const std::exception& e) {  // a LibTorch error: fail this request, not the loop
+        st = Status::InvalidArgument(std::string("prefill failed: ") + e.what());
+      }
+    } else {  // a queued request, while the batch has room
+      if (static_cast<int64_t>(im.running.size()) >= options_.max_batch) break;
+      {
+        std::lock_guard<std::mutex> lock(im.queue_mu);
+        if (im.queue.empty()) break;
+        im.prefilling = std::move(im.queue.front());
+        im.queue.pop_front();
+      }
+      Sequence& s = *im.prefilling;
+      im.HintQueue(s);
+      auto start = [&]() -> Status {
+        try {
+          return im.StartPrefill(s, budget, computed);
+        } catch (const std::exception& e) {  // a LibTorch error: fail this request, not the loop
+          s.kv.reset();
+          return Status::InvalidArgument(std::string("prefill failed: ") + e.what());
+        }
+      };
+      st = start();
+      if (st.code() == Code::kResourceExhausted && im.running.empty()) {
+        s.kv.reset();
+        im.worker.WaitForSaves();  // pages may be held only by saves still copying out
+        st = start();
+      }
+      if (st.code() == Code::kResourceExhausted && !im.running.empty()) {
+        s.kv.reset();
+        std::lock_guard<std::mutex> lock(im.queue_mu);
+        im.queue.push_front(std::move(im.prefilling));  // wait for running requests to free pages
+        break;
+      }
     }
     did = true;
+    budget -= std::max<int64_t>(computed, 1);
     if (!st.ok()) {
-      s->result.status = st;
-      s->kv.reset();
-      if (s->done) s->done(std::move(s->result));
+      end_request(std::move(im.prefilling), st);
       continue;
     }
-    if (s->stopped) {
-      impl_->Finish(*s);
+    if (im.prefilling->length < im.prefilling->prompt_len) continue;  // more pieces to come
+    im.FinishPrefill(*im.prefilling);
+    if (im.prefilling->stopped) {
+      im.Finish(*im.prefilling);
+      im.prefilling.reset();
     } else {
-      impl_->running.push_back(std::move(s));
+      im.running.push_back(std::move(im.prefilling));
     }
   }
-  if (!impl_->running.empty()) {
+  if (!im.running.empty()) {
     try {
-      impl_->DecodeStep();
+      im.DecodeStep();
     } catch (const std::exception& e) {  // a LibTorch error: fail the running requests, not the loop
-      for (auto& r : impl_->running) {
+      for (auto& r : im.running) {
         r->result.status = Status::InvalidArgument(std::string("decode failed: ") + e.what());
-        impl_->Finish(*r);
+        im.Finish(*r);
       }
-      impl_->running.clear();
+      im.running.clear();
     }
     did = true;
   }

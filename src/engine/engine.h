@@ -40,6 +40,12 @@ struct EngineOptions {
   int64_t chunk_tokens = 256;       // store chunk = KV page size
   int64_t kv_pool_tokens = 1 << 16; // KV pool capacity
   int64_t max_batch = 16;           // decode batch (continuous batching)
+  // Chunked prefill: each Step computes at most this many prompt tokens (one prefill at a time,
+  // in arrival order), then runs one decode step for the running requests, so a long prompt
+  // never stalls their decoding for longer than this many tokens' compute. A cached prefix
+  // loaded from the store costs nothing from it; a recomputed head (the planner's split) is
+  // one pass and may overrun it. 0: no limit (every admitted prompt prefills whole first).
+  int64_t prefill_chunk_tokens = 0;
   Store* store = nullptr;           // nullptr: store off, every prefill is a full recompute
   std::string tenant = "default";
   bool save_prompt = true;          // save the prompt's new KV
@@ -120,8 +126,9 @@ class Engine {
   // Queues a request; `done` runs on the engine loop's thread when it finishes.
   uint64_t Submit(std::vector<uint32_t> prompt, SamplingParams params,
                   std::function<void(RequestResult)> done = nullptr);
-  // One scheduler iteration: admit and prefill queued requests, one decode step for all
-  // running ones. Returns false when there is nothing to do.
+  // One scheduler iteration: prefill queued requests (at most prefill_chunk_tokens computed
+  // tokens of them, when set), then one decode step for all running ones. Returns false when
+  // there is nothing to do.
   bool Step();
   void RunUntilIdle();
   // Submit + RunUntilIdle for one request.

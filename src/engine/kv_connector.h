@@ -142,6 +142,9 @@ class KvConnectorWorker {
   void SaveComputed(std::vector<PendingSave> saves, std::shared_ptr<PageLease> lease);
   // Returns when every load and save posted so far is done.
   void WaitForSaves();
+  // Returns when the device has finished the compute queued so far (CUDA; at once on the host):
+  // a pass's new KV is in the pages before SaveComputed copies it out.
+  Status ComputeFinished();
 
  private:
   friend class PrefillKvIo;

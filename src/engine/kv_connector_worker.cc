@@ -104,6 +104,10 @@ void KvConnectorWorker::PostSaves(std::vector<PendingSave> saves, std::shared_pt
   });
 }
 
+Status KvConnectorWorker::ComputeFinished() {
+  return transfer_->asynchronous() ? transfer_->ComputeFinished() : Status::OK();
+}
+
 void KvConnectorWorker::WaitForSaves() {
   loader_.WaitIdle();
   saver_.WaitIdle();

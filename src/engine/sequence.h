@@ -44,6 +44,12 @@ struct Sequence {
   int64_t prompt_len = 0;  // kept prompt tokens (new positions)
   std::unique_ptr<SequenceKv> kv;
   int64_t length = 0;        // positions whose KV is in the pool
+  // A prefill in progress (chunked prefill computes it over several steps): the first new
+  // position whose chunk's save has not been begun, and the logits of the passes so far (a
+  // recomputed head's, then each piece's; every row only when prompt logits are asked for).
+  int64_t saves_from = 0;
+  torch::Tensor head_logits;
+  std::vector<torch::Tensor> piece_logits;
   uint32_t next_token = 0;   // sampled, not yet fed
   bool stopped = false;
   RequestResult result;

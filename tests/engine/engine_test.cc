@@ -2,6 +2,7 @@
 // context overflow; continuous batching; look-ahead.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <random>
@@ -411,6 +412,101 @@ TEST_F(EngineTest, BatchedDecodeMatchesSequential) {
   EXPECT_EQ(ahead[1], prompts[1]);
   e.RunUntilIdle();
   EXPECT_EQ(batched, alone);
+}
+
+// Chunked prefill computes a prompt in pieces of prefill_chunk_tokens over several steps: the
+// logits equal a full recompute whatever the piece size (aligned to the store's chunks or not),
+// with and without a cached prefix, and the KV each piece saves is exact: an engine that
+// prefills whole finds it and computes the same logits over it.
+TEST_F(EngineTest, ChunkedPrefillComputesAndSavesTheSameKv) {
+  const auto system = RandomTokens(60, 37);  // 2 chunks + 5 tokens
+  for (int64_t piece : {1, 5, 16, 23, 64}) {
+    SCOPED_TRACE("prefill_chunk_tokens " + std::to_string(piece));
+    store_.reset();
+    std::filesystem::remove_all(dir_);
+    OpenStore();
+    EngineOptions o = Options();
+    o.prefill_chunk_tokens = piece;
+    std::vector<uint32_t> first = Concat(system, RandomTokens(61, 50));
+    std::vector<uint32_t> second = Concat(system, RandomTokens(62, 29));
+    {
+      Engine chunked(model_, o);
+      auto r1 = chunked.Generate(first, Params(3, true));
+      EXPECT_EQ(r1.hit_tokens, 0);
+      EXPECT_EQ(r1.computed_tokens, 87);
+      ExpectMatchesRecompute(first, r1);
+      chunked.WaitForSaves();
+      auto r2 = chunked.Generate(second, Params(3, true));  // the system prompt's 2 whole chunks cached
+      EXPECT_EQ(r2.hit_tokens, 32);
+      ExpectMatchesRecompute(second, r2);
+      chunked.WaitForSaves();
+    }
+    Engine whole(model_, Options());
+    auto again = whole.Generate(first, Params(1, true));
+    EXPECT_EQ(again.hit_tokens, 86);  // every chunk the pieces saved, the partial last one too
+    ExpectMatchesRecompute(first, again);
+  }
+}
+
+// While a long prompt prefills in pieces, the running request keeps decoding: one of its
+// tokens between pieces. Prefilled whole, the long prompt's first token comes before the
+// running request's next one.
+TEST_F(EngineTest, ChunkedPrefillKeepsRunningRequestsDecoding) {
+  for (int64_t piece : {0, 32}) {
+    SCOPED_TRACE("prefill_chunk_tokens " + std::to_string(piece));
+    EngineOptions o = Options();
+    o.store = nullptr;
+    o.prefill_chunk_tokens = piece;
+    Engine e(model_, o);
+    std::vector<std::string> events;  // "a" per token of the running request, "B" for the long one's first
+    SamplingParams running = Params(40);
+    running.on_token = [&](uint32_t) { events.push_back("a"); };
+    e.Submit(RandomTokens(63, 10), running);
+    ASSERT_TRUE(e.Step());  // prefilled and decoding
+    SamplingParams longp = Params(2);
+    longp.on_token = [&](uint32_t) { events.push_back("B"); };
+    RequestResult long_result;
+    e.Submit(RandomTokens(64, 300), longp, [&](RequestResult r) { long_result = std::move(r); });
+    const size_t before = events.size();
+    e.RunUntilIdle();
+    ASSERT_TRUE(long_result.status.ok());
+    const auto first_b = std::find(events.begin() + static_cast<long>(before), events.end(), "B");
+    ASSERT_NE(first_b, events.end());
+    const auto decoded_meanwhile = std::count(events.begin() + static_cast<long>(before), first_b, "a");
+    if (piece == 0) {
+      EXPECT_EQ(decoded_meanwhile, 0);
+    } else {
+      EXPECT_EQ(decoded_meanwhile, 300 / 32);  // 10 pieces: a decode step after each of the first 9
+    }
+  }
+}
+
+// A request whose client went away while its prompt prefills in pieces ends at the next piece,
+// with no tokens, and the requests behind it go on.
+TEST_F(EngineTest, ACancelledPrefillEndsBetweenPieces) {
+  EngineOptions o = Options();
+  o.store = nullptr;
+  o.prefill_chunk_tokens = 16;
+  Engine e(model_, o);
+  auto cancel = std::make_shared<std::atomic<bool>>(false);
+  SamplingParams p = Params(4);
+  p.cancel = cancel;
+  RequestResult cancelled, next;
+  bool cancelled_done = false;
+  e.Submit(RandomTokens(65, 200), p, [&](RequestResult r) {
+    cancelled = std::move(r);
+    cancelled_done = true;
+  });
+  e.Submit(RandomTokens(66, 20), Params(3), [&](RequestResult r) { next = std::move(r); });
+  ASSERT_TRUE(e.Step());
+  EXPECT_FALSE(cancelled_done);
+  cancel->store(true);
+  e.RunUntilIdle();
+  ASSERT_TRUE(cancelled_done);
+  EXPECT_TRUE(cancelled.status.ok());
+  EXPECT_TRUE(cancelled.output_tokens.empty());
+  ASSERT_TRUE(next.status.ok()) << next.status.ToString();
+  EXPECT_EQ(next.output_tokens.size(), 3u);
 }
 
 // Rotating pre-RoPE keys at shifted positions equals computing the keys at those positions:
