@@ -10,6 +10,8 @@
 
 namespace {
 
+using kvault::KvCodec;
+using kvault::KvLayout;
 using kvault::Tier;
 using kvault::planner::LoadPlanner;
 using kvault::planner::PlanChunk;
@@ -265,6 +267,95 @@ TEST(LoadPlannerTest, MeasuredRatesFeedThePlan) {
   EXPECT_NEAR(plan.copy_gbps, 10.0, 1e-9);
   EXPECT_NEAR(plan.prefill_per_token_us, kPerToken * 1e6, 0.1);
   EXPECT_NE(plan.ToJson().find("\"plan\""), std::string::npos);
+}
+
+// Llama-3-8B's KV layout (32 layers, 8 KV heads of 128, bf16): a 512-token chunk is 64 MiB
+// raw, 17.4 MB in int4 (3.85x), 34 MB in int8 (1.97x).
+KvLayout Llama8bLayout() { return KvLayout{32, 8, 128, kvault::DType::kBF16, 512, kvault::RopeMode::kPreRope}; }
+
+TEST(LoadPlannerTest, StoredPlanChunkCarriesTheTiersStoredSize) {
+  const KvLayout l = Llama8bLayout();
+  const PlanChunk t2 = kvault::planner::StoredPlanChunk(Tier::kT2, l, 512, KvCodec::kInt4);
+  EXPECT_EQ(t2.bytes, 512 * kTokenBytes);
+  EXPECT_EQ(t2.stored_bytes, kvault::EncodedChunkBytes(KvCodec::kInt4, l, 512));
+  EXPECT_EQ(t2.codec, KvCodec::kInt4);
+  const PlanChunk t1 = kvault::planner::StoredPlanChunk(Tier::kT1, l, 100, KvCodec::kInt4);  // T1 is raw
+  EXPECT_EQ(t1.bytes, 100 * kTokenBytes);
+  EXPECT_EQ(t1.codec, KvCodec::kNone);
+  EXPECT_EQ(t1.stored_bytes, 0u);
+}
+
+// One 512-token chunk on a 2 GB/s disk, 128 new tokens: reading its 64 MiB raw (34 ms) loses
+// to recomputing it (32 ms in all), so the planner recomputes. Stored in int4 the read is
+// 8.7 ms plus 3.4 ms of decode at 20 GB/s: loading wins. At a 2 GB/s decode the decode alone
+// (34 ms) loses again; int8 (17 ms read + 3.4 ms decode) loads.
+TEST(LoadPlannerTest, ACompressedT2MovesTheLoadOrRecomputeLine) {
+  const KvLayout l = Llama8bLayout();
+  auto chunk = [&](KvCodec codec) { return std::vector<PlanChunk>{kvault::planner::StoredPlanChunk(Tier::kT2, l, 512, codec)}; };
+  LoadPlanner::Options fast = Rates(2.0, 55);
+  fast.fixed_decode_gbps = 20;
+  LoadPlanner::Options slow = fast;
+  slow.fixed_decode_gbps = 2;
+  auto p = Trained(fast), q = Trained(slow);
+
+  const auto raw = p->Plan(chunk(KvCodec::kNone), 128);
+  EXPECT_EQ(raw.kind, PlanKind::kRecompute) << raw.ToJson();
+  EXPECT_DOUBLE_EQ(raw.decode_gbps, 0);
+  const auto int4 = p->Plan(chunk(KvCodec::kInt4), 128);
+  EXPECT_EQ(int4.kind, PlanKind::kLoad) << int4.ToJson();
+  EXPECT_DOUBLE_EQ(int4.decode_gbps, 20);
+  EXPECT_LT(int4.load_all_ms, raw.load_all_ms / 2);
+  EXPECT_DOUBLE_EQ(int4.recompute_all_ms, raw.recompute_all_ms);
+  EXPECT_EQ(p->Plan(chunk(KvCodec::kInt8), 128).kind, PlanKind::kLoad);
+  const auto int4_slow = q->Plan(chunk(KvCodec::kInt4), 128);
+  EXPECT_EQ(int4_slow.kind, PlanKind::kRecompute) << int4_slow.ToJson();
+  EXPECT_GT(int4_slow.load_all_ms, raw.load_all_ms);
+
+  // The prediction is the pipeline over read = stored / read rate + raw / decode rate.
+  const PlanChunk c = chunk(KvCodec::kInt4)[0];
+  const double read = double(c.stored_bytes) / 2e9 + double(c.bytes) / 20e9;
+  const double expected = kvault::planner::PipelinedPrefillSeconds(0, read, double(c.bytes) / 55e9,
+                                                                    p->prefill_model().Seconds(128, 512), 32);
+  EXPECT_NEAR(p->PredictSeconds(chunk(KvCodec::kInt4), 128, 0), expected, 1e-12);
+  // A chunk in T1 is raw whatever its codec says.
+  std::vector<PlanChunk> dram = chunk(KvCodec::kInt4);
+  dram[0].tier = Tier::kT1;
+  EXPECT_NEAR(p->PredictSeconds(dram, 128, 0),
+              kvault::planner::PipelinedPrefillSeconds(0, 0, double(c.bytes) / 55e9, p->prefill_model().Seconds(128, 512), 32),
+              1e-12);
+}
+
+// On a longer prefix the codec moves the split point: more of it is worth loading.
+TEST(LoadPlannerTest, ACompressedT2LoadsMoreOfALongPrefix) {
+  const KvLayout l = Llama8bLayout();
+  LoadPlanner::Options o = Rates(1.2, 55);
+  o.fixed_decode_gbps = 10;
+  auto p = Trained(o);
+  auto loaded = [](const kvault::planner::LoadPlan& plan) {
+    return plan.cached_chunks - plan.recompute_chunks - plan.tail_recompute_chunks;
+  };
+  const auto raw = p->Plan(std::vector<PlanChunk>(16, kvault::planner::StoredPlanChunk(Tier::kT2, l, 512, KvCodec::kNone)), 128);
+  const auto int4 = p->Plan(std::vector<PlanChunk>(16, kvault::planner::StoredPlanChunk(Tier::kT2, l, 512, KvCodec::kInt4)), 128);
+  EXPECT_GT(loaded(int4), loaded(raw)) << raw.ToJson() << "\n" << int4.ToJson();
+  EXPECT_LT(int4.predicted_ms, raw.predicted_ms);
+}
+
+TEST(LoadPlannerTest, MeasuredDecodeRatesArePerCodec) {
+  LoadPlanner::Options o = Rates(1.0, 55);
+  o.recent_weight = 0.5;
+  auto p = Trained(o);
+  const KvLayout l = Llama8bLayout();
+  const std::vector<PlanChunk> int4(1, kvault::planner::StoredPlanChunk(Tier::kT2, l, 512, KvCodec::kInt4));
+  const std::vector<PlanChunk> int8(1, kvault::planner::StoredPlanChunk(Tier::kT2, l, 512, KvCodec::kInt8));
+  const double int4_unmeasured = p->PredictSeconds(int4, 128, 0);  // no decode rate yet: no decode term
+  p->ObserveDecode(KvCodec::kInt4, 4'000'000'000, 1.0);  // 4 GB/s
+  p->ObserveDecode(KvCodec::kInt4, 2'000'000'000, 1.0);  // 2 GB/s: the average moves halfway
+  p->ObserveDecode(KvCodec::kNone, 1'000'000'000, 1.0);  // nothing to decode: ignored
+  p->ObserveDecode(KvCodec::kInt4, 0, 1.0);              // ignored
+  EXPECT_NEAR(p->Plan(int4, 128).decode_gbps, 3.0, 1e-9);
+  EXPECT_DOUBLE_EQ(p->Plan(int8, 128).decode_gbps, 0);
+  EXPECT_NEAR(p->PredictSeconds(int4, 128, 0) - int4_unmeasured, double(int4[0].bytes) / 3e9, 1e-9);
+  EXPECT_NE(p->Plan(int4, 128).ToJson().find("\"decode_gbps\":3"), std::string::npos);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 
 #include <string>
 
+#include "kvault/kv_codec.h"
 #include "replay/simulator.h"
 #include "replay/replay_tiers.h"
 #include "replay/trace.h"
@@ -409,6 +410,186 @@ TEST(SimulatorTest, BadOptionsAreErrors) {
   o = SmallOptions("lru", 4);
   o.cost.pcie_gbps = 0;
   EXPECT_EQ(RunReplay(t, o).status().code(), Code::kInvalidArgument);
+}
+
+// --- compressed T2 (issue 18) -----------------------------------------------------------
+
+// A model whose layout the codecs take (2 layers, 2 KV heads of 64, bf16: 1 KiB of KV per
+// token, a 512-token chunk = 512 KiB = one page), T1 of `t1_chunks` chunks, T2 off.
+ReplayOptions CodecOptions(uint64_t t1_chunks) {
+  ReplayOptions o;
+  o.model.name = "codec-test";
+  o.model.layers = 2;
+  o.model.q_heads = 2;
+  o.model.kv_heads = 2;
+  o.model.head_dim = 64;
+  o.model.params = 1e6;
+  o.page_bytes = 512 << 10;
+  o.t1_bytes = t1_chunks * (512 << 10);
+  o.t2_bytes = 0;
+  o.policy = "lru";
+  o.engines = 1;
+  o.window = 0;
+  o.cost.codec_decode_gbps = 8;
+  o.cost.codec_encode_gbps = 4;
+  return o;
+}
+
+// T2 counts an encoded record at its stored size, as the store does: a 512-token int4 chunk
+// is 140,288 payload bytes (a 147,456-byte record against 528,384 raw), so the same T2 holds
+// 3.58x the chunks.
+TEST(ReplayTiersTest, AnEncodedT2HoldsItsRatioMoreChunks) {
+  const KvLayout layout = CodecOptions(1).model.Layout(512);
+  ASSERT_EQ(layout.token_bytes(), 1024u);
+  const uint64_t raw_record = 4096 + 512 * 1024;
+  const uint64_t t2_cap = 10 * raw_record;
+  auto on_t2 = [&](KvCodec codec) {
+    AccessWindow window;
+    auto m = ReplayTiers::Create(/*t1=*/2 * (512 << 10), t2_cap, 512 << 10, 1024, 512, "lru", {&window, nullptr},
+                                 T2Encoding{codec, layout});
+    EXPECT_TRUE(m.ok()) << m.status().ToString();
+    ReplayTiers& tiers = *m.value();
+    EXPECT_EQ(tiers.t2_stored_bytes(512), EncodedChunkBytes(codec, layout, 512));
+    EXPECT_EQ(tiers.t2_stored_bytes(100), EncodedChunkBytes(codec, layout, 100));  // a partial chunk
+    ChunkKey parent;
+    for (int i = 0; i < 60; ++i) {
+      ChunkKey k;
+      k.bytes[0] = static_cast<uint8_t>(i + 1);
+      bool created = false;
+      Entry* e = tiers.Put(TraceChunk{k, 512}, parent, &created);
+      EXPECT_TRUE(e != nullptr && tiers.WriteToT2(e));
+      EXPECT_LE(tiers.t2_used(), tiers.t2_capacity());
+      parent = k;
+    }
+    size_t n = 0;
+    tiers.core().ForEach([&](const Entry* e) { n += e->on_t2; });
+    EXPECT_EQ(tiers.t2_used(), n * (4096 + (EncodedChunkBytes(codec, layout, 512) + 4095) / 4096 * 4096));
+    return n;
+  };
+  EXPECT_EQ(EncodedChunkBytes(KvCodec::kInt4, layout, 512), 140288u);
+  EXPECT_EQ(on_t2(KvCodec::kNone), 10u);
+  EXPECT_EQ(on_t2(KvCodec::kInt8), 19u);  // 270,336-byte payloads: 274,432-byte records
+  EXPECT_EQ(on_t2(KvCodec::kInt4), 35u);  // 147,456-byte records
+  // An overridden KV size keeps the layout's ratio.
+  AccessWindow window;
+  auto scaled = ReplayTiers::Create(512 << 10, t2_cap, 512 << 10, 2048, 512, "lru", {&window, nullptr},
+                                    T2Encoding{KvCodec::kInt4, layout});
+  ASSERT_TRUE(scaled.ok());
+  EXPECT_EQ(scaled.value()->t2_stored_bytes(512), 2 * EncodedChunkBytes(KvCodec::kInt4, layout, 512));
+  // A layout the codec cannot take is refused.
+  KvLayout odd = layout;
+  odd.head_dim = 48;
+  EXPECT_EQ(ReplayTiers::Create(512 << 10, t2_cap, 512 << 10, 768, 512, "lru", {&window, nullptr},
+                                T2Encoding{KvCodec::kInt4, odd})
+                .status()
+                .code(),
+            Code::kInvalidArgument);
+}
+
+// An encoded T2 hit costs its stored bytes at the disk's rate plus its raw bytes at the
+// decode rate, and the planner sees exactly that: the service time is its prediction for
+// the codec's chunks. Where raw records are recomputed, int4 ones are worth reading (here a
+// split: a head recomputed while the rest is read), unless their decode is slow.
+TEST(SimulatorTest, AnEncodedT2HitCostsItsReadAndDecodeAsThePlannerPredicts) {
+  const Trace t = MustParse(MooncakeLine(0, 2048, {1, 2, 3, 4}) + MooncakeLine(100000, 2048, {10, 11, 12, 13}) +
+                            MooncakeLine(200000, 2148, {1, 2, 3, 4, 5}));
+  struct Case {
+    KvCodec codec;
+    double decode_gbps;
+    planner::PlanKind kind;
+  };
+  // 512 KiB chunks at 0.1 GB/s: 5.2 ms per raw chunk, 1.4 ms in int4, against ~1 ms of
+  // recompute per chunk; a 0.05 GB/s decode adds 10.5 ms per chunk.
+  for (const Case& c : {Case{KvCodec::kNone, 8, planner::PlanKind::kRecompute},
+                        Case{KvCodec::kInt4, 1e3, planner::PlanKind::kSplit},
+                        Case{KvCodec::kInt4, 0.05, planner::PlanKind::kRecompute}}) {
+    ReplayOptions o = CodecOptions(4);
+    o.t2_bytes = 64 << 20;
+    o.t2_codec = c.codec;
+    o.cost.codec_decode_gbps = c.decode_gbps;
+    o.cost.prefill_tflops = 1;  // 2 us per token
+    o.cost.t2_read_gbps = 0.1;
+    o.cost.t2_write_gbps = 1e6;  // nothing waits for the write-behind
+    o.cost.codec_encode_gbps = 1e6;
+    auto r = RunReplay(t, o);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    ASSERT_EQ(r->hit_tokens_t1, 0u);
+    // How much of r0's chain T2 kept is the store's rules' (as in the test above).
+    ASSERT_GE(r->hit_tokens_t2, 1024u);
+    ASSERT_EQ(r->hit_tokens_t2 % 512, 0u);
+    const size_t n = r->hit_tokens_t2 / 512;
+    const KvLayout layout = o.model.Layout(512);
+    const std::vector<planner::PlanChunk> chunks(n, planner::StoredPlanChunk(Tier::kT2, layout, 512, c.codec));
+    const planner::LoadPlanner p(o.cost.PinnedPlannerOptions(o.model, o.planner));
+    const planner::LoadPlan plan = p.Plan(chunks, static_cast<int64_t>(2148 - r->hit_tokens_t2));
+    EXPECT_EQ(plan.kind, c.kind) << KvCodecName(c.codec) << " " << plan.ToJson();
+    EXPECT_NEAR(r->service_ms[2], plan.predicted_ms, plan.predicted_ms * 1e-9) << plan.ToJson();
+    const size_t loaded = n - plan.recompute_chunks;
+    EXPECT_EQ(r->reused_tokens, 512u * loaded) << plan.ToJson();
+    if (loaded > 0) {  // the formula, by hand
+      const double stored = double(EncodedChunkBytes(c.codec, layout, 512)), raw = 512.0 * 1024;
+      const double read_s = double(loaded) * (stored / 0.1e9 + raw / (c.decode_gbps * 1e9));
+      const double expected = planner::PipelinedPrefillSeconds(
+          o.cost.PrefillSeconds(o.model, 512 * plan.recompute_chunks, 0), read_s,
+          double(loaded) * raw / (o.cost.pcie_gbps * 1e9), o.cost.PrefillSeconds(o.model, 2148 - r->hit_tokens_t2, r->hit_tokens_t2), 2);
+      EXPECT_NEAR(r->service_ms[2], expected * 1e3, expected * 1e-6);
+      EXPECT_EQ(r->bytes_t2_to_t1, loaded * EncodedChunkBytes(c.codec, layout, 512));  // stored bytes
+    }
+  }
+}
+
+// On a T2 of the same bytes, int4 keeps more of the conversations than raw records do; codec
+// none is the default.
+TEST(SimulatorTest, AnInt4T2KeepsMoreOfTheTrace) {
+  const Trace t = SyntheticSessions(400);
+  ReplayOptions o = CodecOptions(8);
+  o.t2_bytes = 16 * (4096 + (256 << 10));  // 16 raw 256-token chunks
+  auto raw = RunReplay(t, o);
+  o.t2_codec = KvCodec::kNone;
+  o.cost.codec_decode_gbps = o.cost.codec_encode_gbps = 0;  // unused with none
+  auto none = RunReplay(t, o);
+  o = CodecOptions(8);
+  o.t2_bytes = 16 * (4096 + (256 << 10));
+  o.t2_codec = KvCodec::kInt4;
+  auto int4 = RunReplay(t, o);
+  ASSERT_TRUE(raw.ok() && none.ok() && int4.ok());
+  EXPECT_EQ(raw->ttft_ms, none->ttft_ms);
+  EXPECT_GT(int4->hit_tokens_t2, raw->hit_tokens_t2 * 3 / 2);
+  EXPECT_GT(int4->token_hit_rate(), raw->token_hit_rate());
+  EXPECT_LT(int4->bytes_t1_to_t2, raw->bytes_t1_to_t2);  // stored bytes
+}
+
+TEST(SimulatorTest, ACodecNeedsItsRates) {
+  const Trace t = SyntheticSessions(10);
+  ReplayOptions o = CodecOptions(4);
+  o.t2_bytes = 64 << 20;
+  o.t2_codec = KvCodec::kInt8;
+  o.cost.codec_decode_gbps = 0;
+  EXPECT_EQ(RunReplay(t, o).status().code(), Code::kInvalidArgument);
+  o.cost.codec_decode_gbps = -1;
+  EXPECT_EQ(RunReplay(t, o).status().code(), Code::kInvalidArgument);
+  o = CodecOptions(4);
+  o.t2_codec = KvCodec::kInt4;
+  o.model.head_dim = 48;  // int4 needs a power of two
+  EXPECT_EQ(RunReplay(t, o).status().code(), Code::kInvalidArgument);
+}
+
+// The rates come from real encodes and decodes of a chunk of the layout (no figure is
+// asserted: speed is the benchmarks' business).
+TEST(CostModelTest, MeasuresACodecsRates) {
+  const KvLayout layout = CodecOptions(1).model.Layout(64);
+  for (KvCodec codec : {KvCodec::kInt8, KvCodec::kInt4}) {
+    auto rates = MeasureCodecRates(codec, layout, 64, 0.01);
+    ASSERT_TRUE(rates.ok()) << rates.status().ToString();
+    EXPECT_GT(rates->decode_gbps, 0);
+    EXPECT_GT(rates->encode_gbps, 0);
+  }
+  EXPECT_EQ(MeasureCodecRates(KvCodec::kNone, layout, 64).status().code(), Code::kInvalidArgument);
+  KvLayout odd = layout;
+  odd.head_dim = 48;
+  EXPECT_EQ(MeasureCodecRates(KvCodec::kInt4, odd, 64).status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(layout.dtype, DType::kBF16);
+  EXPECT_EQ(layout.token_bytes(), CodecOptions(1).model.kv_bytes_per_token());
 }
 
 }  // namespace

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "kvault/kv_codec.h"
+
 namespace kvault {
 
 class Env;
@@ -65,6 +67,18 @@ struct StoreOptions {
   // Put T1 in a memfd mapped shared, so that other processes can map it (kvaultd does this
   // and hands the memfd to its local clients: loads copy straight out of it).
   bool shared_t1 = false;
+  // How the lower tiers store KV (docs/STORE.md, "Compressed lower tiers"; docs/CODECS.md).
+  // T1 always holds KV exactly as put (there is no t1_codec). A chunk is encoded when it is
+  // written to T2 (the write-behind) or published to T3, and decoded when it comes back into
+  // T1; each record names its codec, so records of any codec (and of older versions) read
+  // back whatever these say now. A chunk whose layout the codec cannot encode (int4 with a
+  // head_dim that is not a power of two, an f8 dtype) or whose values it refuses (NaN, Inf)
+  // is stored raw (kNone).
+  KvCodec t2_codec = KvCodec::kNone;
+  KvCodec t3_codec = KvCodec::kNone;
+  // Threads that decode one encoded chunk coming back into T1 (its layers split among them;
+  // the reading thread is one of them). 1: the reading thread alone.
+  int decode_threads = 1;
   // File operations; nullptr means Env::Default(). Not owned; must outlive the store.
   Env* env = nullptr;
   // The cluster tier (T3), opened by the store from `t3.kind`.

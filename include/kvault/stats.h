@@ -19,13 +19,24 @@ struct StoreStats {
   uint64_t hit_tokens_t3 = 0, hit_chunks_t3 = 0;  // whole chunks only in the cluster tier
   uint64_t miss_tokens = 0, miss_chunks = 0;
 
-  // Bytes moved per path.
+  // Bytes moved per path. To and from T2 and T3 they are stored bytes (encoded when the
+  // tier's codec is not none, docs/STORE.md "Compressed lower tiers"); T1 holds raw KV.
   uint64_t bytes_put = 0;        // caller -> T1
   uint64_t bytes_loaded = 0;     // T1 -> caller
   uint64_t bytes_t1_to_t2 = 0;   // write-behind
   uint64_t bytes_t2_to_t1 = 0;   // promotion on read
   uint64_t bytes_t1_to_t3 = 0;   // T3 write-behind (payload bytes published)
   uint64_t bytes_t3_to_t1 = 0;   // fetched from T3 on read
+
+  // Codecs of the lower tiers (StoreOptions::t2_codec, t3_codec).
+  uint64_t t2_chunks_encoded = 0;  // records written to T2 in a codec other than none
+  uint64_t t2_chunks_decoded = 0;  // encoded T2 records decoded into T1 (promotions, prefetches)
+  uint64_t t3_chunks_encoded = 0;  // chunks published to T3 in a codec other than none
+  uint64_t t3_chunks_decoded = 0;  // encoded T3 values decoded into T1
+  // Chunks a tier with a codec stored raw: a layout the codec cannot encode, values it refuses
+  // (NaN, Inf, beyond its range), or a short partial chunk that would take as many 4 KiB blocks
+  // encoded as raw.
+  uint64_t codec_fallbacks = 0;
 
   // Entries.
   uint64_t puts = 0, puts_deduplicated = 0;

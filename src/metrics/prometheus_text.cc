@@ -270,6 +270,14 @@ void AppendStoreMetrics(PrometheusWriter& w, const StoreStats& s, const RemoteTi
                "Chunks not published to the cluster tier (queue full, or gone from T1 before their turn).", {},
                s.t3_put_drops);
   w.AddCounter("kvault_t3_fetches_total", "Chunks read from the cluster tier into T1.", {}, s.t3_fetches);
+  const char* coded_help = "Chunks encoded by a tier's KV codec on their way down, and decoded on their way up.";
+  w.AddCounter("kvault_codec_chunks_total", coded_help, {{"tier", "t2"}, {"op", "encode"}}, s.t2_chunks_encoded);
+  w.AddCounter("kvault_codec_chunks_total", coded_help, {{"tier", "t2"}, {"op", "decode"}}, s.t2_chunks_decoded);
+  w.AddCounter("kvault_codec_chunks_total", coded_help, {{"tier", "t3"}, {"op", "encode"}}, s.t3_chunks_encoded);
+  w.AddCounter("kvault_codec_chunks_total", coded_help, {{"tier", "t3"}, {"op", "decode"}}, s.t3_chunks_decoded);
+  w.AddCounter("kvault_codec_fallbacks_total",
+               "Chunks stored raw in a tier with a codec (a layout it cannot take, NaN/Inf values, or too short to gain).", {},
+               s.codec_fallbacks);
 
   // --- Occupancy per tier.
   const char* used_help = "Bytes held in a tier (t3: what this node's client believes it holds).";

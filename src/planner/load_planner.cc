@@ -29,6 +29,7 @@ std::string LoadPlan::ToJson() const {
                       {"t2_read_gbps", t2_read_gbps},
                       {"t3_read_gbps", t3_read_gbps},
                       {"copy_gbps", copy_gbps},
+                      {"decode_gbps", decode_gbps},
                       {"t2_backlog_ms", t2_backlog_ms},
                       {"prefill_per_token_us", prefill_per_token_us},
                       {"prefill_per_pair_ns", prefill_per_pair_ns},
@@ -45,6 +46,18 @@ double PrefillModel::Seconds(int64_t n, int64_t cached) const {
   if (n <= 0) return 0;
   const double dn = static_cast<double>(n);
   return dn * (per_token_s + per_pair_s * (static_cast<double>(cached) + dn / 2));
+}
+
+PlanChunk StoredPlanChunk(Tier tier, const KvLayout& layout, uint32_t tokens, KvCodec codec) {
+  PlanChunk c;
+  c.tier = tier;
+  c.tokens = tokens;
+  c.bytes = layout.chunk_bytes(tokens);
+  if (tier == Tier::kT2 || tier == Tier::kT3) {
+    c.codec = codec;
+    c.stored_bytes = EncodedChunkBytes(codec, layout, tokens);
+  }
+  return c;
 }
 
 LoadPlanner::LoadPlanner(Options options) : options_(options) {}
@@ -69,6 +82,13 @@ void LoadPlanner::ObserveRead(Tier tier, uint64_t bytes, double seconds) {
   if (bytes == 0 || !(seconds > 0)) return;
   MutexLock lock(mu_);
   (tier == Tier::kT3 ? t3_ : t2_).Add(static_cast<double>(bytes) / seconds, options_.recent_weight);
+}
+
+void LoadPlanner::ObserveDecode(KvCodec codec, uint64_t raw_bytes, double seconds) {
+  const auto id = static_cast<size_t>(codec);
+  if (codec == KvCodec::kNone || id >= kCodecIds || raw_bytes == 0 || !(seconds > 0)) return;
+  MutexLock lock(mu_);
+  decode_[id].Add(static_cast<double>(raw_bytes) / seconds, options_.recent_weight);
 }
 
 void LoadPlanner::ObserveCopy(uint64_t bytes, double seconds) {
@@ -111,6 +131,23 @@ double LoadPlanner::ReadRateLocked(Tier tier) const {
   return options_.fixed_t2_read_gbps > 0 ? options_.fixed_t2_read_gbps * 1e9 : t2_.bytes_per_s;
 }
 
+double LoadPlanner::DecodeRateLocked(KvCodec codec) const {
+  const auto id = static_cast<size_t>(codec);
+  if (codec == KvCodec::kNone || id >= kCodecIds) return 0;
+  return options_.fixed_decode_gbps > 0 ? options_.fixed_decode_gbps * 1e9 : decode_[id].bytes_per_s;
+}
+
+double LoadPlanner::ChunkReadSecondsLocked(const PlanChunk& c) const {
+  const double rate = ReadRateLocked(c.tier);
+  const double stored = static_cast<double>(c.stored_bytes > 0 ? c.stored_bytes : c.bytes);
+  double s = rate > 0 ? stored / rate : 0;
+  if (c.codec != KvCodec::kNone) {
+    const double decode = DecodeRateLocked(c.codec);
+    if (decode > 0) s += static_cast<double>(c.bytes) / decode;
+  }
+  return s;
+}
+
 double LoadPlanner::CopyRateLocked() const {
   return options_.fixed_copy_gbps > 0 ? options_.fixed_copy_gbps * 1e9 : copy_.bytes_per_s;
 }
@@ -123,10 +160,7 @@ std::vector<LoadPlanner::Split> LoadPlanner::SplitsLocked(std::span<const PlanCh
     s = splits[i + 1];
     s.tail_bytes += static_cast<double>(chunks[i].bytes);
     if (chunks[i].tier == Tier::kT2) ++s.tail_t2_chunks;
-    if (chunks[i].tier == Tier::kT2 || chunks[i].tier == Tier::kT3) {
-      const double rate = ReadRateLocked(chunks[i].tier);
-      if (rate > 0) s.tail_read_s += static_cast<double>(chunks[i].bytes) / rate;
-    }
+    if (chunks[i].tier == Tier::kT2 || chunks[i].tier == Tier::kT3) s.tail_read_s += ChunkReadSecondsLocked(chunks[i]);
   }
   int64_t head = 0;
   for (size_t k = 0; k <= chunks.size(); ++k) {
@@ -168,6 +202,12 @@ LoadPlan LoadPlanner::Plan(std::span<const PlanChunk> chunks, int64_t new_tokens
   plan.t2_read_gbps = ReadRateLocked(Tier::kT2) / 1e9;
   plan.t3_read_gbps = ReadRateLocked(Tier::kT3) / 1e9;
   plan.copy_gbps = CopyRateLocked() / 1e9;
+  for (const PlanChunk& c : chunks) {
+    if ((c.tier == Tier::kT2 || c.tier == Tier::kT3) && c.codec != KvCodec::kNone) {
+      plan.decode_gbps = DecodeRateLocked(c.codec) / 1e9;
+      break;
+    }
+  }
   plan.t2_backlog_ms = t2_backlog_s * 1e3;
   plan.prefill_per_token_us = m.per_token_s * 1e6;
   plan.prefill_per_pair_ns = m.per_pair_s * 1e9;

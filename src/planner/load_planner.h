@@ -6,8 +6,10 @@
 // into the engine's KV pages, the new tokens then computing layer by layer as the tail's
 // layers land. The predicted time of split k (k = 0 is "load", k = n "recompute"):
 //
-//   read  = sum over the tail's T2/T3 chunks of bytes / that tier's read rate (into T1), plus
-//           the T2 read backlog when the tail has a T2 chunk (reads queued on the disk first)
+//   read  = sum over the tail's T2/T3 chunks of stored bytes / that tier's read rate (into
+//           T1), plus, for a chunk its tier holds encoded (PlanChunk::codec), its raw bytes /
+//           the codec's decode rate (the reading thread decodes it into T1 after the read);
+//           plus the T2 read backlog when the tail has a T2 chunk (reads queued on the disk first)
 //   copy  = tail bytes / copy rate (T1 -> engine pages: memcpy on a CPU, PCIe on a GPU)
 //   head  = prefill(head tokens, 0 cached);  new = prefill(new tokens, all cached)
 //   T(k)  = max(head + new,  read + copy/L + new,  read + copy + new/L)    (L = layers)
@@ -20,8 +22,9 @@
 // tokens) and only [k, j) is read and copied.
 // prefill(n, c) = n * (per_token + per_pair * (c + n/2)) (weights' GEMMs plus causal
 // attention over c cached and n new tokens), fitted by least squares over the forward passes
-// the engine observed, recent ones weighing more. Until a rate is measured the planner
-// assumes it is fast enough to load (loading is the default), and it recomputes anything
+// the engine observed, recent ones weighing more. Until a rate is measured (a read, copy or
+// decode rate) the planner assumes it is fast enough to load (loading is the default, and an
+// unmeasured decode costs nothing), and it recomputes anything
 // only when that is predicted to beat loading all by `min_gain` (model error and the
 // compute's own cost make a marginal win not worth it).
 //
@@ -35,6 +38,8 @@
 #include <string>
 #include <vector>
 
+#include "kvault/kv_codec.h"
+#include "kvault/layout.h"
 #include "kvault/store.h"
 #include "store/mutex.h"
 
@@ -43,8 +48,18 @@ namespace kvault::planner {
 struct PlanChunk {
   Tier tier = Tier::kT1;    // where the chunk is now (a lookup's CachedChunk::tier)
   int64_t tokens = 0;
-  uint64_t bytes = 0;
+  uint64_t bytes = 0;       // raw KV bytes: what lands in T1 and is copied into engine pages
+  // How a T2/T3 chunk is stored there (ignored for T1, which holds raw KV): a read moves
+  // `stored_bytes` (0: `bytes`, a raw record), and a codec other than none is then decoded
+  // (`bytes` at that codec's decode rate).
+  KvCodec codec = KvCodec::kNone;
+  uint64_t stored_bytes = 0;
 };
+
+// A chunk of `tokens` tokens of `layout` on `tier`, stored there with `codec` (T1: raw
+// whatever `codec` says): raw bytes layout.chunk_bytes(tokens), stored bytes
+// EncodedChunkBytes(codec, layout, tokens). For a caller that knows its tiers' codecs.
+PlanChunk StoredPlanChunk(Tier tier, const KvLayout& layout, uint32_t tokens, KvCodec codec);
 
 enum class PlanKind : uint8_t { kLoad, kRecompute, kSplit };
 const char* PlanKindName(PlanKind kind);  // "load", "recompute", "split"
@@ -64,6 +79,9 @@ struct LoadPlan {
   double recompute_all_ms = 0;    // T(n)
   // Inputs: the rates used (0 = not measured yet), the T2 read backlog and the prefill model.
   double t2_read_gbps = 0, t3_read_gbps = 0, copy_gbps = 0;
+  // The decode rate (raw GB/s) of the first encoded chunk's codec; 0 when no chunk is
+  // encoded or its rate is not measured yet.
+  double decode_gbps = 0;
   double t2_backlog_ms = 0;
   double prefill_per_token_us = 0, prefill_per_pair_ns = 0;
   std::string reason;  // why, in words (e.g. "no prefill measured yet: load")
@@ -97,6 +115,8 @@ class LoadPlanner {
     bool recompute_slow_tail = true;
     // Fixed rates and prefill model for tests and benchmarks; 0 / unknown = measured.
     double fixed_t2_read_gbps = 0, fixed_t3_read_gbps = 0, fixed_copy_gbps = 0;
+    // Decode rate of every codec, GB/s of raw (decoded) KV; 0 = measured per codec.
+    double fixed_decode_gbps = 0;
     PrefillModel fixed_prefill;
   };
   explicit LoadPlanner(Options options);
@@ -115,8 +135,12 @@ class LoadPlanner {
   // Measurements. A forward pass of `n` new tokens after `cached` ones took `seconds` of
   // compute (its waits for loads excluded).
   void ObservePrefill(int64_t n, int64_t cached, double seconds);
-  // `bytes` read from `tier` (kT2 or kT3) into T1 in `seconds`.
+  // `bytes` read from `tier` (kT2 or kT3) into T1 in `seconds`. For an encoded chunk: its
+  // stored bytes and the read alone (its decode goes to ObserveDecode); a caller that cannot
+  // separate the two passes raw bytes and the whole time, and its chunks with codec none.
   void ObserveRead(Tier tier, uint64_t bytes, double seconds);
+  // `raw_bytes` of KV decoded from `codec` (not none) in `seconds` (one decode's wall time).
+  void ObserveDecode(KvCodec codec, uint64_t raw_bytes, double seconds);
   // `bytes` copied from T1 into engine pages in `seconds`.
   void ObserveCopy(uint64_t bytes, double seconds);
 
@@ -135,6 +159,9 @@ class LoadPlanner {
     size_t tail_t2_chunks = 0;
   };
   double ReadRateLocked(Tier tier) const REQUIRES(mu_);
+  double DecodeRateLocked(KvCodec codec) const REQUIRES(mu_);  // bytes/s; 0: not measured
+  // Seconds to bring a T2/T3 chunk into T1: its stored bytes' read and its decode.
+  double ChunkReadSecondsLocked(const PlanChunk& c) const REQUIRES(mu_);
   double CopyRateLocked() const REQUIRES(mu_);
   PrefillModel PrefillModelLocked() const REQUIRES(mu_);
   std::vector<Split> SplitsLocked(std::span<const PlanChunk> chunks) const REQUIRES(mu_);  // [0, n]
@@ -147,6 +174,8 @@ class LoadPlanner {
   Rate t2_ GUARDED_BY(mu_);
   Rate t3_ GUARDED_BY(mu_);
   Rate copy_ GUARDED_BY(mu_);
+  static constexpr size_t kCodecIds = 3;  // KvCodec ids 0..2
+  Rate decode_[kCodecIds] GUARDED_BY(mu_);  // per KvCodec id (none's stays unused)
   // Decayed normal equations of seconds = a*x1 + b*x2 with x1 = n, x2 = n*(c + n/2).
   double s11_ GUARDED_BY(mu_) = 0;
   double s12_ GUARDED_BY(mu_) = 0;

@@ -5,13 +5,16 @@
 // model prefills 32k tokens in 1.39 s with transformers (bf16, sdpa), which this FLOP count
 // turns into an effective 580 TFLOP/s; pinned host->device copies run at 55 GB/s; its disk
 // reads 1.2 GB/s with O_DIRECT. Decode time per output token is an assumption (it does not
-// enter TTFT; see docs/REPLAY.md).
+// enter TTFT; see docs/REPLAY.md). A T2 codec's decode and encode rates are this machine's
+// (MeasureCodecRates, below) unless given.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "kvault/kv_codec.h"
+#include "kvault/layout.h"
 #include "kvault/status.h"
 #include "planner/load_planner.h"
 
@@ -35,6 +38,10 @@ struct ModelShape {
   // AttentionFlops(n, c) = AttentionFlopsPerPair() * n * (c + n/2).
   double AttentionFlopsPerPair() const;
   double PrefillFlops(uint64_t n, uint64_t cached) const { return WeightFlops(n) + AttentionFlops(n, cached); }
+  // The KV layout of the shape's chunks of `chunk_tokens` (dtype from dtype_bytes: 1 f8,
+  // 2 bf16, 4 f32): what a codec encodes. Its token_bytes() is kv_bytes_per_token() unless
+  // that is overridden.
+  KvLayout Layout(uint32_t chunk_tokens) const;
 };
 
 // llama3-8b, llama3-70b, qwen2.5-7b, qwen2.5-72b, mistral-7b.
@@ -48,6 +55,11 @@ struct CostModel {
   double t2_read_gbps = 1.2;      // T2 -> T1
   double t2_write_gbps = 1.2;     // T1 -> T2 (write-behind)
   double decode_ms_per_token = 20; // per output token of one request (not in TTFT)
+  // A lower tier's codec (ReplayOptions::t2_codec): raw KV decoded after a read / encoded
+  // before a write, GB/s (10^9) on the reading / writing thread. Unused with codec none;
+  // required > 0 otherwise.
+  double codec_decode_gbps = 0;
+  double codec_encode_gbps = 0;
   double request_overhead_ms = 0;  // fixed engine time per prefill (scheduling, sampling)
 
   double PrefillSeconds(const ModelShape& m, uint64_t n, uint64_t cached) const {
@@ -59,11 +71,25 @@ struct CostModel {
 
   // The engine's planner (planner::LoadPlanner) with these rates instead of measured ones:
   // `base` (the engine's planner options) with the model's layers, the T2 read and PCIe
-  // rates, and the prefill model PrefillSeconds charges pinned. The planner's prefill model
-  // has no fixed term: request_overhead_ms is left out of its predictions (every plan pays
+  // rates (and the codec's decode rate, when set), and the prefill model PrefillSeconds
+  // charges pinned. The planner's prefill model has no fixed term: request_overhead_ms is left out of its predictions (every plan pays
   // it once; a split, whose head is a pass of its own, twice).
   planner::LoadPlanner::Options PinnedPlannerOptions(const ModelShape& m,
                                                      planner::LoadPlanner::Options base = {}) const;
 };
+
+// A KV codec's rates on this machine, for CostModel::codec_decode_gbps / codec_encode_gbps
+// when no flag gives them.
+struct CodecRates {
+  double decode_gbps = 0;  // raw (decoded) KV per second of one thread's CPU time, 10^9 B/s
+  double encode_gbps = 0;  // raw KV encoded per second of one thread's CPU time
+};
+
+// Encodes one synthetic chunk of `tokens` tokens of `layout` (random KV-like values of the
+// layout's dtype), then times DecodeKvChunk (one thread) on it for about `seconds` of wall
+// time and EncodeKvChunk for half that, each after one untimed warm-up call, in CPU time of
+// the calling thread (so other processes on a shared machine do not slow the figure). `codec`
+// must not be none; InvalidArgument when it cannot encode `layout`.
+Result<CodecRates> MeasureCodecRates(KvCodec codec, const KvLayout& layout, uint32_t tokens, double seconds = 0.2);
 
 }  // namespace kvault::replay

@@ -1,17 +1,24 @@
 #include "replay/replay_tiers.h"
 
+#include <cmath>
+
 #include "store/record_format.h"
 
 namespace kvault::replay {
 
 Result<std::unique_ptr<ReplayTiers>> ReplayTiers::Create(uint64_t t1_bytes, uint64_t t2_bytes, uint32_t page_bytes,
                                                          uint64_t kv_bytes_per_token, uint32_t chunk_tokens,
-                                                         const std::string& policy, PolicyContext context) {
+                                                         const std::string& policy, PolicyContext context,
+                                                         T2Encoding t2_encoding) {
   if (page_bytes == 0 || page_bytes % kBlockBytes != 0) {
     return Status::InvalidArgument("page_bytes must be a positive multiple of 4096");
   }
   if (kv_bytes_per_token == 0) return Status::InvalidArgument("KV bytes per token must be positive");
   if (chunk_tokens == 0) return Status::InvalidArgument("chunk_tokens must be positive");
+  if (t2_encoding.codec != KvCodec::kNone) {
+    KVAULT_RETURN_IF_ERROR(KvCodecSupports(t2_encoding.codec, t2_encoding.layout));
+    if (t2_encoding.layout.token_bytes() == 0) return Status::InvalidArgument("the T2 codec's layout is empty");
+  }
   std::unique_ptr<ReplayTiers> m(new ReplayTiers());
   TierCore::Options co;
   co.t1_pages = static_cast<uint32_t>(t1_bytes / page_bytes);  // whole pages, like the store's arena
@@ -26,6 +33,7 @@ Result<std::unique_ptr<ReplayTiers>> ReplayTiers::Create(uint64_t t1_bytes, uint
   m->t2_cap_ = t2_bytes;
   m->kv_bytes_per_token_ = kv_bytes_per_token;
   m->layout_.chunk_tokens = chunk_tokens;
+  m->t2_encoding_ = t2_encoding;
   return m;
 }
 
@@ -112,8 +120,23 @@ Entry* ReplayTiers::Put(const TraceChunk& c, const ChunkKey& parent, bool* creat
   return e;
 }
 
+uint64_t ReplayTiers::t2_stored_bytes(uint32_t tokens) const {
+  const KvCodec codec = t2_encoding_.codec;
+  if (codec == KvCodec::kNone) return chunk_bytes(tokens);
+  const KvLayout& l = t2_encoding_.layout;
+  const uint64_t encoded = EncodedChunkBytes(codec, l, tokens);
+  if (l.token_bytes() == kv_bytes_per_token_) return encoded;
+  // An overridden KV size: the layout's compression ratio applied to it.
+  return static_cast<uint64_t>(std::ceil(double(encoded) * double(kv_bytes_per_token_) / double(l.token_bytes())));
+}
+
 bool ReplayTiers::WriteToT2(Entry* e) {
   if (t2_cap_ == 0 || e->on_t2) return e->on_t2;
+  if (t2_encoding_.codec != KvCodec::kNone) {
+    // The record's location says its stored size (TierCore::RecordBytes); replay has no segment.
+    e->location.codec = t2_encoding_.codec;
+    e->location.payload_bytes = t2_stored_bytes(e->tokens);
+  }
   if (!core_->MakeT2Room(TierCore::RecordBytes(*e), t2_cap_)) return false;
   core_->AddT2Copy(e);
   return true;

@@ -6,8 +6,9 @@
 // extends them, a read of a T2 chunk promotes it (a demand read touches its T2 copy, a
 // prefetch does not), an entry that leaves both tiers unpinned is erased. What replay does
 // its own way: a put is written to T2 at once when the caller says so (WriteToT2; the store's
-// write-behind does it later), and T2 is counted in records (4 KiB header + payload rounded
-// to 4 KiB) against a byte cap, where the store frees whole segments of its log. Trace keys
+// write-behind does it later), and T2 is counted in records (4 KiB header + stored payload
+// rounded to 4 KiB: raw, or encoded by the T2 codec as the store's records are) against a
+// byte cap, where the store frees whole segments of its log. Trace keys
 // are synthetic: a partial chunk is recognised by its token stream and position
 // (TraceChunk::stream, stream_begin) instead of by hashing tokens. Time is not modelled
 // here: the simulator charges it.
@@ -23,6 +24,8 @@
 #include <vector>
 
 #include "kvault/key.h"
+#include "kvault/kv_codec.h"
+#include "kvault/layout.h"
 #include "kvault/store.h"
 #include "replay/trace.h"
 #include "store/entry.h"
@@ -36,13 +39,23 @@ struct TierCounters {
   uint64_t t1_put_failures = 0;  // chunks that found no unpinned T1 room (not saved)
 };
 
+// How T2 stores its records (StoreOptions::t2_codec): `codec` for chunks of `layout` (the
+// model's KV layout; its chunk_tokens is not used). kNone: raw records.
+struct T2Encoding {
+  KvCodec codec = KvCodec::kNone;
+  KvLayout layout;
+};
+
 class ReplayTiers final : private TierCoreListener {
  public:
   // `policy` names a MakePolicy policy used for both tiers; t2_bytes == 0 disables T2;
-  // `chunk_tokens` is the trace's (a chunk with fewer tokens is a partial one).
+  // `chunk_tokens` is the trace's (a chunk with fewer tokens is a partial one). With a T2
+  // codec, a record's stored payload is EncodedChunkBytes(codec, layout, tokens), scaled by
+  // kv_bytes_per_token / layout.token_bytes() when the two differ (an overridden size).
   static Result<std::unique_ptr<ReplayTiers>> Create(uint64_t t1_bytes, uint64_t t2_bytes, uint32_t page_bytes,
                                                      uint64_t kv_bytes_per_token, uint32_t chunk_tokens,
-                                                     const std::string& policy, PolicyContext context);
+                                                     const std::string& policy, PolicyContext context,
+                                                     T2Encoding t2_encoding = {});
 
   // The entries of the longest cached prefix of `chain`, as Store::Lookup finds it: its
   // chunks until the first one in no tier, then the longest stored partial chunk that the
@@ -66,7 +79,9 @@ class ReplayTiers final : private TierCoreListener {
   Entry* Put(const TraceChunk& c, const ChunkKey& parent, bool* created);
   // The entry of `key` in either tier, or nullptr.
   Entry* Find(const ChunkKey& key);
-  // Writes e to T2 (evicting by policy). False when T2 is off or has no unpinned room.
+  // Writes e to T2 (evicting by policy) as a record of t2_stored_bytes(e->tokens) payload
+  // bytes (e->location.payload_bytes, with the codec, when encoded). False when T2 is off or
+  // has no unpinned room.
   bool WriteToT2(Entry* e);
   // The window changed for these keys: re-file the entries present.
   void WindowChanged(const std::vector<ChunkKey>& keys) { core_->WindowChanged(keys); }
@@ -76,6 +91,9 @@ class ReplayTiers final : private TierCoreListener {
   uint64_t t1_capacity() const { return core_->t1_capacity_bytes(); }
   uint64_t t2_capacity() const { return t2_cap_; }
   uint64_t chunk_bytes(uint32_t tokens) const { return uint64_t{tokens} * kv_bytes_per_token_; }
+  // The stored payload bytes of a `tokens`-token chunk on T2 (chunk_bytes with codec none).
+  uint64_t t2_stored_bytes(uint32_t tokens) const;
+  KvCodec t2_codec() const { return t2_encoding_.codec; }
   size_t entries() const { return core_->size(); }
   TierCounters counters() const;
   const TierCore& core() const { return *core_; }
@@ -95,6 +113,7 @@ class ReplayTiers final : private TierCoreListener {
   uint64_t t2_cap_ = 0;
   uint64_t kv_bytes_per_token_ = 0;
   KvLayout layout_;  // only chunk_tokens is set: replay entries are of one namespace
+  T2Encoding t2_encoding_;
   std::unordered_map<ChunkKey, PartialSource, DigestHash> partial_sources_;
   uint64_t t1_put_failures_ = 0;
 };

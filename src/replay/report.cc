@@ -56,6 +56,19 @@ nlohmann::json RunJson(const Trace& trace, const std::string& trace_path, const 
                  {"ssd_read_gbps", o.cost.t2_read_gbps},
                  {"ssd_write_gbps", o.cost.t2_write_gbps},
                  {"decode_ms_per_token", o.cost.decode_ms_per_token}};
+  // The codecs: T2's (replay models no T3: always none), its ratio on a full chunk (raw /
+  // stored payload bytes) and the rates charged; with codec none there is nothing to charge.
+  const bool encoded = o.t2_codec != KvCodec::kNone;
+  const uint32_t chunk_tokens = trace.chunk_tokens;
+  const KvLayout layout = o.model.Layout(chunk_tokens);
+  const double stored = encoded ? double(EncodedChunkBytes(o.t2_codec, layout, chunk_tokens)) : 0;
+  j["t2_codec"] = KvCodecName(o.t2_codec);
+  j["t3_codec"] = KvCodecName(KvCodec::kNone);
+  j["t2_codec_ratio"] = encoded && stored > 0 ? Round(double(layout.chunk_bytes(chunk_tokens)) / stored, 3) : 1.0;
+  j["decode_gbps"] = encoded ? Round(o.cost.codec_decode_gbps, 3) : 0.0;
+  j["decode_gbps_source"] = encoded ? o.codec_decode_source : "unused";
+  j["encode_gbps"] = encoded ? Round(o.cost.codec_encode_gbps, 3) : 0.0;
+  j["encode_gbps_source"] = encoded ? o.codec_encode_source : "unused";
   j["policy"] = o.policy;
   j["token_hit_rate"] = Round(r.token_hit_rate(), 4);
   j["token_hit_rate_by_tier"] = {{"t1", Round(double(r.hit_tokens_t1) / prompt, 4)},

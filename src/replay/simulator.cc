@@ -61,14 +61,37 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
   TraceOracle oracle(trace);
   AccessWindow window;
   PolicyContext context{&window, &oracle};
+  T2Encoding t2_encoding{o.t2_codec, o.model.Layout(trace.chunk_tokens)};
+  const bool encoded = o.t2_codec != KvCodec::kNone;
+  if (encoded && !(o.cost.codec_decode_gbps > 0 && o.cost.codec_encode_gbps > 0)) {
+    return Status::InvalidArgument("a T2 codec needs positive decode and encode rates");
+  }
   auto model_or = ReplayTiers::Create(o.t1_bytes, o.t2_bytes, o.page_bytes, kv_per_token, trace.chunk_tokens, o.policy,
-                                      context);
+                                      context, t2_encoding);
   if (!model_or.ok()) return model_or.status();
   ReplayTiers& tiers = *model_or.value();
   const uint64_t prefetch_budget = o.prefetch_budget_bytes > 0 ? o.prefetch_budget_bytes : tiers.t1_capacity() / 4;
   const double read_bps = o.cost.t2_read_gbps * 1e9, write_bps = o.cost.t2_write_gbps * 1e9;
   const double pcie_bps = o.cost.pcie_gbps * 1e9;
   const double layers = std::max<uint32_t>(o.model.layers, 1);
+  const double decode_bps = o.cost.codec_decode_gbps * 1e9, encode_bps = o.cost.codec_encode_gbps * 1e9;
+  // Seconds of the read timeline to bring a T2 record of e into T1: its stored bytes, then
+  // (encoded) the decode of its raw bytes by the reading thread.
+  auto t2_read_s = [&](const Entry* e) {
+    if (!encoded) return double(e->bytes) / read_bps;
+    return double(tiers.t2_stored_bytes(e->tokens)) / read_bps + double(e->bytes) / decode_bps;
+  };
+  // Seconds of the write timeline to write e behind: (encoded) its encoding, then its stored bytes.
+  auto t2_write_s = [&](const Entry* e) {
+    if (!encoded) return double(e->bytes) / write_bps;
+    return double(e->bytes) / encode_bps + double(tiers.t2_stored_bytes(e->tokens)) / write_bps;
+  };
+  // Raw bytes per second of write-timeline (full chunks): how much T1 a write backlog holds.
+  const double write_raw_bps =
+      !encoded ? write_bps
+               : double(tiers.chunk_bytes(trace.chunk_tokens)) /
+                     (double(tiers.chunk_bytes(trace.chunk_tokens)) / encode_bps +
+                      double(tiers.t2_stored_bytes(trace.chunk_tokens)) / write_bps);
   const uint64_t write_backlog_limit = tiers.t1_capacity() / 2;
   const planner::LoadPlanner load_planner(o.cost.PinnedPlannerOptions(o.model, o.planner));
 
@@ -145,7 +168,12 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
         }
       }
       if (in_dram) t1_tokens += e->tokens;
-      plan_chunks.push_back({in_dram ? Tier::kT1 : Tier::kT2, static_cast<int64_t>(e->tokens), e->bytes});
+      planner::PlanChunk pc{in_dram ? Tier::kT1 : Tier::kT2, static_cast<int64_t>(e->tokens), e->bytes};
+      if (!in_dram && encoded) {
+        pc.codec = o.t2_codec;
+        pc.stored_bytes = tiers.t2_stored_bytes(e->tokens);
+      }
+      plan_chunks.push_back(pc);
     }
     r.hit_tokens_t1 += t1_tokens;
     r.hit_tokens_t2 += hit_tokens - t1_tokens;
@@ -171,9 +199,9 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
       if (pending_until[k] >= 0) {
         disk_done = std::max(disk_done, pending_until[k]);
       } else if (!hits[k]->in_t1) {
-        disk = std::max(disk, start) + double(hits[k]->bytes) / read_bps;
+        disk = std::max(disk, start) + t2_read_s(hits[k]);
         disk_done = std::max(disk_done, disk);
-        r.bytes_t2_to_t1 += hits[k]->bytes;  // promoted by its read below (streamed through if no room)
+        r.bytes_t2_to_t1 += tiers.t2_stored_bytes(hits[k]->tokens);  // promoted by its read below (streamed through if no room)
       }
     }
     read_free = disk;
@@ -244,11 +272,11 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
             room = false;
             break;
           }
-          read_free = std::max(read_free, start) + double(e->bytes) / read_bps;
+          read_free = std::max(read_free, start) + t2_read_s(e);
           prefetched[e->key] = {read_free, e->bytes};
           prefetched_bytes += e->bytes;
           r.bytes_prefetched += e->bytes;
-          r.bytes_t2_to_t1 += e->bytes;
+          r.bytes_t2_to_t1 += tiers.t2_stored_bytes(e->tokens);
         }
       }
     }
@@ -274,13 +302,13 @@ Result<ReplayResult> RunReplay(const Trace& trace, const ReplayOptions& o) {
       r.bytes_gpu_to_t1 += e->bytes;
       if (tiers.t2_capacity() == 0) continue;
       const double t = std::max(write_free, end);
-      if ((t - end) * write_bps > double(write_backlog_limit)) {
+      if ((t - end) * write_raw_bps > double(write_backlog_limit)) {
         ++r.writes_dropped;
         continue;
       }
       if (tiers.WriteToT2(e)) {
-        write_free = t + double(e->bytes) / write_bps;
-        r.bytes_t1_to_t2 += e->bytes;
+        write_free = t + t2_write_s(e);
+        r.bytes_t1_to_t2 += tiers.t2_stored_bytes(e->tokens);
       }
     }
     for (Entry* e : saved) tiers.Unpin(e);

@@ -24,7 +24,10 @@
 //      T1 waiting for the disk is dropped (the store would evict those entries before they
 //      reached the disk).
 // The disk has two FIFO timelines at their own bandwidths: reads (demand and prefetch) and
-// writes.
+// writes. With a T2 codec (t2_codec), T2 holds records of the encoded size (so about the
+// codec's ratio more chunks), a read moves the stored bytes and then decodes the raw ones on
+// the reading thread (both on the read timeline), and a write encodes the raw bytes on the
+// write-behind thread before writing the stored ones (both on the write timeline).
 //
 // Thread-safety: RunReplay is reentrant (no globals).
 #pragma once
@@ -52,6 +55,13 @@ struct ReplayOptions {
   uint32_t window = 32;                  // queued requests hinted; 0: no hints, no prefetch
   uint64_t prefetch_budget_bytes = 0;    // prefetched, not yet used; 0 = a quarter of T1
   double speed = 1.0;                    // arrival rate multiplier
+  // How T2 stores chunks (StoreOptions::t2_codec), with the model's KV layout
+  // (model.Layout(trace chunk tokens)); decode and encode at cost.codec_decode_gbps /
+  // codec_encode_gbps, which must then be positive.
+  KvCodec t2_codec = KvCodec::kNone;
+  // Where cost.codec_decode_gbps / codec_encode_gbps came from, for the report: "measured"
+  // (MeasureCodecRates) or "flag".
+  std::string codec_decode_source = "flag", codec_encode_source = "flag";
   // The planner's options, as the engine's (EngineOptions::planner); its layers, rates and
   // prefill model are pinned from `model` and `cost` (CostModel::PinnedPlannerOptions).
   planner::LoadPlanner::Options planner;
@@ -75,6 +85,8 @@ struct ReplayResult {
   // Queue length (requests waiting) sampled at each request's start: (time s, length).
   std::vector<std::pair<double, uint32_t>> queue;
   // Bytes moved per path.
+  // bytes_t2_to_t1 and bytes_t1_to_t2 are stored bytes (encoded with a T2 codec, as the
+  // store counts them); the others are raw KV.
   uint64_t bytes_t1_to_gpu = 0, bytes_t2_to_t1 = 0, bytes_prefetched = 0;
   uint64_t bytes_gpu_to_t1 = 0, bytes_t1_to_t2 = 0, writes_dropped = 0;
   uint64_t t1_evictions = 0, t2_evictions = 0, t1_put_failures = 0;

@@ -84,10 +84,13 @@ Result<InspectReport> InspectDir(const std::string& dir, Env* env) {
       if (f.Read(loc.offset, {&s, 1}).ok()) {
         uint64_t sum = Checksum(std::as_bytes(std::span(buf.data() + kBlockBytes, h.payload_bytes)));
         RecordHeader on_disk;
-        r.payload_ok = DecodeHeader(buf.data(), &on_disk).ok() && on_disk.key == h.key && sum == h.payload_checksum;
+        r.payload_ok = DecodeHeader(buf.data(), &on_disk).ok() && on_disk.key == h.key && on_disk.codec == h.codec &&
+                       sum == h.payload_checksum;
       }
       if (!r.payload_ok) ++is.corrupt;
       report.payload_bytes += h.payload_bytes;
+      report.raw_bytes += h.raw_bytes();
+      report.encoded_records += h.codec != KvCodec::kNone;
       report.records.push_back(r);
     }
     is.records = found.size();

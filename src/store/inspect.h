@@ -13,8 +13,8 @@ namespace kvault {
 struct InspectedRecord {
   uint32_t segment = 0;
   uint64_t offset = 0;
-  RecordHeader header;
-  bool payload_ok = false;  // payload checksum verified
+  RecordHeader header;      // header.codec: how the payload is stored (none for version 1)
+  bool payload_ok = false;  // checksum of the stored (possibly encoded) payload verified
 };
 
 struct InspectedSegment {
@@ -30,7 +30,9 @@ struct InspectedSegment {
 struct InspectReport {
   std::vector<InspectedSegment> segments;
   std::vector<InspectedRecord> records;
-  uint64_t torn = 0, corrupt = 0, payload_bytes = 0;
+  // payload_bytes: stored (encoded where a record has a codec); raw_bytes: the same records
+  // decoded. encoded_records: records with a codec other than none.
+  uint64_t torn = 0, corrupt = 0, payload_bytes = 0, raw_bytes = 0, encoded_records = 0;
   bool clean() const { return torn == 0 && corrupt == 0; }
 };
 

@@ -3,6 +3,7 @@
 #include <xxhash.h>
 
 #include <cstring>
+#include <string>
 
 #include "store/little_endian.h"
 
@@ -12,8 +13,8 @@ namespace {
 // Field offsets of the encoded RecordHeader (see docs/FORMAT.md).
 constexpr size_t kOffMagic = 0, kOffVersion = 8, kOffHeaderBytes = 12, kOffKey = 16, kOffParent = 48,
                  kOffNs = 80, kOffLayers = 112, kOffHeads = 116, kOffHeadDim = 120, kOffDType = 124,
-                 kOffRope = 125, kOffChunkTokens = 128, kOffTokens = 132, kOffPayloadBytes = 136,
-                 kOffPayloadChecksum = 144, kOffSeq = 152, kOffHeaderChecksum = 160;
+                 kOffRope = 125, kOffCodec = 126, kOffReserved = 127, kOffChunkTokens = 128, kOffTokens = 132,
+                 kOffPayloadBytes = 136, kOffPayloadChecksum = 144, kOffSeq = 152, kOffHeaderChecksum = 160;
 static_assert(kOffHeaderChecksum + 8 == kHeaderBytes);
 
 constexpr size_t kTrOffMagic = 0, kTrOffVersion = 8, kTrOffEntries = 12, kTrOffIndexOffset = 16,
@@ -28,7 +29,7 @@ uint64_t Checksum(std::span<const std::byte> data) { return Xxh(data.data(), dat
 void EncodeHeader(const RecordHeader& h, uint8_t* out) {
   std::memset(out, 0, kHeaderBytes);
   EncodeLE64(out + kOffMagic, kRecordMagic);
-  EncodeLE32(out + kOffVersion, kFormatVersion);
+  EncodeLE32(out + kOffVersion, h.codec == KvCodec::kNone ? kRecordVersionRaw : kRecordVersionCodec);
   EncodeLE32(out + kOffHeaderBytes, kHeaderBytes);
   std::memcpy(out + kOffKey, h.key.bytes.data(), 32);
   std::memcpy(out + kOffParent, h.parent.bytes.data(), 32);
@@ -38,6 +39,7 @@ void EncodeHeader(const RecordHeader& h, uint8_t* out) {
   EncodeLE32(out + kOffHeadDim, h.layout.head_dim);
   out[kOffDType] = static_cast<uint8_t>(h.layout.dtype);
   out[kOffRope] = static_cast<uint8_t>(h.layout.rope);
+  out[kOffCodec] = static_cast<uint8_t>(h.codec);  // zero (reserved) in a version-1 record
   EncodeLE32(out + kOffChunkTokens, h.layout.chunk_tokens);
   EncodeLE32(out + kOffTokens, h.tokens);
   EncodeLE64(out + kOffPayloadBytes, h.payload_bytes);
@@ -51,7 +53,8 @@ bool HasRecordMagic(const uint8_t* in) { return DecodeLE64(in + kOffMagic) == kR
 Status DecodeHeader(const uint8_t* in, RecordHeader* h) {
   if (!HasRecordMagic(in)) return Status::Corruption("bad record magic");
   if (DecodeLE64(in + kOffHeaderChecksum) != Xxh(in, kOffHeaderChecksum)) return Status::Corruption("bad header checksum");
-  if (DecodeLE32(in + kOffVersion) != kFormatVersion) return Status::Corruption("unsupported record version");
+  const uint32_t version = DecodeLE32(in + kOffVersion);
+  if (version != kRecordVersionRaw && version != kRecordVersionCodec) return Status::Corruption("unsupported record version");
   if (DecodeLE32(in + kOffHeaderBytes) != kHeaderBytes) return Status::Corruption("bad header size");
   std::memcpy(h->key.bytes.data(), in + kOffKey, 32);
   std::memcpy(h->parent.bytes.data(), in + kOffParent, 32);
@@ -63,12 +66,30 @@ Status DecodeHeader(const uint8_t* in, RecordHeader* h) {
   h->layout.rope = static_cast<RopeMode>(in[kOffRope]);
   h->layout.chunk_tokens = DecodeLE32(in + kOffChunkTokens);
   h->tokens = DecodeLE32(in + kOffTokens);
+  h->codec = KvCodec::kNone;
+  if (version == kRecordVersionRaw && (in[kOffCodec] != 0 || in[kOffReserved] != 0)) {
+    return Status::Corruption("reserved header bytes of a version-1 record are not zero");
+  }
+  if (version == kRecordVersionCodec) {
+    const uint8_t id = in[kOffCodec];
+    if (id != static_cast<uint8_t>(KvCodec::kNone) && id != static_cast<uint8_t>(KvCodec::kInt8) &&
+        id != static_cast<uint8_t>(KvCodec::kInt4)) {
+      return Status::Corruption("unknown codec id " + std::to_string(id) + " in record header");
+    }
+    if (in[kOffReserved] != 0) return Status::Corruption("reserved header byte is not zero");
+    h->codec = static_cast<KvCodec>(id);
+  }
   h->payload_bytes = DecodeLE64(in + kOffPayloadBytes);
   h->payload_checksum = DecodeLE64(in + kOffPayloadChecksum);
   h->seq = DecodeLE64(in + kOffSeq);
   if (!h->layout.Validate().ok()) return Status::Corruption("bad layout in header");
   if (h->tokens == 0 || h->tokens > h->layout.chunk_tokens) return Status::Corruption("bad token count");
-  if (h->payload_bytes != h->layout.chunk_bytes(h->tokens)) return Status::Corruption("payload size does not match layout");
+  if (h->codec != KvCodec::kNone && !KvCodecSupports(h->codec, h->layout).ok()) {
+    return Status::Corruption(std::string("record codec ") + KvCodecName(h->codec) + " cannot encode its layout");
+  }
+  if (h->payload_bytes != StoredPayloadBytes(h->codec, h->layout, h->tokens)) {
+    return Status::Corruption("payload size does not match layout and codec");
+  }
   return Status::OK();
 }
 
@@ -82,7 +103,7 @@ uint64_t PayloadChecksum::Digest() const { return XXH3_64bits_digest(static_cast
 void EncodeTrailer(const SegmentTrailer& t, uint8_t* out) {
   std::memset(out, 0, kBlockBytes);
   EncodeLE64(out + kTrOffMagic, kTrailerMagic);
-  EncodeLE32(out + kTrOffVersion, kFormatVersion);
+  EncodeLE32(out + kTrOffVersion, kTrailerVersion);
   EncodeLE32(out + kTrOffEntries, t.entries);
   EncodeLE64(out + kTrOffIndexOffset, t.index_offset);
   EncodeLE64(out + kTrOffIndexBytes, t.index_bytes);
@@ -93,7 +114,7 @@ void EncodeTrailer(const SegmentTrailer& t, uint8_t* out) {
 Status DecodeTrailer(const uint8_t* in, SegmentTrailer* t) {
   if (DecodeLE64(in + kTrOffMagic) != kTrailerMagic) return Status::Corruption("no trailer");
   if (DecodeLE64(in + kTrOffChecksum) != Xxh(in, kTrOffChecksum)) return Status::Corruption("bad trailer checksum");
-  if (DecodeLE32(in + kTrOffVersion) != kFormatVersion) return Status::Corruption("unsupported trailer version");
+  if (DecodeLE32(in + kTrOffVersion) != kTrailerVersion) return Status::Corruption("unsupported trailer version");
   t->entries = DecodeLE32(in + kTrOffEntries);
   t->index_offset = DecodeLE64(in + kTrOffIndexOffset);
   t->index_bytes = DecodeLE64(in + kTrOffIndexBytes);

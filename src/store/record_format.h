@@ -13,6 +13,7 @@
 #include <span>
 
 #include "kvault/key.h"
+#include "kvault/kv_codec.h"
 #include "kvault/layout.h"
 #include "kvault/status.h"
 
@@ -20,8 +21,12 @@ namespace kvault {
 
 inline constexpr uint64_t kRecordMagic = 0x31434552544c564bull;   // "KVLTREC1"
 inline constexpr uint64_t kTrailerMagic = 0x315844495444564bull;  // "KVDTIDX1"
-inline constexpr uint32_t kFormatVersion = 1;
-inline constexpr size_t kBlockBytes = 4096;
+// Record versions: 1 (payload always raw, codec none) and 2 (the codec id in header byte 126;
+// the payload is that codec's encoding). Writers use version 1 for a raw record, so a store
+// that encodes nothing stays readable by older builds, and version 2 for an encoded one.
+inline constexpr uint32_t kRecordVersionRaw = 1;
+inline constexpr uint32_t kRecordVersionCodec = 2;
+inline constexpr uint32_t kTrailerVersion = 1;inline constexpr size_t kBlockBytes = 4096;
 inline constexpr size_t kHeaderBytes = 168;      // encoded RecordHeader
 // u64 record offset, then the record's encoded header. The offset comes first so that no
 // index entry starts with the record magic at a block boundary (the block scan stays exact).
@@ -36,17 +41,32 @@ struct RecordHeader {
   Digest ns_id;
   KvLayout layout;
   uint32_t tokens = 0;
+  // How the payload is stored (version 2; version 1 records are kNone). The codec and the
+  // layout together decide how the payload decodes: nothing else may be assumed.
+  KvCodec codec = KvCodec::kNone;
+  // Stored payload bytes: EncodedChunkBytes(codec, layout, tokens) (= layout.chunk_bytes(tokens)
+  // for kNone), and their XXH3-64.
   uint64_t payload_bytes = 0;
   uint64_t payload_checksum = 0;
   uint64_t seq = 0;  // write order; the highest wins when a key appears twice
 
   // Bytes of the whole record on disk: header block + padded payload.
   uint64_t record_bytes() const { return kBlockBytes + RoundUpToBlock(payload_bytes); }
+  // Bytes of the decoded payload (what the chunk takes in T1).
+  uint64_t raw_bytes() const { return layout.chunk_bytes(tokens); }
 };
 
-// Writes the kHeaderBytes encoding of `h` (header checksum included) to `out`.
+// Stored payload bytes of a `tokens`-token chunk of `layout` in `codec`.
+inline uint64_t StoredPayloadBytes(KvCodec codec, const KvLayout& layout, uint32_t tokens) {
+  return codec == KvCodec::kNone ? layout.chunk_bytes(tokens) : EncodedChunkBytes(codec, layout, tokens);
+}
+
+// Writes the kHeaderBytes encoding of `h` (header checksum included) to `out`: version 1 when
+// h.codec is kNone, else version 2.
 void EncodeHeader(const RecordHeader& h, uint8_t* out);
-// Decodes and checks magic, version, header checksum and field sanity.
+// Decodes and checks magic, version (1 or 2), header checksum and field sanity: a known codec
+// id that can encode the layout, and payload_bytes equal to the codec's encoded size.
+// kCorruption otherwise (an unknown codec id included: such a record is never served).
 Status DecodeHeader(const uint8_t* in, RecordHeader* h);
 // True when `in` starts with the record magic (used by the block scan to count torn records).
 bool HasRecordMagic(const uint8_t* in);

@@ -1,10 +1,12 @@
 // The value format of the cluster tier (T3): one chunk record, self-describing and checked.
 //
 //   [RecordHeader, encoded as in record_format.h: kHeaderBytes, header checksum included]
-//   [payload: exactly header.payload_bytes bytes, no padding]
+//   [payload: exactly header.payload_bytes stored bytes, no padding: raw (version 1), or
+//    header.codec's encoding (version 2; StoreOptions::t3_codec)]
 //
-// The header carries the chunk's full key, its namespace id, layout, token count and the
-// payload's XXH3-64, so a reader can prove a value is the chunk it asked for.
+// The header carries the chunk's full key, its namespace id, layout, token count, codec and
+// the stored payload's XXH3-64, so a reader can prove a value is the chunk it asked for, and
+// decodes it by the value's own codec and layout.
 #pragma once
 
 #include <cstddef>

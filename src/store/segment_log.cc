@@ -133,7 +133,7 @@ Status SegmentLog::ReadIndex(File& file, uint64_t bytes, uint32_t id, const Reco
     const uint64_t off = DecodeLE64(e);
     KVAULT_RETURN_IF_ERROR(DecodeHeader(e + 8, &h));
     if (off % kBlockBytes != 0 || off + h.record_bytes() > t.index_offset) return Status::Corruption("bad index entry");
-    found.push_back({h, DiskLocation{id, off}});
+    found.push_back({h, LocationOf(h, id, off)});
   }
   for (auto& [h, loc] : found) visit(h, loc);
   *records = found.size();
@@ -189,7 +189,7 @@ void SegmentLog::ScanRange(File& file, uint64_t begin, uint64_t end, uint32_t id
       if (off + h.record_bytes() <= whole) {
         bool io_error = false;
         if (payload_intact(off, h, &io_error)) {
-          visit(h, DiskLocation{id, off});
+          visit(h, LocationOf(h, id, off));
           ++stats->records;
           off += h.record_bytes();
           continue;
@@ -284,7 +284,7 @@ void SegmentLog::Append(std::span<AppendItem> items) {
       WriteOp op{offset, {IoSlice{hdr, kBlockBytes}}};
       op.slices.insert(op.slices.end(), items[j].payload.begin(), items[j].payload.end());
       ops.push_back(std::move(op));
-      items[j].location = DiskLocation{*active_, offset};
+      items[j].location = LocationOf(items[j].header, *active_, offset);
       offset += rb;
       ++j;
     }
@@ -332,8 +332,11 @@ Status SegmentLog::ReadRecord(DiskLocation loc, const RecordHeader& expected, st
   KVAULT_RETURN_IF_ERROR(file->Read(loc.offset, slices));
   RecordHeader h;
   KVAULT_RETURN_IF_ERROR(DecodeHeader(hdr, &h));
+  // The codec too: a payload is decoded by what its own header says, and that must be what
+  // the index promised (never another codec's or layout's bytes).
   if (h.key != expected.key || h.ns_id != expected.ns_id || !(h.layout == expected.layout) ||
-      h.tokens != expected.tokens || h.payload_checksum != expected.payload_checksum) {
+      h.tokens != expected.tokens || h.codec != expected.codec || h.payload_bytes != expected.payload_bytes ||
+      h.payload_checksum != expected.payload_checksum) {
     return Status::Corruption("record does not match its index entry");
   }
   PayloadChecksum sum;

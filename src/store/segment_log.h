@@ -20,14 +20,29 @@
 
 namespace kvault {
 
+// Where a record is, and what it stores: an entry's location names its T2 record completely
+// (the stored form may differ from the chunk's raw payload when the record is encoded), so
+// reads are checked against it and the tier's space is counted in stored bytes.
 struct DiskLocation {
   uint32_t segment = 0;
   uint64_t offset = 0;  // of the record's header block
+  KvCodec codec = KvCodec::kNone;  // the record header's codec
+  uint64_t payload_bytes = 0;      // stored payload bytes (0: not a record's location)
+  uint64_t payload_checksum = 0;   // XXH3-64 of the stored payload bytes
+
+  // Bytes of the whole record on disk (header block + padded stored payload).
+  uint64_t record_bytes() const { return kBlockBytes + RoundUpToBlock(payload_bytes); }
 };
+
+// The location of record `h` at (segment, offset).
+inline DiskLocation LocationOf(const RecordHeader& h, uint32_t segment, uint64_t offset) {
+  return DiskLocation{segment, offset, h.codec, h.payload_bytes, h.payload_checksum};
+}
 
 struct AppendItem {
   RecordHeader header;
-  // The payload, zero-padded to RoundUpToBlock(payload_bytes); aligned for direct I/O.
+  // The stored payload (raw, or header.codec's encoding), zero-padded to
+  // RoundUpToBlock(header.payload_bytes); aligned for direct I/O.
   std::vector<IoSlice> payload;
   // Filled by Append.
   DiskLocation location;
@@ -57,6 +72,7 @@ class SegmentLog {
     uint64_t torn = 0;            // invalid or truncated records skipped
     uint64_t scanned_segments = 0;  // segments without a valid index, scanned block by block
   };
+  // Called with each record found and its location (LocationOf the header).
   using RecordVisitor = std::function<void(const RecordHeader&, DiskLocation)>;
 
   // Opens every segment under options.dir, calling `visit` for each record found, oldest
@@ -68,8 +84,9 @@ class SegmentLog {
   // Writes every item, filling item.location and item.status. Rolls to a new segment (and
   // seals the old one) when the active one is full.
   void Append(std::span<AppendItem> items);
-  // Reads the record at `loc` into `payload` (padded size) and checks that it is intact and
-  // is the record `expected` names (key, namespace, layout, tokens, checksum).
+  // Reads the record at `loc` into `payload` (its stored bytes, padded) and checks that it is
+  // intact and is the record `expected` names (key, namespace, layout, tokens, codec, stored
+  // size, checksum of the stored bytes). Decoding is the caller's.
   Status ReadRecord(DiskLocation loc, const RecordHeader& expected, std::span<const IoSlice> payload) const;
   // Makes everything appended so far durable.
   Status Sync();

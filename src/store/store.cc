@@ -143,7 +143,8 @@ Status Store::Put(const Namespace& ns, const ChunkKey& parent, std::span<const u
   X(partials_superseded) X(t3_puts) X(t3_put_drops) X(t3_fetches) X(t1_used_bytes) X(t1_capacity_bytes) \
   X(t1_entries) X(t2_used_bytes) X(t2_capacity_bytes) X(t2_entries) X(t2_segments) X(write_queue_entries) \
   X(t3_queue_entries) X(t3_queue_bytes) X(err_io) X(err_no_space) X(err_corruption) X(err_torn) \
-  X(err_load_miss) X(err_t3)
+  X(err_load_miss) X(err_t3) X(t2_chunks_encoded) X(t2_chunks_decoded) X(t3_chunks_encoded) X(t3_chunks_decoded) \
+  X(codec_fallbacks)
 
 std::string StoreStats::ToJson() const {
   nlohmann::ordered_json j;

@@ -4,6 +4,7 @@
 
 #include <cstring>
 
+#include "store/aligned_buffer.h"
 #include "store/remote_record.h"
 
 namespace kvault {
@@ -14,7 +15,10 @@ Status StoreImpl::CheckClusterValue(std::span<const std::byte> value, const Name
   const KvLayout& layout = ns.layout();
   if (h->ns_id != ns.id()) return Status::Corruption("T3 value of " + key.ShortHex() + " is of another namespace");
   if (h->layout != layout) return Status::Corruption("T3 value of " + key.ShortHex() + " has another layout");
-  if (h->tokens == 0 || h->tokens > layout.chunk_tokens || h->payload_bytes != layout.chunk_bytes(h->tokens)) {
+  // DecodeHeader checked the codec id and that payload_bytes is that codec's size for the
+  // header's layout; the layout is the request's (above), so the decoding is the right one.
+  if (h->tokens == 0 || h->tokens > layout.chunk_tokens ||
+      h->payload_bytes != StoredPayloadBytes(h->codec, layout, h->tokens)) {
     return Status::Corruption("T3 value of " + key.ShortHex() + " has a wrong token count or size");
   }
   return Status::OK();
@@ -58,16 +62,31 @@ std::optional<Result<ChunkReader>> StoreImpl::FetchFromClusterLocked(MutexLock& 
   e->from_t3 = true;
   core_->Add(std::move(owned));
   lock.Unlock(mu_);
-  const std::byte* src = payload.data();
-  arena_->ForEachPiece(e->pages, 0, e->bytes, [&](std::byte* p, size_t n) {
-    std::memcpy(p, src, n);
-    src += n;
-  });
-  ZeroPadding(e);
+  Status filled;
+  if (h.codec == KvCodec::kNone) {
+    const std::byte* src = payload.data();
+    arena_->ForEachPiece(e->pages, 0, e->bytes, [&](std::byte* p, size_t n) {
+      std::memcpy(p, src, n);
+      src += n;
+    });
+    ZeroPadding(e);
+  } else {
+    filled = DecodeIntoPages(e, h.codec, payload);  // by the value's own codec and layout
+  }
   lock.Lock(mu_);
+  if (!filled.ok()) {  // a value that does not decode is a bad value: a miss, never data
+    --e->pins;
+    EraseLocked(e);  // uncommitted, nothing else holds it
+    release();
+    ++stats_.err_t3;
+    ++stats_.err_corruption;
+    ++stats_.err_load_miss;
+    return Status::NotFound("chunk " + key.ShortHex() + " is not cached (T3: " + filled.ToString() + ")");
+  }
   core_->Commit(e, {});
   ++stats_.t3_fetches;
-  stats_.bytes_t3_to_t1 += e->bytes;
+  stats_.bytes_t3_to_t1 += h.payload_bytes;
+  if (h.codec != KvCodec::kNone) ++stats_.t3_chunks_decoded;
   if (log_) {
     EnqueueWriteLocked(e);  // keep a copy on this node's disk too
     writer_cv_.notify_one();
@@ -78,7 +97,8 @@ std::optional<Result<ChunkReader>> StoreImpl::FetchFromClusterLocked(MutexLock& 
 
 void StoreImpl::EnqueueClusterWriteLocked(Entry* e) {
   if (e->from_t3 || e->partial()) return;  // T3 has it already; partial chunks stay local
-  const uint64_t bytes = kHeaderBytes + e->bytes;
+  const uint64_t bytes =
+      kHeaderBytes + StoredPayloadBytes(CodecFor(options_.t3_codec, e->layout, e->tokens), e->layout, e->tokens);
   if (t3_queued_bytes_ + bytes > options_.t3.queue_bytes) {
     ++stats_.t3_put_drops;  // best effort: never wait for the network
     return;
@@ -88,6 +108,18 @@ void StoreImpl::EnqueueClusterWriteLocked(Entry* e) {
 }
 
 std::vector<std::byte> StoreImpl::CopyRecordOut(const Entry* e, RecordHeader* h, bool hash) const {
+  const KvCodec codec = CodecFor(options_.t3_codec, e->layout, e->tokens);
+  if (codec != KvCodec::kNone) {
+    AlignedBuffer encoded;
+    if (EncodeFromPages(e, codec, &encoded).ok()) {
+      h->codec = codec;
+      h->payload_bytes = EncodedChunkBytes(codec, e->layout, e->tokens);
+      const std::span<const std::byte> piece = std::as_bytes(std::span(encoded.data(), h->payload_bytes));
+      h->payload_checksum = Checksum(piece);
+      return EncodeRemoteRecord(*h, {&piece, 1});
+    }
+    // NaN or Inf in the chunk: published raw, like a layout the codec cannot encode.
+  }
   std::vector<std::span<const std::byte>> pieces;
   arena_->ForEachPiece(e->pages, 0, e->bytes, [&](std::byte* p, size_t n) { pieces.push_back({p, n}); });
   if (hash) h->payload_checksum = PayloadChecksumOf(e);  // written out of order, not yet hashed by the T2 write-behind
@@ -122,13 +154,18 @@ Status StoreImpl::PublishLocked(MutexLock& lock, Entry* e) {
   // Pinned only while its record is copied out: never across the network call.
   ++e->pins;
   const ChunkKey key = ClusterKey(e->ns_id, e->key);
-  RecordHeader h = HeaderOf(*e);
+  RecordHeader h = RawHeaderOf(*e);
   const bool hash = !e->checksum_valid;
-  const uint64_t payload_bytes = e->bytes;
   lock.Unlock(mu_);
   std::vector<std::byte> record = CopyRecordOut(e, &h, hash);
+  const uint64_t payload_bytes = h.payload_bytes;  // stored: encoded when T3 has a codec
   lock.Lock(mu_);
-  if (hash && !e->checksum_valid) {
+  if (h.codec != KvCodec::kNone) {
+    ++stats_.t3_chunks_encoded;
+  } else if (options_.t3_codec != KvCodec::kNone) {
+    ++stats_.codec_fallbacks;  // a layout or values the codec cannot take: published raw
+  }
+  if (hash && h.codec == KvCodec::kNone && !e->checksum_valid) {
     e->payload_checksum = h.payload_checksum;
     e->checksum_valid = true;
   }

@@ -7,6 +7,7 @@
 #include "store/store_impl.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "store/remote_tier_factory.h"
 
@@ -117,8 +118,9 @@ void StoreImpl::OnRecordFound(const RecordHeader& h, DiskLocation loc) {
       segment_live_[loc.segment] += h.record_bytes();
       e.seq = h.seq;
       e.location = loc;
-      e.payload_checksum = h.payload_checksum;
-      e.checksum_valid = true;
+      // The raw payload's checksum is known from a raw record only.
+      e.payload_checksum = h.codec == KvCodec::kNone ? h.payload_checksum : 0;
+      e.checksum_valid = h.codec == KvCodec::kNone;
     }
     return;
   }
@@ -131,8 +133,9 @@ void StoreImpl::OnRecordFound(const RecordHeader& h, DiskLocation loc) {
   core_->Commit(core_->Add(std::move(e)), {});
 }
 
-// A committed-to-be entry for the chunk a record describes (HeaderOf's inverse for the fields
-// a record carries: key, chain, namespace, layout, size and a verified checksum).
+// A committed-to-be entry for the chunk a record describes (RawHeaderOf's inverse for the
+// fields a record carries: key, chain, namespace, layout, raw size, and the verified checksum
+// when the payload is stored raw; an encoded record's decoded bytes are hashed when needed).
 std::unique_ptr<Entry> StoreImpl::EntryOf(const RecordHeader& h) {
   auto e = std::make_unique<Entry>();
   e->key = h.key;
@@ -140,23 +143,121 @@ std::unique_ptr<Entry> StoreImpl::EntryOf(const RecordHeader& h) {
   e->ns_id = h.ns_id;
   e->layout = h.layout;
   e->tokens = h.tokens;
-  e->bytes = h.payload_bytes;
-  e->payload_checksum = h.payload_checksum;
-  e->checksum_valid = true;
+  e->bytes = h.raw_bytes();
+  e->checksum_valid = h.codec == KvCodec::kNone;
+  e->payload_checksum = e->checksum_valid ? h.payload_checksum : 0;
   return e;
 }
 
-RecordHeader StoreImpl::HeaderOf(const Entry& e) {
+RecordHeader StoreImpl::RawHeaderOf(const Entry& e) {
   RecordHeader h;
   h.key = e.key;
   h.parent = e.parent;
   h.ns_id = e.ns_id;
   h.layout = e.layout;
   h.tokens = e.tokens;
+  h.codec = KvCodec::kNone;
   h.payload_bytes = e.bytes;
   h.payload_checksum = e.payload_checksum;
   h.seq = e.seq;
   return h;
+}
+
+RecordHeader StoreImpl::T2HeaderOf(const Entry& e) {
+  RecordHeader h = RawHeaderOf(e);
+  h.codec = e.location.codec;
+  h.payload_bytes = e.location.payload_bytes;
+  h.payload_checksum = e.location.payload_checksum;
+  return h;
+}
+
+KvCodec StoreImpl::CodecFor(KvCodec tier_codec, const KvLayout& layout, uint32_t tokens) {
+  if (tier_codec == KvCodec::kNone || !KvCodecSupports(tier_codec, layout).ok()) return KvCodec::kNone;
+  // A short partial chunk can encode no smaller on disk than it is (int4's per-channel K scales
+  // are a fixed cost; records take whole blocks): it stays raw.
+  if (RoundUpToBlock(EncodedChunkBytes(tier_codec, layout, tokens)) >= RoundUpToBlock(layout.chunk_bytes(tokens))) {
+    return KvCodec::kNone;
+  }
+  return tier_codec;
+}
+
+namespace {
+
+// Bytes [r.offset, r.offset + r.size) of a chunk in `pages`: a view of the pages when they lie
+// in one piece (*contiguous), else *scratch resized to hold them (the caller copies them in
+// or out); an empty span when `scratch` is null.
+std::span<std::byte> LayerBytes(const HostArena& arena, const PageList& pages, ByteRange r,
+                                std::vector<std::byte>* scratch, bool* contiguous) {
+  std::span<std::byte> first;
+  int pieces = 0;
+  arena.ForEachPiece(pages, r.offset, r.size, [&](std::byte* p, size_t n) {
+    if (pieces++ == 0) first = {p, n};
+  });
+  *contiguous = pieces == 1;
+  if (*contiguous) return first;
+  if (scratch == nullptr) return {};
+  scratch->resize(r.size);
+  return *scratch;
+}
+
+}  // namespace
+
+Status StoreImpl::EncodeFromPages(const Entry* e, KvCodec codec, AlignedBuffer* out) const {
+  const KvLayout& l = e->layout;
+  const size_t layer_out = EncodedLayerBytes(codec, l, e->tokens);
+  const size_t total = EncodedChunkBytes(codec, l, e->tokens);
+  if (total != layer_out * l.num_layers) return Status::InvalidArgument("encoded chunk is not its layers back to back");
+  out->Resize(RoundUpToBlock(total));  // zero-filled: the padding is zeros
+  std::vector<std::byte> scratch;
+  for (uint32_t layer = 0; layer < l.num_layers; ++layer) {
+    const ByteRange r = l.layer_range(layer, e->tokens);
+    bool contiguous = false;
+    std::span<std::byte> raw = LayerBytes(*arena_, e->pages, r, &scratch, &contiguous);
+    if (!contiguous) {
+      std::byte* at = raw.data();
+      arena_->ForEachPiece(e->pages, r.offset, r.size, [&](std::byte* p, size_t n) {
+        std::memcpy(at, p, n);
+        at += n;
+      });
+    }
+    auto* dst = reinterpret_cast<std::byte*>(out->data()) + layer * layer_out;
+    KVAULT_RETURN_IF_ERROR(EncodeKvLayer(codec, l, e->tokens, raw, {dst, layer_out}));
+  }
+  return Status::OK();
+}
+
+Status StoreImpl::DecodeIntoPages(const Entry* e, KvCodec codec, std::span<const std::byte> encoded) {
+  const KvLayout& l = e->layout;
+  const size_t layer_in = EncodedLayerBytes(codec, l, e->tokens);
+  if (encoded.size() != EncodedChunkBytes(codec, l, e->tokens) || encoded.size() != layer_in * l.num_layers) {
+    return Status::Corruption("encoded payload size does not match its codec and layout");
+  }
+  // The usual case, pages in one run: the whole chunk at once, on options_.decode_threads.
+  bool one_piece = false;
+  std::span<std::byte> whole = LayerBytes(*arena_, e->pages, ByteRange{0, e->bytes}, nullptr, &one_piece);
+  if (one_piece) {
+    Status st = DecodeKvChunk(codec, l, e->tokens, encoded, whole, std::max(1, options_.decode_threads));
+    if (!st.ok()) return Status::Corruption("record does not decode: " + st.ToString());
+    ZeroPadding(e);
+    return Status::OK();
+  }
+  std::vector<std::byte> scratch;
+  for (uint32_t layer = 0; layer < l.num_layers; ++layer) {
+    const ByteRange r = l.layer_range(layer, e->tokens);
+    bool contiguous = false;
+    std::span<std::byte> raw = LayerBytes(*arena_, e->pages, r, &scratch, &contiguous);
+    Status st = DecodeKvLayer(codec, l, e->tokens, encoded.subspan(layer * layer_in, layer_in), raw);
+    if (!st.ok()) return Status::Corruption("record does not decode: " + st.ToString());
+    if (!contiguous) {
+      const std::byte* from = raw.data();
+      arena_->ForEachPiece(e->pages, r.offset, r.size, [&](std::byte* p, size_t n) {
+        std::memcpy(p, from, n);
+        from += n;
+      });
+    }
+  }
+  ZeroPadding(e);
+  return Status::OK();
 }
 
 Status StoreImpl::ReserveT1Locked(Entry* e, const std::function<bool(const Entry*)>& may_evict) {

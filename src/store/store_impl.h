@@ -27,7 +27,9 @@
 #include <unordered_set>
 #include <vector>
 
+#include "kvault/kv_codec.h"
 #include "kvault/store.h"
+#include "store/aligned_buffer.h"
 #include "store/entry.h"
 #include "store/eviction_policy.h"
 #include "store/host_arena.h"
@@ -150,9 +152,29 @@ class StoreImpl final : private TierCoreListener {
   // Records where e's live T2 record is (location and per-segment accounting).
   void PlaceT2RecordLocked(Entry* e, DiskLocation loc) REQUIRES(mu_);
   void CountErrorLocked(const Status& st) REQUIRES(mu_);
-  static RecordHeader HeaderOf(const Entry& e);
-  // A committed-to-be entry for the chunk a record describes (HeaderOf's inverse).
+  // The header of e's raw payload (codec none, e->bytes, e->payload_checksum as it stands):
+  // what the write-behind and the T3 publisher start from.
+  static RecordHeader RawHeaderOf(const Entry& e);
+  // The header of e's T2 record (its location's codec, stored size and checksum): what a
+  // read of that record must find.
+  static RecordHeader T2HeaderOf(const Entry& e);
+  // A committed-to-be entry for the chunk a record describes (RawHeaderOf's inverse): its
+  // raw size, and its raw checksum when the record is raw (unknown for an encoded one).
   static std::unique_ptr<Entry> EntryOf(const RecordHeader& h);
+
+  // Codecs (docs/STORE.md, "Compressed lower tiers"). T1 pages always hold raw KV.
+  // `tier_codec` when it can encode chunks of `layout` and its encoding of `tokens` tokens is
+  // smaller than the raw chunk, else kNone (stored raw).
+  static KvCodec CodecFor(KvCodec tier_codec, const KvLayout& layout, uint32_t tokens);
+  // Encodes pinned entry e's payload (its T1 pages) with `codec` into `out`: the encoding,
+  // then zeros up to the block boundary. kInvalidArgument when the codec refuses the values
+  // (NaN or Inf): the caller stores the chunk raw. mu_ not needed; any thread.
+  Status EncodeFromPages(const Entry* e, KvCodec codec, AlignedBuffer* out) const;
+  // Decodes `encoded` (a record's stored payload in `codec`, already checksummed) into
+  // pinned entry e's T1 pages (pages in one run: the whole chunk on options_.decode_threads
+  // threads; else layer by layer), and zeros the padding. kCorruption when it
+  // does not decode. mu_ not needed; any thread.
+  Status DecodeIntoPages(const Entry* e, KvCodec codec, std::span<const std::byte> encoded);
 
   // T3 read path. Fetches chunk `key` of `ns` from the cluster tier into T1 as a committed
   // entry pinned for the returned reader; releases `lock` during the fetch and the copy.
@@ -167,8 +189,9 @@ class StoreImpl final : private TierCoreListener {
   // T3 write path: queues committed whole chunk e for publishing, or drops it (counted)
   // when the queue is at its cap.
   void EnqueueClusterWriteLocked(Entry* e) REQUIRES(mu_);
-  // e's record (remote_record.h) copied out of its pages; fills in h->payload_checksum when
-  // `hash`. REQUIRES: e pinned by the caller; mu_ not held.
+  // e's record (remote_record.h) copied out of its pages, encoded with options_.t3_codec when
+  // it applies (h's codec, size and checksum say so); else raw, and then h->payload_checksum
+  // is filled in when `hash`. REQUIRES: e pinned by the caller; mu_ not held.
   std::vector<std::byte> CopyRecordOut(const Entry* e, RecordHeader* h, bool hash) const;
   // XXH3 of a pinned entry's payload, in one pass over its pages (mu_ not needed).
   uint64_t PayloadChecksumOf(const Entry* e) const;
@@ -242,6 +265,10 @@ class StoreImpl final : private TierCoreListener {
   // Keys being fetched from T3 by OpenChunk (at most one fetch per key; others wait on
   // progress_cv_). A key leaves the set when its entry is committed or the fetch failed.
   std::unordered_set<ChunkKey, DigestHash> t3_fetching_ GUARDED_BY(mu_);
+
+  // The write-behind's buffers for encoded payloads, one per chunk of a batch (writer thread
+  // only; kept between batches so that they are not reallocated each time).
+  std::vector<AlignedBuffer> encode_buffers_;
 
   mutable StoreStats stats_ GUARDED_BY(mu_);
   mutable std::atomic<uint64_t> bytes_loaded_{0};

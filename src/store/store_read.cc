@@ -5,6 +5,8 @@
 
 #include <cstring>
 
+#include "store/aligned_buffer.h"
+
 namespace kvault {
 
 namespace {
@@ -73,23 +75,43 @@ Result<ChunkReader> StoreImpl::OpenChunk(const Namespace& ns, const ChunkKey& ke
 
 Status StoreImpl::PromoteLocked(MutexLock& lock, Entry* e, bool demand,
                                 const std::function<bool(const Entry*)>& may_evict) {
-  // Read T2 straight into freshly allocated T1 pages.
+  // A raw record is read straight into freshly allocated T1 pages; an encoded one into a
+  // buffer of this thread, checked, then decoded into the pages. The record's own header
+  // (which ReadRecord requires to match the index: codec, layout, size, checksum) decides
+  // the decoding.
   KVAULT_RETURN_IF_ERROR(ReserveT1Locked(e, may_evict));
   e->promoting = true;
   ++e->pins;
-  const RecordHeader expected = HeaderOf(*e);
+  const RecordHeader expected = T2HeaderOf(*e);
   const DiskLocation loc = e->location;
+  thread_local AlignedBuffer encoded;  // reused by this thread's promotions
   std::vector<IoSlice> slices;
-  arena_->ForEachPiece(e->pages, 0, RoundUpToBlock(e->bytes), [&](std::byte* p, size_t n) { slices.push_back({p, n}); });
+  if (loc.codec == KvCodec::kNone) {
+    arena_->ForEachPiece(e->pages, 0, RoundUpToBlock(e->bytes), [&](std::byte* p, size_t n) { slices.push_back({p, n}); });
+  }
   lock.Unlock(mu_);
+  if (loc.codec != KvCodec::kNone) {
+    encoded.Resize(RoundUpToBlock(loc.payload_bytes));
+    slices.push_back({encoded.data(), RoundUpToBlock(loc.payload_bytes)});
+  }
   Status st = log_->ReadRecord(loc, expected, slices);
+  if (st.ok() && loc.codec != KvCodec::kNone) {
+    st = DecodeIntoPages(e, loc.codec, std::as_bytes(std::span(encoded.data(), loc.payload_bytes)));
+  }
   lock.Lock(mu_);
   e->promoting = false;
   progress_cv_.notify_all();
   if (st.ok()) {
     core_->Promoted(e, demand);  // in T1; a demand read is a use of its T2 copy too
     ++stats_.promotions;
-    stats_.bytes_t2_to_t1 += e->bytes;
+    stats_.bytes_t2_to_t1 += loc.payload_bytes;
+    if (loc.codec == KvCodec::kNone) {
+      e->payload_checksum = loc.payload_checksum;  // the pages hold the record's bytes
+      e->checksum_valid = true;
+    } else {
+      e->checksum_valid = false;  // decoded bytes: hashed again if ever needed
+      ++stats_.t2_chunks_decoded;
+    }
     return Status::OK();
   }
   // Unreadable or corrupt: never served. Drop the T2 copy; the chunk is a miss from now on.

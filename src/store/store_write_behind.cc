@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "store/aligned_buffer.h"
+#include "store/record_format.h"
 
 namespace kvault {
 
@@ -18,7 +19,7 @@ void StoreImpl::WriterLoop() {
     if (write_queue_.empty()) break;  // shutdown with nothing left to write
 
     std::vector<Entry*> batch;
-    std::vector<uint64_t> record_sizes;  // on disk, in append order: what EnsureT2Space checks
+    std::vector<KvCodec> codecs;  // how each chunk is to be stored
     uint64_t record_bytes = 0, upto = 0;
     while (!write_queue_.empty() && batch.size() < kMaxBatch &&
            (batch.empty() || record_bytes < options_.write_batch_bytes)) {
@@ -31,8 +32,8 @@ void StoreImpl::WriterLoop() {
       e->writing = true;
       ++e->pins;
       batch.push_back(e);
-      record_sizes.push_back(TierCore::RecordBytes(*e));
-      record_bytes += record_sizes.back();
+      codecs.push_back(CodecFor(options_.t2_codec, e->layout, e->tokens));
+      record_bytes += kBlockBytes + RoundUpToBlock(StoredPayloadBytes(codecs.back(), e->layout, e->tokens));
     }
     if (batch.empty()) {
       processed_seq_ = upto;
@@ -42,17 +43,36 @@ void StoreImpl::WriterLoop() {
     std::vector<AppendItem> items(batch.size());
     std::vector<bool> needs_checksum(batch.size());
     for (size_t i = 0; i < batch.size(); ++i) {
-      items[i].header = HeaderOf(*batch[i]);
+      items[i].header = RawHeaderOf(*batch[i]);
       needs_checksum[i] = !batch[i]->checksum_valid;
     }
     const bool degraded = std::chrono::steady_clock::now() < degraded_until_;
     lock.Unlock();
 
-    // The entries are pinned: their pages can be read without the lock.
+    // The entries are pinned: their pages can be read without the lock. A chunk the codec
+    // takes is encoded here, off the put's path, into a buffer of its own; the others (codec
+    // none, or values the codec refuses) are written straight from their pages.
+    if (encode_buffers_.size() < batch.size()) encode_buffers_.resize(batch.size());
+    uint64_t fallbacks = 0;
+    std::vector<uint64_t> record_sizes;  // on disk, in append order: what EnsureT2Space checks
     for (size_t i = 0; i < batch.size(); ++i) {
-      if (needs_checksum[i]) items[i].header.payload_checksum = PayloadChecksumOf(batch[i]);  // written out of order
+      RecordHeader& h = items[i].header;
+      if (codecs[i] != KvCodec::kNone) {
+        AlignedBuffer& buf = encode_buffers_[i];
+        if (EncodeFromPages(batch[i], codecs[i], &buf).ok()) {
+          h.codec = codecs[i];
+          h.payload_bytes = EncodedChunkBytes(codecs[i], batch[i]->layout, batch[i]->tokens);
+          h.payload_checksum = Checksum(std::as_bytes(std::span(buf.data(), h.payload_bytes)));
+          items[i].payload.push_back({buf.data(), RoundUpToBlock(h.payload_bytes)});
+          record_sizes.push_back(h.record_bytes());
+          continue;
+        }
+      }
+      if (options_.t2_codec != KvCodec::kNone) ++fallbacks;  // a layout or values the codec cannot take: raw
+      if (needs_checksum[i]) h.payload_checksum = PayloadChecksumOf(batch[i]);  // written out of order
       arena_->ForEachPiece(batch[i]->pages, 0, RoundUpToBlock(batch[i]->bytes),
                            [&](std::byte* p, size_t n) { items[i].payload.push_back({p, n}); });
+      record_sizes.push_back(h.record_bytes());
     }
     Status space = degraded ? Status::Unavailable("disk tier recovering from an error")
                             : EnsureT2Space(record_sizes);
@@ -63,6 +83,7 @@ void StoreImpl::WriterLoop() {
     }
 
     lock.Lock();
+    stats_.codec_fallbacks += fallbacks;
     bool failed = false;
     for (size_t i = 0; i < batch.size(); ++i) {
       Entry* e = batch[i];
@@ -71,11 +92,15 @@ void StoreImpl::WriterLoop() {
       --e->pins;
       if (item.status.ok()) {
         if (e->on_t2) DropT2CopyLocked(e);  // an older copy (rewritten after a failed load)
-        AddT2CopyLocked(e, item.location);
-        e->payload_checksum = item.header.payload_checksum;
-        e->checksum_valid = true;
+        AddT2CopyLocked(e, item.location);  // the location carries the record's codec and size
+        if (item.header.codec == KvCodec::kNone) {
+          e->payload_checksum = item.header.payload_checksum;  // of the raw payload
+          e->checksum_valid = true;
+        } else {
+          ++stats_.t2_chunks_encoded;
+        }
         e->hot = false;
-        stats_.bytes_t1_to_t2 += e->bytes;
+        stats_.bytes_t1_to_t2 += item.header.payload_bytes;
       } else {
         failed = true;
         if (!e->from_t3) ++unpersisted_;
@@ -185,7 +210,7 @@ void StoreImpl::CompactSegment(uint32_t id) {
         if (e == nullptr) continue;
         if (!e->on_t2 || e->location.segment != id || e->writing || e->moving) continue;
         e->moving = true;
-        Move m{e, {}, e->location, HeaderOf(*e), {}};
+        Move m{e, {}, e->location, T2HeaderOf(*e), {}};  // moved as stored: no decode, no re-encode
         m.item.header = m.header;
         m.item.header.seq = next_seq_++;  // the copy wins over the old one after a restart
         moves.push_back(std::move(m));
@@ -252,7 +277,7 @@ void StoreImpl::CompactSegment(uint32_t id) {
     if (item.status.ok()) {
       PlaceT2RecordLocked(e, item.location);  // still on T2: the policy keeps its place
       e->seq = item.header.seq;
-      stats_.bytes_compacted += e->bytes;
+      stats_.bytes_compacted += item.header.payload_bytes;
     } else {
       if (item.status.code() != Code::kUnavailable) CountErrorLocked(item.status);
       ++stats_.t2_evictions;

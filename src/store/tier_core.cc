@@ -175,7 +175,11 @@ void TierCore::EvictFromT1(Entry* e) {
 
 // --- T2 ----------------------------------------------------------------------------------
 
-uint64_t TierCore::RecordBytes(const Entry& e) { return kBlockBytes + RoundUpToBlock(e.bytes); }
+uint64_t TierCore::RecordBytes(const Entry& e) {
+  // Stored bytes: an encoded record is smaller than the chunk. An entry without a record's
+  // location (kvault replay's) counts its raw payload.
+  return e.location.payload_bytes > 0 ? e.location.record_bytes() : kBlockBytes + RoundUpToBlock(e.bytes);
+}
 
 void TierCore::AddT2Copy(Entry* e) {
   e->on_t2 = true;

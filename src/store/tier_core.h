@@ -17,7 +17,8 @@
 //    (among the next kPreferenceScan victims) one with a T2 copy or with no T2 at all, then one
 //    not waiting for the write-behind, then any;
 //  * an entry that leaves both tiers unpinned is erased; a T2 record is 4 KiB of header plus
-//    the payload rounded up to 4 KiB.
+//    the stored payload (raw, or encoded by the tier's codec: e->location says) rounded up to
+//    4 KiB.
 //
 // Thread-safety: none; the owner serializes every call (the store holds its mutex). The
 // listener is called from inside those calls.

@@ -1,4 +1,5 @@
 #include "apps/cli/commands.h"
+#include "codec_bench.h"
 #include "gpu_ttft_bench.h"
 #include "model_bench.h"
 #include "serve_load.h"
@@ -64,6 +65,28 @@ void AddBenchCommand(CLI::App& app) {
   model->add_flag("--json", mo->json, "Print one JSON object instead of a summary");
   model->callback([mo] { SetExitCode(RunModelBench(*mo)); });
 
+  auto co = std::make_shared<CodecBenchOptions>();
+  CLI::App* codec = bench->add_subcommand(
+      "codec", "KV codecs on a real model: continuation perplexity, top-1 agreement and greedy answers with the "
+               "prefix's KV through each codec vs exact, and encode/decode GB/s");
+  codec->add_option("--model", co->model, "smollm2, a .gguf file or a Hugging Face model directory")->capture_default_str();
+  codec->add_option("--dtype", co->dtype, "The engine's weights and KV: fp32 or bf16")->capture_default_str();
+  codec->add_option("--codecs", co->codecs, "Codecs to measure (none, int8, int4)")->delimiter(',')->capture_default_str();
+  codec->add_option("--text", co->texts, "Document(s) of real text (default: Debian's license texts)");
+  codec->add_option("--tokens", co->tokens, "Continuation tokens to evaluate, at least (default 20480; --quick 512)");
+  codec->add_option("--prefix-tokens", co->prefix_tokens, "Per window: tokens whose KV goes through the codec (default 512; --quick 256)");
+  codec->add_option("--continuation-tokens", co->continuation_tokens, "Per window: tokens computed over it and evaluated (default 256; --quick 128)");
+  codec->add_option("--answers", co->answers, "Demo conversations answered greedily, exact vs codec (default 6; --quick 2; 0: none)");
+  codec->add_option("--answer-tokens", co->answer_tokens, "Greedy tokens per answer (default 32; --quick 8)");
+  codec->add_option("--document-tokens", co->document_tokens, "Each conversation's document, about (default 1000; --quick 300)");
+  codec->add_option("--speed-chunks", co->speed_chunks, "Whole chunks of real KV the speed is timed on (default 8; --quick 2)");
+  codec->add_option("--repeats", co->repeats, "Timed passes over them, median reported (default 5; --quick 2)");
+  codec->add_option("--chunk-tokens", co->chunk_tokens, "Store chunk = KV page size")->capture_default_str();
+  codec->add_option("--threads", co->threads, "Model compute threads (0: every core but one)")->capture_default_str();
+  codec->add_flag("--quick", co->quick, "A run of seconds: fewer tokens, answers and timed chunks");
+  codec->add_flag("--json", co->json, "Print one JSON object instead of a table");
+  codec->callback([co] { SetExitCode(RunCodecBench(*co)); });
+
   auto lo = std::make_shared<ServeLoadOptions>();
   CLI::App* serve = bench->add_subcommand(
       "serve", "Load on any OpenAI-compatible server: multi-turn sessions at a Poisson rate -> TTFT percentiles, goodput under an SLO (--sweep: the highest rate that holds it)");
@@ -77,6 +100,9 @@ void AddBenchCommand(CLI::App& app) {
   serve->add_option("--documents", lo->documents, "Documents in a session's first message (longer prompts)")->capture_default_str();
   serve->add_option("--max-tokens", lo->max_tokens, "max_tokens of every request")->capture_default_str();
   serve->add_option("--temperature", lo->temperature, "Sampling temperature (0: greedy)")->capture_default_str();
+  serve->add_option("--answers", lo->answers,
+                    "Write every request's answer to this file, one JSON line each (rate, session, turn, ok, "
+                    "answer): two runs with the same --seed compare answer by answer");
   serve->add_option("--slo-ttft-ms", lo->slo_ttft_ms, "TTFT SLO: goodput counts requests within it; a rate holds it when its p90 TTFT does")->capture_default_str();
   serve->add_option("--timeout-s", lo->timeout_s, "Per request, from sending to the stream's end (a timeout counts as failed)")->capture_default_str();
   serve->add_option("--seed", lo->seed, "Seed of the arrivals and of each session's document and tag")->capture_default_str();

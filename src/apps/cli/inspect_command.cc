@@ -1,6 +1,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "kvault/kv_codec.h"
 #include "apps/cli/commands.h"
 #include "store/inspect.h"
 
@@ -28,11 +29,14 @@ int RunInspect(const std::string& dir, bool json, bool list_entries) {
     for (const auto& e : r.records) {
       j["records"].push_back({{"segment", e.segment}, {"offset", e.offset}, {"key", e.header.key.Hex()},
                               {"parent", e.header.parent.Hex()}, {"namespace", e.header.ns_id.Hex()},
-                              {"tokens", e.header.tokens}, {"payload_bytes", e.header.payload_bytes},
+                              {"tokens", e.header.tokens}, {"codec", KvCodecName(e.header.codec)},
+                              {"payload_bytes", e.header.payload_bytes},
                               {"layout", e.header.layout.ToString()}, {"seq", e.header.seq}, {"ok", e.payload_ok}});
     }
     j["total_records"] = r.records.size();
     j["payload_bytes"] = r.payload_bytes;
+    j["raw_bytes"] = r.raw_bytes;
+    j["encoded_records"] = r.encoded_records;
     j["torn"] = r.torn;
     j["corrupt"] = r.corrupt;
     j["clean"] = r.clean();
@@ -45,15 +49,19 @@ int RunInspect(const std::string& dir, bool json, bool list_entries) {
                   static_cast<unsigned long long>(s.torn), static_cast<unsigned long long>(s.corrupt));
     }
     if (list_entries) {
-      std::printf("\n%-14s %-14s %-14s %6s %10s %s\n", "key", "parent", "namespace", "tokens", "bytes", "checksum");
+      std::printf("\n%-14s %-14s %-14s %6s %5s %10s %s\n", "key", "parent", "namespace", "tokens", "codec", "bytes",
+                  "checksum");
       for (const auto& e : r.records) {
-        std::printf("%-14s %-14s %-14s %6u %10llu %s\n", e.header.key.ShortHex().c_str(),
+        std::printf("%-14s %-14s %-14s %6u %5s %10llu %s\n", e.header.key.ShortHex().c_str(),
                     e.header.parent.ShortHex().c_str(), e.header.ns_id.ShortHex().c_str(), e.header.tokens,
-                    static_cast<unsigned long long>(e.header.payload_bytes), e.payload_ok ? "ok" : "BAD");
+                    KvCodecName(e.header.codec), static_cast<unsigned long long>(e.header.payload_bytes),
+                    e.payload_ok ? "ok" : "BAD");
       }
     }
-    std::printf("\n%zu records, %llu payload bytes, %llu torn, %llu corrupt: %s\n", r.records.size(),
-                static_cast<unsigned long long>(r.payload_bytes), static_cast<unsigned long long>(r.torn),
+    std::printf("\n%zu records (%llu compressed), %llu payload bytes (%llu decoded), %llu torn, %llu corrupt: %s\n",
+                r.records.size(), static_cast<unsigned long long>(r.encoded_records),
+                static_cast<unsigned long long>(r.payload_bytes), static_cast<unsigned long long>(r.raw_bytes),
+                static_cast<unsigned long long>(r.torn),
                 static_cast<unsigned long long>(r.corrupt), r.clean() ? "clean" : "DAMAGED");
   }
   return r.clean() ? 0 : 1;

@@ -56,6 +56,16 @@ void AddReplayCommand(CLI::App& app) {
   cmd->add_option("--t2-write-gbps,--ssd-write-gbps", o->cost.t2_write_gbps, "T2 write bandwidth, GB/s")->capture_default_str();
   cmd->add_option("--decode-ms", o->cost.decode_ms_per_token, "Decode time per output token of a request, ms")
       ->capture_default_str();
+  cmd->add_option("--t2-codec", o->t2_codec,
+                  "How T2 stores KV: none, int8 or int4 (records of the encoded size; a read decodes, a write encodes)")
+      ->capture_default_str();
+  cmd->add_option("--t3-codec", o->t3_codec, "How T3 stores KV; replay models no T3, so only none")->capture_default_str();
+  cmd->add_option("--decode-gbps", o->decode_gbps,
+                  "The T2 codec's decode rate, GB/s of raw KV on the reading thread (0: measured at startup, one thread)")
+      ->capture_default_str();
+  cmd->add_option("--encode-gbps", o->encode_gbps,
+                  "The T2 codec's encode rate, GB/s of raw KV on the write-behind thread (0: measured at startup)")
+      ->capture_default_str();
   cmd->add_flag("--json", o->json, "Print one JSON object (several policies: {\"runs\": [...]})");
   cmd->add_option("--chart", o->chart_path, "Write an SVG chart of queue length over time ('-' or empty: none)");
   cmd->add_flag("-q,--quiet", o->quiet, "No progress on stderr");
@@ -73,7 +83,8 @@ void AddReplayCommand(CLI::App& app) {
       "--json keys: token_hit_rate (prompt tokens served from cache / prompt tokens), token_hit_rate_by_tier {t1, t2}, "
       "reused_token_rate (after the planner), ttft_p50_ms, ttft_p90_ms, ttft_p99_ms, ttft_mean_ms, "
       "throughput_tokens_per_s ((prompt + output tokens) / makespan), prefill_throughput_tokens_per_s, queue_length "
-      "{max, mean, series_s}, planner, bytes per path, evictions, trace, config, wall_s.\n"
+      "{max, mean, series_s}, planner, bytes per path, evictions, t2_codec, t3_codec, t2_codec_ratio, decode_gbps, "
+      "decode_gbps_source (measured|flag|unused), encode_gbps, encode_gbps_source, trace, config, wall_s.\n"
       "Exit status: 0 ok; 1 failure; 2 bad options or trace.");
   cmd->callback([o] { SetExitCode(replay::ReplayMain(*o)); });
 }

@@ -14,6 +14,7 @@
 #include "apps/runtime_setup.h"
 #include "engine/weights.h"
 #include "kvault/client.h"
+#include "kvault/kv_codec.h"
 #include "models/model_loader.h"
 #include "tokenizer/byte_tokenizer.h"
 #include "openai/server.h"
@@ -32,6 +33,7 @@ struct ServeFlags {
   std::string model_id;
   int64_t ctx_size = 4096;
   int64_t max_batch = 16;
+  int64_t prefill_chunk_tokens = 256;
   int64_t default_max_tokens = 256;
   int threads = 0;
   std::string dtype = "fp32";
@@ -40,6 +42,8 @@ struct ServeFlags {
   double t1_gib = 1.0;
   double t2_gib = 8.0;
   std::string policy = "lru";
+  std::string t2_codec = "none";
+  int decode_threads = 1;
   int64_t chunk_tokens = 64;
   int io_threads = 2;
   int max_connections = 1024;
@@ -133,6 +137,11 @@ int RunServe(const ServeFlags& f) {
       so.t1_bytes = static_cast<uint64_t>(f.t1_gib * (1ull << 30));
       so.t2_bytes = static_cast<uint64_t>(f.t2_gib * (1ull << 30));
       so.policy = f.policy;
+      if (Status st = ParseKvCodec(f.t2_codec, &so.t2_codec); !st.ok()) {
+        std::cerr << "kvault serve: --t2-codec: " << st.message() << "\n";
+        return 2;
+      }
+      so.decode_threads = f.decode_threads;
       auto s = Store::Open(so);
       if (!s.ok()) {
         std::cerr << "kvault serve: --store " << f.store << ": " << s.status().ToString() << "\n";
@@ -147,6 +156,7 @@ int RunServe(const ServeFlags& f) {
   eo.chunk_tokens = f.chunk_tokens;
   eo.kv_pool_tokens = std::max<int64_t>(f.ctx_size * f.max_batch / 2, f.ctx_size + f.chunk_tokens);
   eo.max_batch = f.max_batch;
+  eo.prefill_chunk_tokens = f.prefill_chunk_tokens;
   eo.store = store.get();
   engine::Engine engine(model, eo);
 
@@ -201,6 +211,11 @@ void AddServeCommand(CLI::App& app) {
   s->add_option("--model-id", f->model_id, "Model name clients must use (default: the model's name, e.g. SmolLM2-135M-Instruct)");
   s->add_option("--ctx-size", f->ctx_size, "Context window: prompt + completion tokens")->check(CLI::PositiveNumber)->capture_default_str();
   s->add_option("--max-batch", f->max_batch, "Requests decoded together (continuous batching)")->check(CLI::PositiveNumber)->capture_default_str();
+  s->add_option("--prefill-chunk-tokens", f->prefill_chunk_tokens,
+                "Chunked prefill: prompt tokens computed between two decode steps, so that a long prompt does not "
+                "stall the answers being streamed (0: prefill each prompt whole)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   s->add_option("--default-max-tokens", f->default_max_tokens, "Completion length when a request sets none")->check(CLI::PositiveNumber)->capture_default_str();
   s->add_option("--threads", f->threads, "Compute threads (0: all cores but one)")->capture_default_str();
   s->add_option("--dtype", f->dtype, "Weights and KV dtype")->check(CLI::IsMember({"fp32", "bf16"}))->capture_default_str();
@@ -210,6 +225,14 @@ void AddServeCommand(CLI::App& app) {
   s->add_option("--t1-gib,--dram-gib", f->t1_gib, "Embedded store: T1 capacity")->capture_default_str();
   s->add_option("--t2-gib,--ssd-gib", f->t2_gib, "Embedded store: T2 capacity")->capture_default_str();
   s->add_option("--policy", f->policy, "Embedded store: eviction policy")->capture_default_str();
+  s->add_option("--t2-codec", f->t2_codec,
+                "Embedded store: how T2 holds KV: none (exact), int8 (1.9x smaller) or int4 (3.5x smaller); "
+                "T1 always holds it exact (docs/CODECS.md)")
+      ->check(CLI::IsMember({"none", "int8", "int4"}))
+      ->capture_default_str();
+  s->add_option("--decode-threads", f->decode_threads, "Embedded store: threads that decode one compressed chunk")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   s->add_option("--chunk-tokens", f->chunk_tokens, "Tokens per stored chunk (= KV page)")->check(CLI::PositiveNumber)->capture_default_str();
   // The HTTP layer's limits (docs/SERVE.md "Limits").
   s->add_option("--io-threads,--http-threads", f->io_threads,

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "daemon/daemon.h"
+#include "kvault/kv_codec.h"
 #include "daemon/stop_signals.h"
 
 namespace kvault {
@@ -24,12 +25,30 @@ struct DaemonFlags {
   std::vector<std::string> redis_seeds;
   double t3_budget_gib = 0;
   uint64_t t3_queue_mib = 64;
+  std::string t1_codec = "none", t2_codec = "none", t3_codec = "none";
 };
+
+// The tiers' codecs (docs/STORE.md, "Compressed lower tiers"): T1 always holds raw KV.
+bool ParseTierCodecs(const DaemonFlags& f, StoreOptions* store) {
+  KvCodec t1 = KvCodec::kNone;
+  Status st = ParseKvCodec(f.t1_codec, &t1);
+  if (st.ok() && t1 != KvCodec::kNone) {
+    st = Status::InvalidArgument("--t1-codec must be none: T1 holds KV exactly as put; use --t2-codec / --t3-codec");
+  }
+  if (st.ok()) st = ParseKvCodec(f.t2_codec, &store->t2_codec);
+  if (st.ok()) st = ParseKvCodec(f.t3_codec, &store->t3_codec);
+  if (!st.ok()) {
+    std::cerr << "kvaultd: " << st.ToString() << "\n";
+    return false;
+  }
+  return true;
+}
 
 int RunDaemon(DaemonFlags& f) {
   DaemonOptions o = f.d;
   o.store.t1_bytes = static_cast<uint64_t>(f.t1_gib * (1ull << 30));
   o.store.t2_bytes = static_cast<uint64_t>(f.t2_gib * (1ull << 30));
+  if (!ParseTierCodecs(f, &o.store)) return 2;
   if (f.max_message_mib == 0 || f.max_message_mib > 1024) {
     std::cerr << "kvaultd: --max-message-mib must be in 1..1024\n";
     return 2;
@@ -110,6 +129,15 @@ void AddDaemonFlags(CLI::App& app, int* exit_code) {
   app.add_option("--t1-gib,--dram-gib", f->t1_gib, "T1 (shared memory) capacity in GiB")->capture_default_str();
   app.add_option("--t2-gib,--ssd-gib", f->t2_gib, "T2 capacity in GiB (0: no disk tier)")->capture_default_str();
   app.add_option("--policy", f->d.store.policy, "Eviction policy: lru, fifo, s3fifo or aware")->capture_default_str();
+  app.add_option("--t1-codec", f->t1_codec, "T1 codec: none only (T1 holds KV exactly as put)")->capture_default_str();
+  app.add_option("--t2-codec", f->t2_codec, "How T2 stores KV: none, int8 or int4 (encoded when written to disk)")
+      ->capture_default_str();
+  app.add_option("--t3-codec", f->t3_codec, "How T3 stores KV: none, int8 or int4 (encoded when published)")
+      ->capture_default_str();
+  app.add_option("--decode-threads", f->d.store.decode_threads,
+                 "Threads that decode one encoded chunk coming back into T1")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
   app.add_flag("--prefault-t1,--prefault-dram", f->d.store.prefault_t1, "Touch all of T1 at start (steady latency; commits the memory)");
   app.add_option("--max-message-mib", f->max_message_mib, "Largest protocol message accepted")->capture_default_str();
   app.add_option("--max-connections", f->d.max_connections, "Most client connections at once")->capture_default_str();

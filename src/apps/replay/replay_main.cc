@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "apps/replay/engine_validation.h"
+#include "kvault/kv_codec.h"
 #include "replay/report.h"
 #include "replay/simulator.h"
 #include "replay/trace.h"
@@ -68,7 +69,46 @@ int ReplayMain(const ReplayCliOptions& cli) {
   }
   if (cli.page_kib == 0 || cli.page_kib % 4 != 0) return Fail(Status::InvalidArgument("--page-kib must be a positive multiple of 4"), 2);
 
+  KvCodec t2_codec = KvCodec::kNone, t3_codec = KvCodec::kNone;
+  if (Status st = ParseKvCodec(cli.t2_codec, &t2_codec); !st.ok()) return Fail(Status::InvalidArgument("--t2-codec: " + st.message()), 2);
+  if (Status st = ParseKvCodec(cli.t3_codec, &t3_codec); !st.ok()) return Fail(Status::InvalidArgument("--t3-codec: " + st.message()), 2);
+  if (t3_codec != KvCodec::kNone) {
+    return Fail(Status::InvalidArgument("--t3-codec: kvault replay models T1 and T2 only (no cluster tier); it must be none"), 2);
+  }
+  if (!(cli.decode_gbps >= 0) || !(cli.encode_gbps >= 0)) {
+    return Fail(Status::InvalidArgument("--decode-gbps and --encode-gbps must be >= 0 (0: measured)"), 2);
+  }
+  if (t2_codec != KvCodec::kNone) {
+    if (cli.engine) return Fail(Status::InvalidArgument("--engine runs the store with raw tiers: --t2-codec must be none"), 2);
+    if (Status st = KvCodecSupports(t2_codec, shape->Layout(cli.chunk_tokens)); !st.ok()) {
+      return Fail(Status::InvalidArgument("--t2-codec with --layout " + cli.model + ": " + st.message()), 2);
+    }
+  }
+
   if (cli.engine) return EngineValidationMain(cli);
+
+  // The codec's rates: the flags, or measured once here (one thread, a synthetic chunk of the
+  // replay's layout) for every policy's run.
+  CostModel cost = cli.cost;
+  std::string decode_source = "flag", encode_source = "flag";
+  cost.codec_decode_gbps = cli.decode_gbps;
+  cost.codec_encode_gbps = cli.encode_gbps;
+  if (t2_codec != KvCodec::kNone && (cli.decode_gbps == 0 || cli.encode_gbps == 0)) {
+    auto rates = MeasureCodecRates(t2_codec, shape->Layout(cli.chunk_tokens), cli.chunk_tokens);
+    if (!rates.ok()) return Fail(rates.status());
+    if (cli.decode_gbps == 0) {
+      cost.codec_decode_gbps = rates->decode_gbps;
+      decode_source = "measured";
+    }
+    if (cli.encode_gbps == 0) {
+      cost.codec_encode_gbps = rates->encode_gbps;
+      encode_source = "measured";
+    }
+    if (!cli.quiet) {
+      std::fprintf(stderr, "replay: %s codec on this machine, one thread: decode %.2f GB/s, encode %.2f GB/s of raw KV\n",
+                   KvCodecName(t2_codec), rates->decode_gbps, rates->encode_gbps);
+    }
+  }
 
   TraceOptions to;
   to.chunk_tokens = cli.chunk_tokens;
@@ -89,7 +129,10 @@ int ReplayMain(const ReplayCliOptions& cli) {
     ReplayRun run;
     ReplayOptions& o = run.options;
     o.model = shape.value();
-    o.cost = cli.cost;
+    o.cost = cost;
+    o.t2_codec = t2_codec;
+    o.codec_decode_source = decode_source;
+    o.codec_encode_source = encode_source;
     if (cli.cache_fraction > 0) {
       o.t1_bytes = static_cast<uint64_t>(unique_bytes * cli.cache_fraction * cli.t1_share);
       o.t2_bytes = static_cast<uint64_t>(unique_bytes * cli.cache_fraction * (1 - cli.t1_share));
@@ -140,6 +183,13 @@ int ReplayMain(const ReplayCliOptions& cli) {
     std::printf("model %s (%llu B/token), %u engines, DRAM %.1f GiB, SSD %.1f GiB, window %u, speed %.2fx\n\n",
                 cli.model.c_str(), static_cast<unsigned long long>(o.model.kv_bytes_per_token()), o.engines,
                 double(o.t1_bytes) / double(1ull << 30), double(o.t2_bytes) / double(1ull << 30), o.window, o.speed);
+    if (t2_codec != KvCodec::kNone) {
+      std::printf("T2 codec %s (%.2fx smaller than raw), decode %.2f GB/s (%s), encode %.2f GB/s (%s)\n\n",
+                  KvCodecName(t2_codec),
+                  double(o.model.Layout(trace->chunk_tokens).chunk_bytes(trace->chunk_tokens)) /
+                      double(EncodedChunkBytes(t2_codec, o.model.Layout(trace->chunk_tokens), trace->chunk_tokens)),
+                  cost.codec_decode_gbps, decode_source.c_str(), cost.codec_encode_gbps, encode_source.c_str());
+    }
     std::printf("%s", RunTable(runs).c_str());
   }
   return 0;

@@ -26,6 +26,13 @@ struct ReplayCliOptions {
   uint32_t repeat = 1;
   size_t max_requests = 0;
   CostModel cost;
+  // Lower tiers' codecs (none, int8, int4). Replay models T1 and T2: --t3-codec must be none.
+  std::string t2_codec = "none";
+  std::string t3_codec = "none";
+  // The T2 codec's decode / encode rates, GB/s of raw KV; 0: measured at startup
+  // (MeasureCodecRates on one thread). Set into cost.codec_decode_gbps / codec_encode_gbps.
+  double decode_gbps = 0;
+  double encode_gbps = 0;
   bool json = false;
   std::string chart_path;
   bool quiet = false;
