@@ -11,31 +11,13 @@
 #include "engine/model.h"
 #include "engine/weights.h"
 #include "fault_env.h"
+#include "small_model.h"
 
 namespace kvault::engine {
 namespace {
 
-ModelConfig SmallConfig() {
-  ModelConfig c;
-  c.vocab_size = 128;
-  c.hidden_size = 64;
-  c.intermediate_size = 128;
-  c.num_layers = 3;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 16;
-  c.max_position_embeddings = 4096;
-  c.rope_theta = 10000;
-  c.rms_norm_eps = 1e-6;
-  return c;
-}
-
-std::vector<uint32_t> RandomTokens(uint64_t seed, size_t n) {
-  std::mt19937_64 rng(seed);
-  std::vector<uint32_t> t(n);
-  for (auto& x : t) x = static_cast<uint32_t>(rng() % 128);
-  return t;
-}
+using testing_model::RandomTokens;
+using testing_model::SmallConfig;
 
 std::vector<uint32_t> Concat(std::vector<uint32_t> a, const std::vector<uint32_t>& b) {
   a.insert(a.end(), b.begin(), b.end());
