@@ -409,6 +409,7 @@ TEST_F(EngineTest, ChunkedPrefillComputesAndSavesTheSameKv) {
     OpenStore();
     EngineOptions o = Options();
     o.prefill_chunk_tokens = piece;
+    o.plan = PlanMode::kLoad;  // load every cached chunk: no planner split (timing) in the counts
     std::vector<uint32_t> first = Concat(system, RandomTokens(61, 50));
     std::vector<uint32_t> second = Concat(system, RandomTokens(62, 29));
     {
@@ -423,7 +424,9 @@ TEST_F(EngineTest, ChunkedPrefillComputesAndSavesTheSameKv) {
       ExpectMatchesRecompute(second, r2);
       chunked.WaitForSaves();
     }
-    Engine whole(model_, Options());
+    EngineOptions w = Options();
+    w.plan = PlanMode::kLoad;
+    Engine whole(model_, w);
     auto again = whole.Generate(first, Params(1, true));
     EXPECT_EQ(again.hit_tokens, 86);  // every chunk the pieces saved, the partial last one too
     ExpectMatchesRecompute(first, again);
