@@ -30,6 +30,15 @@ class AlignedBuffer {
     size_ = size;
     std::memset(data_, 0, size_);
   }
+  // Grows to at least `size` bytes, contents unspecified: for a buffer that is overwritten
+  // whole before it is read (a disk read into it), where zero-filling would be a wasted pass.
+  void Reserve(size_t size, size_t alignment = 4096) {
+    if (size <= size_) return;
+    std::free(data_);
+    data_ = static_cast<uint8_t*>(std::aligned_alloc(alignment, (size + alignment - 1) / alignment * alignment));
+    if (data_ == nullptr) throw std::bad_alloc();
+    size_ = size;
+  }
   uint8_t* data() { return data_; }
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }

@@ -91,7 +91,7 @@ Status StoreImpl::PromoteLocked(MutexLock& lock, Entry* e, bool demand,
   }
   lock.Unlock(mu_);
   if (loc.codec != KvCodec::kNone) {
-    encoded.Resize(RoundUpToBlock(loc.payload_bytes));
+    encoded.Reserve(RoundUpToBlock(loc.payload_bytes));  // the read fills it, padding included
     slices.push_back({encoded.data(), RoundUpToBlock(loc.payload_bytes)});
   }
   Status st = log_->ReadRecord(loc, expected, slices);
