@@ -52,11 +52,16 @@ struct Counters {
   std::atomic<int64_t> sent{0}, completed{0}, failed{0}, live_sessions{0};
 };
 
+// A model and the server that serves it.
+struct Target {
+  std::string model;
+  BaseUrl url;
+};
+
 // What every session of one run shares (read-only while the sessions run).
 struct RunContext {
   const ServeLoadOptions* options = nullptr;
-  BaseUrl url;
-  std::string model;
+  std::vector<Target> targets;  // session n asks targets[(n / switch_every) % size]
   Clock::time_point start;
   Counters* counters = nullptr;
 };
@@ -74,9 +79,10 @@ std::string OpeningMessage(const std::string& tag, const std::vector<const serve
 
 // One streamed chat completion of `messages`: the record of what came back, and the answer's
 // text in *answer.
-RequestRecord OneTurn(const RunContext& ctx, HttpClient& client, const json& messages, int turn, std::string* answer) {
+RequestRecord OneTurn(const RunContext& ctx, const Target& target, HttpClient& client, const json& messages, int turn,
+                      std::string* answer) {
   const ServeLoadOptions& o = *ctx.options;
-  json body = {{"model", ctx.model},
+  json body = {{"model", target.model},
                {"messages", messages},
                {"max_tokens", o.max_tokens},
                {"temperature", o.temperature},
@@ -84,6 +90,7 @@ RequestRecord OneTurn(const RunContext& ctx, HttpClient& client, const json& mes
                {"stream_options", {{"include_usage", true}}}};
   RequestRecord rec;
   rec.turn = turn;
+  rec.model = target.model;
   ChatStreamState st;
   const Clock::time_point sent = Clock::now();
   Clock::time_point last_chunk;
@@ -99,7 +106,7 @@ RequestRecord OneTurn(const RunContext& ctx, HttpClient& client, const json& mes
   });
   const auto deadline = sent + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o.timeout_s));
   const HttpClient::Response resp =
-      client.Request("POST", ctx.url.ChatPath(), body.dump(), deadline, [&](std::string_view bytes) {
+      client.Request("POST", target.url.ChatPath(), body.dump(), deadline, [&](std::string_view bytes) {
         sse.Feed(bytes);
         return st.error.empty();
       });
@@ -131,7 +138,7 @@ RequestRecord OneTurn(const RunContext& ctx, HttpClient& client, const json& mes
 // One session: `turns` requests on one connection, `think_s` apart. A failed turn leaves the
 // conversation as it was (the user asks the next question instead), so every session sends
 // exactly `turns` requests.
-void RunSession(const RunContext& ctx, uint64_t session_seed, std::vector<RequestRecord>* out) {
+void RunSession(const RunContext& ctx, const Target& target, uint64_t session_seed, std::vector<RequestRecord>* out) {
   const ServeLoadOptions& o = *ctx.options;
   std::mt19937_64 rng(session_seed);
   const auto& corpus = serve_load::Corpus();
@@ -150,7 +157,7 @@ void RunSession(const RunContext& ctx, uint64_t session_seed, std::vector<Reques
   char tag[64];
   std::snprintf(tag, sizeof tag, "Conversation %016llx.", static_cast<unsigned long long>(rng()));
 
-  HttpClient client(ctx.url);
+  HttpClient client(target.url);
   json messages = json::array();
   for (int turn = 1; turn <= o.turns; ++turn) {
     if (turn > 1 && o.think_s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(o.think_s));
@@ -158,7 +165,7 @@ void RunSession(const RunContext& ctx, uint64_t session_seed, std::vector<Reques
     messages.push_back({{"role", "user"}, {"content", messages.empty() ? OpeningMessage(tag, docs, q) : q}});
     ++ctx.counters->sent;
     std::string answer;
-    out->push_back(OneTurn(ctx, client, messages, turn, &answer));
+    out->push_back(OneTurn(ctx, target, client, messages, turn, &answer));
     out->back().session = tag;
     if (out->back().ok) {
       ++ctx.counters->completed;
@@ -175,7 +182,9 @@ void RunSession(const RunContext& ctx, uint64_t session_seed, std::vector<Reques
 void AppendAnswers(const std::string& path, double rate, const std::vector<RequestRecord>& records) {
   std::ofstream f(path, std::ios::app);
   for (const RequestRecord& r : records) {
-    f << json{{"rate", rate}, {"session", r.session}, {"turn", r.turn}, {"ok", r.ok}, {"answer", r.answer}}.dump()
+    f << json{{"rate", rate}, {"session", r.session}, {"model", r.model}, {"turn", r.turn}, {"ok", r.ok},
+              {"answer", r.answer}}
+             .dump()
       << "\n";
   }
   if (!f) Progress("cannot write the answers to %s", path.c_str());
@@ -186,14 +195,15 @@ struct RateResult {
   int64_t sessions = 0;
   LoadSummary summary;
   bool meets_slo = false;
+  std::vector<std::pair<std::string, LoadSummary>> per_model;  // several models: each one's share
 };
 
 // One run at `rate` sessions/s: launches the sessions on their Poisson arrival times, waits
 // for every one to finish, and summarizes.
-RateResult RunAtRate(const ServeLoadOptions& o, const BaseUrl& url, const std::string& model, double rate,
-                     int run_index) {
+RateResult RunAtRate(const ServeLoadOptions& o, const std::vector<Target>& targets, double rate, int run_index) {
   Counters counters;
-  RunContext ctx{&o, url, model, Clock::now(), &counters};
+  RunContext ctx{&o, targets, Clock::now(), &counters};
+  const size_t per_run = static_cast<size_t>(std::max(1, o.switch_every));
   // One slot per session; a session thread writes only its own slot's records, and this
   // thread reads them only after joining it (a deque never moves existing elements).
   struct Slot {
@@ -223,12 +233,13 @@ RateResult RunAtRate(const ServeLoadOptions& o, const BaseUrl& url, const std::s
   double t = 0;
   while (t < o.duration_s && (o.sessions <= 0 || static_cast<int64_t>(slots.size()) < o.sessions)) {
     std::this_thread::sleep_until(ctx.start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(t)));
+    const Target* target = &targets[(slots.size() / per_run) % targets.size()];
     Slot& slot = slots.emplace_back();
     const uint64_t session_seed = arrivals();
     ++counters.live_sessions;
     try {
-      slot.thread = std::thread([&ctx, &counters, session_seed, records = &slot.records] {
-        RunSession(ctx, session_seed, records);
+      slot.thread = std::thread([&ctx, &counters, target, session_seed, records = &slot.records] {
+        RunSession(ctx, *target, session_seed, records);
         --counters.live_sessions;
       });
     } catch (const std::system_error& e) {
@@ -253,6 +264,15 @@ RateResult RunAtRate(const ServeLoadOptions& o, const BaseUrl& url, const std::s
   r.sessions = static_cast<int64_t>(slots.size());
   r.summary = serve_load::Summarize(records, o.slo_ttft_ms, elapsed);
   r.meets_slo = serve_load::MeetsSlo(r.summary, o.max_failed_fraction);
+  if (targets.size() > 1) {
+    for (const Target& t : targets) {
+      std::vector<RequestRecord> mine;
+      for (const RequestRecord& rec : records) {
+        if (rec.model == t.model) mine.push_back(rec);
+      }
+      r.per_model.emplace_back(t.model, serve_load::Summarize(mine, o.slo_ttft_ms, elapsed));
+    }
+  }
   if (!o.answers.empty()) AppendAnswers(o.answers, rate, records);
   Progress("rate %g/s done in %.1f s: %lld sessions, sent %lld, completed %lld, failed %lld, TTFT p90 %.0f ms, %s",
            rate, elapsed, static_cast<long long>(r.sessions), static_cast<long long>(r.summary.sent),
@@ -267,6 +287,15 @@ json RateJson(const ServeLoadOptions& o, const RateResult& r) {
             {"sessions", r.sessions},
             {"meets_slo", r.meets_slo}};
   j.update(serve_load::ToJson(r.summary));
+  if (!r.per_model.empty()) {
+    json per = json::array();
+    for (const auto& [model, summary] : r.per_model) {
+      json m = serve_load::ToJson(summary);
+      m["model"] = model;
+      per.push_back(std::move(m));
+    }
+    j["per_model"] = std::move(per);
+  }
   return j;
 }
 
@@ -389,7 +418,33 @@ int RunServeLoadBench(const ServeLoadOptions& o) {
     std::fprintf(stderr, "kvault bench serve: --rate, --duration-s, --turns, --max-tokens and --timeout-s must be positive\n");
     return 2;
   }
-  std::string model = o.model;
+  if (!o.models.empty() && !o.model.empty()) {
+    std::fprintf(stderr, "kvault bench serve: give --model or --models, not both\n");
+    return 2;
+  }
+  if (!o.urls.empty() && o.urls.size() != o.models.size()) {
+    std::fprintf(stderr, "kvault bench serve: --urls needs one URL per model of --models (%zu given for %zu)\n",
+                 o.urls.size(), o.models.size());
+    return 2;
+  }
+  if (o.switch_every < 1) {
+    std::fprintf(stderr, "kvault bench serve: --switch-every must be at least 1\n");
+    return 2;
+  }
+  std::vector<Target> targets;
+  for (size_t i = 0; i < o.models.size(); ++i) {
+    Target t{o.models[i], *url};
+    if (!o.urls.empty()) {
+      auto u = serve_load::ParseBaseUrl(o.urls[i]);
+      if (!u.ok()) {
+        std::fprintf(stderr, "kvault bench serve: --urls %s: %s\n", o.urls[i].c_str(), u.status().message().c_str());
+        return 2;
+      }
+      t.url = *u;
+    }
+    targets.push_back(std::move(t));
+  }
+  std::string model = o.models.empty() ? o.model : o.models.front();
   if (model.empty()) {
     auto found = DiscoverModel(*url, o.timeout_s);
     if (!found.ok()) {
@@ -398,7 +453,10 @@ int RunServeLoadBench(const ServeLoadOptions& o) {
     }
     model = *found;
   }
-  const std::string label = o.label.empty() ? model : o.label;
+  if (targets.empty()) targets.push_back({model, *url});
+  std::string models_label;
+  for (const Target& t : targets) models_label += (models_label.empty() ? "" : "+") + t.model;
+  const std::string label = o.label.empty() ? models_label : o.label;
 
   std::vector<double> rates;
   if (o.sweep) {
@@ -416,7 +474,7 @@ int RunServeLoadBench(const ServeLoadOptions& o) {
     rates = {o.rate};
   }
   Progress("%s at %s: %zu rate(s), %d turns per session, think %g s, max_tokens %d, SLO p90 TTFT <= %g ms",
-           model.c_str(), o.url.c_str(), rates.size(), o.turns, o.think_s, o.max_tokens, o.slo_ttft_ms);
+           models_label.c_str(), o.url.c_str(), rates.size(), o.turns, o.think_s, o.max_tokens, o.slo_ttft_ms);
 
   if (!o.answers.empty() && !std::ofstream(o.answers, std::ios::trunc)) {
     std::fprintf(stderr, "kvault bench serve: cannot write --answers %s\n", o.answers.c_str());
@@ -425,7 +483,7 @@ int RunServeLoadBench(const ServeLoadOptions& o) {
   std::vector<RateResult> results;
   std::vector<serve_load::SweepPoint> points;
   for (size_t i = 0; i < rates.size(); ++i) {
-    results.push_back(RunAtRate(o, *url, model, rates[i], static_cast<int>(i)));
+    results.push_back(RunAtRate(o, targets, rates[i], static_cast<int>(i)));
     points.push_back({results.back().rate, results.back().meets_slo});
     if (o.sweep && !o.sweep_all && !results.back().meets_slo) break;
   }
@@ -442,6 +500,13 @@ int RunServeLoadBench(const ServeLoadOptions& o) {
               {"duration_s", o.duration_s},
               {"timeout_s", o.timeout_s},
               {"seed", o.seed}};
+  if (targets.size() > 1) {
+    json ms = json::array();
+    for (const Target& t : targets) ms.push_back(t.model);
+    out["models"] = ms;
+    out["switch_every"] = o.switch_every;
+    if (!o.urls.empty()) out["urls"] = o.urls;
+  }
   if (o.sweep) {
     json runs = json::array();
     for (const RateResult& r : results) runs.push_back(RateJson(o, r));
@@ -462,7 +527,7 @@ int RunServeLoadBench(const ServeLoadOptions& o) {
   if (o.json) {
     std::printf("%s\n", out.dump().c_str());
   } else {
-    std::printf("kvault bench serve: %s at %s\n", model.c_str(), o.url.c_str());
+    std::printf("kvault bench serve: %s at %s\n", models_label.c_str(), o.url.c_str());
     PrintTable(results);
     if (o.sweep) std::printf("max_rate_at_slo: %g sessions/s\n", out["max_rate_at_slo"].get<double>());
   }

@@ -9,6 +9,12 @@
 // runs increasing rates and reports the highest one whose p90 TTFT holds the SLO. Errors and
 // timeouts are counted, never fatal. One thread per live session (blocking sockets);
 // progress goes to stderr.
+//
+// Several models (`models`): session n talks to models[(n / switch_every) % M] (a conversation
+// stays with its model), so consecutive sessions alternate between models in runs of
+// `switch_every`: the switching workload of a server that holds several models. `urls` (one
+// per model) sends each model's sessions to its own server instead: the same arrivals against
+// separately served models, the baseline. The JSON adds a per-model breakdown.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +26,9 @@ namespace kvault {
 struct ServeLoadOptions {
   std::string url = "http://127.0.0.1:8080";  // the server's base URL (http:// only)
   std::string model;                           // "" = the first model of GET /v1/models
+  std::vector<std::string> models;             // several models, alternating by session (see above)
+  std::vector<std::string> urls;               // with `models`: the server of each ("": all at `url`)
+  int switch_every = 1;                        // consecutive sessions per model before the next
   double rate = 1.0;                           // sessions per second (Poisson arrivals)
   double duration_s = 30;                      // sessions arrive during this window
   int64_t sessions = 0;                        // stop arrivals after this many (0: no cap)

@@ -29,6 +29,7 @@ struct RequestRecord {
   // reader of the stream sees stall), in arrival order.
   std::vector<double> itl_ms;
   std::string session;             // the session's tag (the same seed gives the same tags)
+  std::string model;               // the model it asked
   std::string answer;              // the answer's text (completed requests)
 };
 

@@ -16,10 +16,15 @@
 
 #include "kvault/env.h"
 #include "kvault/store.h"
+#include "hardware_limits.h"
 #include "store/aligned_buffer.h"
 
 namespace kvault {
 namespace {
+
+using bench::HugeBuffer;
+using bench::MeasureMemcpy;
+using bench::MeasureRawRead;
 
 using Clock = std::chrono::steady_clock;
 constexpr double kGB = 1e9;
@@ -38,53 +43,6 @@ std::vector<uint32_t> Tokens(uint64_t seed, size_t n) {
   std::vector<uint32_t> t(n);
   for (auto& x : t) x = static_cast<uint32_t>(rng() % 128000);
   return t;
-}
-
-// Memory like the T1 arena's: an anonymous mapping advised for transparent huge pages
-// *before* its first touch (touching first would fault in 4 KiB pages), filled with `fill`.
-// The limits are measured on such memory, so they are the best this machine does.
-class HugeBuffer {
- public:
-  HugeBuffer(size_t bytes, int fill) : bytes_(bytes) {
-    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw std::bad_alloc();
-    madvise(p, bytes, MADV_HUGEPAGE);
-    std::memset(p, fill, bytes);
-    data_ = static_cast<uint8_t*>(p);
-  }
-  ~HugeBuffer() { munmap(data_, bytes_); }
-  HugeBuffer(const HugeBuffer&) = delete;
-  HugeBuffer& operator=(const HugeBuffer&) = delete;
-  uint8_t* data() { return data_; }
-
- private:
-  uint8_t* data_;
-  size_t bytes_;
-};
-
-// Single-threaded memcpy bandwidth over buffers of `bytes`, and the same on every core.
-std::pair<double, double> MeasureMemcpy(size_t bytes, double seconds) {
-  auto run = [&](int threads) {
-    std::vector<std::thread> ts;
-    std::vector<double> gbps(threads);
-    for (int t = 0; t < threads; ++t) {
-      ts.emplace_back([&, t] {
-        HugeBuffer a(bytes, 1), b(bytes, 2);
-        uint64_t copied = 0;
-        auto t0 = Clock::now();
-        while (Seconds(t0) < seconds) {
-          std::memcpy(b.data(), a.data(), bytes);
-          copied += bytes;
-        }
-        gbps[t] = copied / Seconds(t0) / kGB;
-      });
-    }
-    for (auto& th : ts) th.join();
-    double sum = 0;
-    for (double g : gbps) sum += g;
-    return sum;
-  };
-  return {run(1), run(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())))};
 }
 
 // O_DIRECT sequential write then read of one file in `dir`, 1 MiB pieces kept in flight
@@ -124,29 +82,6 @@ DiskLimit MeasureDisk(const std::string& dir, uint64_t bytes) {
   f = Status::OK();
   std::filesystem::remove(path);
   return r;
-}
-
-// O_DIRECT sequential read of every file in `dir` (T2's own segments, just after the store
-// read them): the read limit for exactly the bytes and file layout T2 read.
-double MeasureRawRead(const std::string& dir) {
-  const uint64_t kOp = 32ull << 20, kRing = 256ull << 20;
-  HugeBuffer buf(kRing, 0);
-  uint64_t total = 0;
-  auto t0 = Clock::now();
-  for (const auto& de : std::filesystem::directory_iterator(dir)) {
-    auto f = Env::Default()->OpenFile(de.path().string(), {.create = false, .writable = false, .direct_io = true, .use_io_uring = true});
-    if (!f.ok()) return 0;
-    auto size = (*f)->Size();
-    if (!size.ok()) return 0;
-    const uint64_t whole = *size / 4096 * 4096;
-    for (uint64_t off = 0; off < whole; off += kOp) {
-      // Rotate over kRing / kOp whole slots: a read never runs past the buffer.
-      IoSlice s{buf.data() + (off / kOp) % (kRing / kOp) * kOp, std::min(kOp, whole - off)};
-      if (!(*f)->Read(off, {&s, 1}).ok()) return 0;
-      total += s.size;
-    }
-  }
-  return total / Seconds(t0) / kGB;
 }
 
 struct T1Result {

@@ -40,3 +40,6 @@ if(TARGET kvault_openai_api)
     target_link_libraries(openai_api_fuzzer PRIVATE kvault_openai_api_fuzz)
   endif()
 endif()
+
+# Several models per `kvault serve` (engine ON only).
+include(${CMAKE_CURRENT_LIST_DIR}/serve_models_tests.cmake)

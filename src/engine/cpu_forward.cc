@@ -39,29 +39,57 @@ constexpr int64_t kFlashQueriesF32 = 32;    // kernel; more: GEMMs
 constexpr int64_t kScoreBlockBytes = 4 << 20;  // one block of attention scores
 constexpr int64_t kMlpRowsBf16 = 512;       // rows per MLP block (bf16)
 
+// `parts` as one tensor of their rows stacked, without a copy when they already are: each
+// contiguous, of one dtype and row shape, and each starting where the previous one ends in
+// the same storage (a weights image lays q, k, v and gate, up out so; weight_image.h). Then
+// the result is a view over that storage; otherwise a new tensor (torch::cat).
+torch::Tensor StackRows(const std::vector<torch::Tensor>& parts) {
+  bool adjacent = true;
+  int64_t rows = 0;
+  for (size_t i = 0; i < parts.size() && adjacent; ++i) {
+    const torch::Tensor& t = parts[i];
+    adjacent = t.is_contiguous() && t.dim() == parts[0].dim() && t.scalar_type() == parts[0].scalar_type() &&
+               t.device() == parts[0].device() && t.sizes().slice(1) == parts[0].sizes().slice(1) &&
+               t.storage().unsafeGetStorageImpl() == parts[0].storage().unsafeGetStorageImpl();
+    if (adjacent && i > 0) {
+      const torch::Tensor& prev = parts[i - 1];
+      adjacent = static_cast<const char*>(t.data_ptr()) ==
+                 static_cast<const char*>(prev.data_ptr()) + prev.numel() * prev.element_size();
+    }
+    rows += t.size(0);
+  }
+  if (!adjacent) return torch::cat(parts).contiguous();
+  std::vector<int64_t> sizes = parts[0].sizes().vec();
+  sizes[0] = rows;
+  std::vector<int64_t> strides(sizes.size(), 1);
+  for (size_t d = sizes.size(); d-- > 1;) strides[d - 1] = strides[d] * sizes[d];
+  return parts[0].as_strided(sizes, strides, parts[0].storage_offset());
+}
+
 }  // namespace
 
 void LlamaModel::FuseForCpuPath() {
   // Fused projections: q, k, v as one [(H + 2 KV) D, hidden] matrix and gate, up as one
   // [2 FFN, hidden], so that each runs as one GEMM. The layer's own tensors become views of
   // them: the same values (the fingerprint, computed from them at load, names the same
-  // weights), no second copy in memory.
+  // weights), no second copy in memory. Weights that already lie back to back (views of a
+  // weights image's arena) are fused in place, without copying (StackRows).
   torch::NoGradGuard no_grad;
   for (LayerWeights& w : weights_.layers) {
     FusedLayer f;
     const int64_t qd = w.q_proj.size(0), kd = w.k_proj.size(0), vd = w.v_proj.size(0);
-    f.qkv = torch::cat({w.q_proj, w.k_proj, w.v_proj}).contiguous();
+    f.qkv = StackRows({w.q_proj, w.k_proj, w.v_proj});
     w.q_proj = f.qkv.narrow(0, 0, qd);
     w.k_proj = f.qkv.narrow(0, qd, kd);
     w.v_proj = f.qkv.narrow(0, qd + kd, vd);
     if (w.q_bias.defined()) {
-      f.qkv_bias = torch::cat({w.q_bias, w.k_bias, w.v_bias}).contiguous();
+      f.qkv_bias = StackRows({w.q_bias, w.k_bias, w.v_bias});
       w.q_bias = f.qkv_bias.narrow(0, 0, qd);
       w.k_bias = f.qkv_bias.narrow(0, qd, kd);
       w.v_bias = f.qkv_bias.narrow(0, qd + kd, vd);
     }
     const int64_t ffn = w.gate_proj.size(0);
-    f.gate_up = torch::cat({w.gate_proj, w.up_proj}).contiguous();
+    f.gate_up = StackRows({w.gate_proj, w.up_proj});
     w.gate_proj = f.gate_up.narrow(0, 0, ffn);
     w.up_proj = f.gate_up.narrow(0, ffn, w.up_proj.size(0));
     w.o_proj = w.o_proj.contiguous();

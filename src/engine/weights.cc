@@ -261,6 +261,15 @@ double InitStd(const ModelConfig& c, const std::string& name, const std::vector<
 
 }  // namespace
 
+Digest WeightsFingerprint(const ModelConfig& config, const ModelWeights& weights) { return Fingerprint(config, weights); }
+
+void ForEachWeightTensor(
+    const ModelConfig& config, ModelWeights& weights,
+    const std::function<void(const std::string& name, const std::vector<int64_t>& shape, torch::Tensor& slot)>& fn) {
+  weights.layers.resize(static_cast<size_t>(std::max<int64_t>(config.num_layers, 0)));
+  ForEachTensor(config, weights, fn);
+}
+
 Result<ModelWeights> LoadWeights(const ModelConfig& config, const std::string& dir, torch::ScalarType dtype) {
   try {
     return LoadWeightsImpl(config, dir, dtype);

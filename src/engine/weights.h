@@ -48,6 +48,18 @@ using TensorSource = std::function<Result<torch::Tensor>(const std::string& name
 // as LoadWeights does. A tensor of the wrong shape is an InvalidArgument naming it.
 Result<ModelWeights> LoadWeightsFrom(const ModelConfig& config, torch::ScalarType dtype, const TensorSource& source);
 
+// The fingerprint of `weights` (ModelWeights::fingerprint's definition above): what every
+// loader sets, recomputed from the tensors' values (one hash pass over every byte).
+Digest WeightsFingerprint(const ModelConfig& config, const ModelWeights& weights);
+
+// Calls fn(name, shape, slot) for every tensor of `config` (Hugging Face name, the shape the
+// config expects, its slot in `weights`) in the fixed order loading and the fingerprint use:
+// embedding; per layer input norm, q, k, v (+ their biases), o, post norm, gate, up, down;
+// final norm; lm_head unless tied. Resizes weights.layers to num_layers first.
+void ForEachWeightTensor(
+    const ModelConfig& config, ModelWeights& weights,
+    const std::function<void(const std::string& name, const std::vector<int64_t>& shape, torch::Tensor& slot)>& fn);
+
 // Deterministic random weights (same seed, same weights on every machine), scaled so that
 // activations stay in range: for tests, benchmarks and the demo.
 ModelWeights RandomWeights(const ModelConfig& config, uint64_t seed, torch::ScalarType dtype);

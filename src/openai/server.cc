@@ -7,6 +7,8 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -25,6 +27,39 @@ using Clock = std::chrono::steady_clock;
 using tokenizer::CompleteUtf8PrefixLength;
 using tokenizer::IsValidUtf8;
 using tokenizer::SanitizeUtf8;
+
+// A served model as /v1/models lists it: OpenAI's fields, and kvault's (its state and where
+// its weights came from).
+nlohmann::ordered_json ServedModelObject(const ModelStatus& m, int64_t created) {
+  nlohmann::ordered_json k;
+  k["state"] = ModelStateName(m.state);
+  k["fingerprint"] = m.fingerprint;
+  k["weights_bytes"] = m.weights_bytes;
+  k["weights_from"] = m.weights_from;
+  k["last_load_s"] = m.last_load_s;
+  k["loads"] = m.loads;
+  k["spec"] = m.spec;
+  k["queued"] = m.queued;
+  k["in_flight"] = m.in_flight;
+  k["draining"] = m.draining;
+  nlohmann::ordered_json o;
+  o["id"] = m.id;
+  o["object"] = "model";
+  o["created"] = created;
+  o["owned_by"] = "kvault";
+  o["kvault"] = std::move(k);
+  return o;
+}
+
+std::string ServedModelJson(const ModelStatus& m, int64_t created) { return ServedModelObject(m, created).dump(); }
+
+std::string ServedModelsJson(const std::vector<ModelStatus>& models, int64_t created) {
+  nlohmann::ordered_json list;
+  list["object"] = "list";
+  list["data"] = nlohmann::ordered_json::array();
+  for (const ModelStatus& m : models) list["data"].push_back(ServedModelObject(m, created));
+  return list.dump();
+}
 
 int64_t UnixNow() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -163,8 +198,8 @@ struct ServeCounters {
   std::atomic<uint64_t> recomputed_cached_tokens{0};
   LatencyHistogram ttft_seconds, request_seconds;
 
-  // Requests submitted to the engine whose end it has not reported, by id: their cancel flags
-  // (Stop cancels them all).
+  // Requests handed to the model set whose end has not been reported, by the server's request
+  // id: their cancel flags (Stop cancels them all).
   Mutex mu;
   std::unordered_map<uint64_t, std::shared_ptr<std::atomic<bool>>> inflight GUARDED_BY(mu);
   size_t Inflight() EXCLUDES(mu) {
@@ -191,7 +226,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
         lp_assembler_(tok) {}
 
   const std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);
-  uint64_t engine_id = 0;
+  uint64_t request_id = 0;  // the server's (unique across models)
 
   // Engine thread.
   void OnToken(uint32_t t) {
@@ -213,7 +248,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
     }
     {
       MutexLock lock(counters_->mu);
-      counters_->inflight.erase(engine_id);
+      counters_->inflight.erase(request_id);
     }
     if (!Schedule()) {  // the connection is gone: nobody will drain, account here
       MutexLock lock(mu_);
@@ -283,7 +318,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
       if (!done) return;
       ended_ = true;
       Account();
-      if (!status_.ok()) return Error({500, "generation failed: " + status_.ToString(), "server_error", "", ""});
+      if (!status_.ok()) return Error(FailureError(status_));
       responder_->Respond({200, "application/json", {},
                            CompletionJson(r_, id_, created_, assembler_.text(), assembler_.reason(), usage_, entries_)});
       return;
@@ -292,7 +327,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
       if (done && !status_.ok()) {  // failed before its first token: an error, not an empty stream
         ended_ = true;
         Account();
-        return Error({500, "generation failed: " + status_.ToString(), "server_error", "", ""});
+        return Error(FailureError(status_));
       }
       if (tokens.empty() && !done) return;
       responder_->StartStream(200, "text/event-stream", {{"Cache-Control", "no-cache"}});
@@ -315,6 +350,12 @@ class Generation : public std::enable_shared_from_this<Generation> {
     Account();
   }
 
+  // A request that failed: its model could not be loaded (or the server is stopping) is a 503
+  // naming the cause; anything else the engine reports is a 500.
+  static ApiError FailureError(const Status& st) {
+    if (st.code() == Code::kUnavailable) return {503, st.message(), "server_error", "model", "model_not_available"};
+    return {500, "generation failed: " + st.ToString(), "server_error", "", ""};
+  }
   void Send(const std::string& data) { responder_->Write("data: " + data + "\n\n"); }
   void Error(const ApiError& e) {
     ++counters_->errors_5xx;
@@ -434,13 +475,18 @@ class BoundedWorkers {
 
 class Server::Impl {
  public:
-  Impl(engine::Engine* e, Store* store, std::shared_ptr<const tokenizer::Tokenizer> tok, tokenizer::ChatTemplate chat, ServerOptions o)
-      : engine_(e), store_(store), tok_(std::move(tok)), chat_(std::move(chat)), opt_(std::move(o)) {
-    if (auto eos = tok_->eos_id()) stop_ids_.push_back(*eos);
-    for (const std::string& s : chat_.stop_strings()) {
-      if (auto id = tok_->TokenId(s); id && std::find(stop_ids_.begin(), stop_ids_.end(), *id) == stop_ids_.end()) {
-        stop_ids_.push_back(*id);
+  Impl(ModelSet* models, Store* store, ServerOptions o) : models_(models), store_(store), opt_(std::move(o)) {
+    // Each model's stop tokens: its EOS and the chat template's stop strings that are tokens.
+    for (size_t m = 0; m < models_->size(); ++m) {
+      const ModelText& t = models_->text(m);
+      std::vector<uint32_t> ids;
+      if (auto eos = t.tokenizer->eos_id()) ids.push_back(*eos);
+      for (const std::string& s : t.chat->stop_strings()) {
+        if (auto id = t.tokenizer->TokenId(s); id && std::find(ids.begin(), ids.end(), *id) == ids.end()) {
+          ids.push_back(*id);
+        }
       }
+      stop_ids_.push_back(std::move(ids));
     }
   }
 
@@ -450,21 +496,21 @@ class Server::Impl {
 
  private:
   void EngineLoop();
+  void WakeEngine();
   void Handle(http::Request req, std::shared_ptr<http::Responder> res);
   // Queues Generate on workers_; a 503 when the queue is full. io thread.
   void QueueGenerate(http::Request req, std::shared_ptr<http::Responder> res, bool chat);
   // Parses, tokenizes and submits one generation request. A worker thread.
   void Generate(const http::Request& req, const std::shared_ptr<http::Responder>& res, bool chat);
   void SendError(http::Responder& res, const ApiError& e);
+  ApiError UnknownModel(const std::string& name) const;
   static http::Options HttpOptions(const ServerOptions& o);
   std::string Metrics() const;
 
-  engine::Engine* engine_;
+  ModelSet* const models_;
   Store* store_;
-  std::shared_ptr<const tokenizer::Tokenizer> tok_;
-  const tokenizer::ChatTemplate chat_;
   const ServerOptions opt_;
-  std::vector<uint32_t> stop_ids_;
+  std::vector<std::vector<uint32_t>> stop_ids_;  // by model
   // Destroyed only once the engine thread is joined (it calls Responders until then).
   std::unique_ptr<http::Server> http_;
   std::unique_ptr<BoundedWorkers> workers_;  // parse + tokenize + submit, off the io threads
@@ -505,19 +551,31 @@ Status Server::Impl::Start() {
     workers_.reset();
     return st;
   }
+  models_->SetWakeup([this] { WakeEngine(); });
   engine_thread_ = std::thread([this] { EngineLoop(); });
   return Status::OK();
+}
+
+void Server::Impl::WakeEngine() {
+  {
+    std::lock_guard<std::mutex> lock(work_mu_);
+    work_ = true;
+  }
+  work_cv_.notify_one();
 }
 
 // The order matters: (1) the HTTP side stops (every connection closes, which cancels its
 // request; no handler runs after it); (2) the workers finish what they are doing (a request
 // submitted now finds its connection closed and is cancelled at once) and drop the rest;
-// (3) everything in flight is cancelled and the engine thread ends; (4) only then is the HTTP
-// server destroyed: until (3) the engine thread may still call a request's Responder.
+// (3) the model set ends its switcher (a load in progress finishes) and the requests still
+// queued for a model; (4) everything in flight is cancelled and the engine thread ends; (5)
+// only then is the HTTP server destroyed: until (4) the engine thread may still call a
+// request's Responder.
 void Server::Impl::Stop() {
   if (stopping_.exchange(true)) return;
   if (http_) http_->Stop();
   if (workers_) workers_->Stop();
+  models_->Stop();
   {
     MutexLock lock(counters_->mu);
     for (auto& [_, cancel] : counters_->inflight) cancel->store(true);
@@ -537,13 +595,7 @@ void Server::Impl::EngineLoop() {
   const auto give_up = std::chrono::seconds(30);  // cancelled requests end within a step or two
   std::optional<Clock::time_point> stop_since;
   for (;;) {
-    bool did = false;
-    try {
-      did = engine_->Step();
-    } catch (const std::exception& e) {  // the engine fails the requests it can; the loop goes on
-      std::fprintf(stderr, "kvault serve: engine step failed: %s\n", e.what());
-    }
-    if (did) continue;
+    if (models_->StepAll()) continue;  // every resident model's engine, in turn
     std::unique_lock<std::mutex> lock(work_mu_);
     if (engine_stop_) {
       // Let the cancelled requests finish, so that none is left half-done in the engine.
@@ -572,15 +624,15 @@ void Server::Impl::Handle(http::Request req, std::shared_ptr<http::Responder> re
     return res->Respond({stopping ? 503 : 200, "text/plain", {}, stopping ? "stopping\n" : "ok\n"});
   }
   if (get && path == "/metrics") return res->Respond({200, "text/plain; version=0.0.4", {}, Metrics()});
-  if (get && path == "/v1/models") return res->Respond({200, "application/json", {}, ModelsJson(opt_.model_id, UnixNow())});
+  if (get && path == "/v1/models") {
+    return res->Respond({200, "application/json", {}, ServedModelsJson(models_->Snapshot(), UnixNow())});
+  }
   const std::string models = "/v1/models/";
   if (get && path.starts_with(models) && path.size() > models.size()) {
     const std::string name = path.substr(models.size());
-    if (name != opt_.model_id) {
-      return SendError(*res, {404, "The model '" + name + "' does not exist", "invalid_request_error", "model",
-                              "model_not_found"});
-    }
-    return res->Respond({200, "application/json", {}, ModelJson(opt_.model_id, UnixNow())});
+    const std::optional<size_t> m = models_->Find(name);
+    if (!m) return SendError(*res, UnknownModel(name));
+    return res->Respond({200, "application/json", {}, ServedModelJson(models_->Snapshot()[*m], UnixNow())});
   }
   ApiError e;
   e.http_status = 404;
@@ -612,12 +664,12 @@ void Server::Impl::Generate(const http::Request& req, const std::shared_ptr<http
   ++counters_->requests;
   GenerationRequest r;
   if (auto e = ParseGenerationRequest(req.body, chat, &r)) return SendError(*res, *e);
-  if (r.model != opt_.model_id) {
-    return SendError(*res, {404, "The model '" + r.model + "' does not exist; this server serves '" + opt_.model_id + "'",
-                            "invalid_request_error", "model", "model_not_found"});
-  }
+  const std::optional<size_t> model = models_->Find(r.model);
+  if (!model) return SendError(*res, UnknownModel(r.model));
+  const ModelText& text = models_->text(*model);
+  const std::vector<uint32_t>& stop_ids = stop_ids_[*model];
   // The prompt's tokens.
-  auto tokens = PromptTokens(r, *tok_, chat_, {opt_.add_bos, opt_.special_tokens_in_content});
+  auto tokens = PromptTokens(r, *text.tokenizer, *text.chat, {text.add_bos, opt_.special_tokens_in_content});
   if (!tokens.ok()) {
     return SendError(*res, {400, tokens.status().message(), "invalid_request_error", chat ? "messages" : "prompt", ""});
   }
@@ -639,32 +691,37 @@ void Server::Impl::Generate(const http::Request& req, const std::shared_ptr<http
   p.top_p = static_cast<float>(r.top_p);
   p.seed = r.seed.value_or(next_id_.load());
   p.fixed_seed = r.seed.has_value();  // the same seed, the same sample
-  p.stop_tokens = stop_ids_;
+  p.stop_tokens = stop_ids;
   p.tenant = req.Header(opt_.tenant_header);
   if (p.tenant.empty()) p.tenant = r.user;  // OpenAI's end-user id, when no tenant header
   const bool want_logprobs = r.top_logprobs >= 0;
   if (want_logprobs) p.top_logprobs = r.top_logprobs;
-  const std::string id = std::string(chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_id_++);
-  auto gen = std::make_shared<Generation>(counters_, res, *tok_, stop_ids_, std::move(r), id, want_logprobs);
+  const uint64_t request_id = next_id_++;
+  const std::string id = std::string(chat ? "chatcmpl-" : "cmpl-") + std::to_string(request_id);
+  auto gen = std::make_shared<Generation>(counters_, res, *text.tokenizer, stop_ids, std::move(r), id, want_logprobs);
   p.cancel = gen->cancel;
   if (want_logprobs) p.on_logprobs = [gen](const engine::TokenLogprobs& lp) { gen->OnLogprobs(lp); };
   p.on_token = [gen](uint32_t t) { gen->OnToken(t); };
   // A client that leaves (or a deadline that closes its connection) cancels the request.
   res->OnClose([gen] { gen->OnClientGone(); });
   ++counters_->active;
+  gen->request_id = request_id;
   {
     // Registered before Submit, under the lock the done callback takes to unregister.
     MutexLock lock(counters_->mu);
-    gen->engine_id = engine_->Submit(std::move(prompt), std::move(p), [gen](engine::RequestResult result) {
-      gen->OnDone(std::move(result));
-    });
-    counters_->inflight[gen->engine_id] = gen->cancel;
+    counters_->inflight[gen->request_id] = gen->cancel;
   }
-  {
-    std::lock_guard<std::mutex> lock(work_mu_);
-    work_ = true;
-  }
-  work_cv_.notify_one();
+  // To the model's engine now when it is resident, else queued until the switcher loads it.
+  models_->Submit(*model, {std::move(prompt), std::move(p), [gen](engine::RequestResult result) {
+                             gen->OnDone(std::move(result));
+                           }});
+}
+
+ApiError Server::Impl::UnknownModel(const std::string& name) const {
+  std::string served;
+  for (const std::string& id : models_->ids()) served += (served.empty() ? "'" : ", '") + id + "'";
+  return {404, "The model '" + name + "' does not exist; this server serves " + served, "invalid_request_error", "model",
+          "model_not_found"};
 }
 
 std::string Server::Impl::Metrics() const {
@@ -699,14 +756,37 @@ std::string Server::Impl::Metrics() const {
                "Connections closed by a deadline (header, body, idle keep-alive, write).", {}, hs.timeouts);
   w.AddCounter("kvault_serve_bad_http_requests_total", "Requests refused by the HTTP layer (400, 413, 431).", {},
                hs.bad_requests);
+  // The served models: which are resident, how often each was loaded and from where.
+  const std::vector<ModelStatus> models = models_->Snapshot();
+  w.AddGauge("kvault_serve_models_resident", "Models with an engine (and their weights) in memory.", {},
+             static_cast<uint64_t>(models_->resident()));
+  for (const ModelStatus& m : models) {
+    for (const auto& [from, n] : m.loads_by_from) {
+      w.AddCounter("kvault_serve_model_loads_total", "Model loads (startup and switches), by model and weights source.",
+                   {{"model", m.id}, {"from", from}}, n);
+    }
+  }
+  for (const ModelStatus& m : models) {
+    w.AddCounter("kvault_serve_model_load_failures_total", "Model switches that failed (their queued requests got 503).",
+                 {{"model", m.id}}, m.load_failures);
+  }
+  for (const ModelStatus& m : models) {
+    w.AddCounter("kvault_serve_model_requests_total", "Generation requests for a served model.", {{"model", m.id}},
+                 m.requests);
+  }
+  for (const ModelStatus& m : models) {
+    w.AddGauge("kvault_serve_model_queued_requests", "Requests waiting for their model to be loaded.", {{"model", m.id}},
+               m.queued);
+  }
+  w.AddHistogram("kvault_serve_model_load_seconds", "Time to load a model (weights, network, engine).", {},
+                 models_->load_seconds());
   w.AddHistogram("kvault_serve_ttft_seconds", "Time to first token.", {}, c.ttft_seconds.Snapshot());
   w.AddHistogram("kvault_serve_request_seconds", "Time to the last token.", {}, c.request_seconds.Snapshot());
   return w.Text();
 }
 
-Server::Server(engine::Engine* engine, Store* store, std::shared_ptr<const tokenizer::Tokenizer> tok, tokenizer::ChatTemplate chat,
-               ServerOptions options)
-    : impl_(std::make_unique<Impl>(engine, store, std::move(tok), std::move(chat), std::move(options))) {}
+Server::Server(ModelSet* models, Store* store, ServerOptions options)
+    : impl_(std::make_unique<Impl>(models, store, std::move(options))) {}
 Server::~Server() { Stop(); }
 Status Server::Start() { return impl_->Start(); }
 void Server::Stop() { impl_->Stop(); }

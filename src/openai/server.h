@@ -2,10 +2,14 @@
 // its store. Conversations need no id: a returning conversation's history is found in the
 // store by prefix hashing, and usage.prompt_tokens_details.cached_tokens says how much.
 //
+// Several models (model_set.h): requests name one of the set's models; each resident model
+// has its own engine, the others are switched in on demand by the set's switcher thread.
+//
 // Threads: kvault::http's io threads (ServerOptions::io_threads, event-driven, one strand per
 // connection) only move bytes and route; a few worker threads (prepare_threads, with a queue of
 // prepare_queue requests; past it a 503) parse generation requests, tokenize prompts and
-// submit them; one engine thread runs the engine loop (Engine::Step) and hands each request's
+// submit them to the model set; one engine thread steps every resident model's engine in turn
+// (ModelSet::StepAll) and hands each request's
 // tokens to its connection's strand, which writes them out. No thread waits on a client: a slow
 // or idle client costs memory, and the limits below bound that. A client that leaves cancels
 // its request. Stop ends the HTTP side, then the workers, then the engine thread, and only then
@@ -15,17 +19,15 @@
 #include <memory>
 #include <string>
 
-#include "engine/engine.h"
 #include "kvault/status.h"
-#include "tokenizer/chat_template.h"
-#include "tokenizer/tokenizer.h"
+#include "kvault/store.h"
+#include "openai/model_set.h"
 
 namespace kvault::openai {
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8080;                      // 0: any free port (see Server::port)
-  std::string model_id = "kvault";      // what /v1/models lists and requests must name
   int64_t max_context = 4096;           // prompt + completion tokens
   int64_t default_max_tokens = 256;     // when a request gives none (capped by the context)
   std::string tenant_header = "X-Kvault-Tenant";  // maps a request to a store tenant
@@ -40,9 +42,6 @@ struct ServerOptions {
   size_t prepare_queue = 64;            // generation requests waiting for them; past it a 503
   size_t max_body_bytes = size_t{16} << 20;  // larger bodies get 413
   size_t send_buffer_bytes = size_t{256} << 10;  // per-connection SO_SNDBUF (0: kernel autotuning)
-  // /v1/completions: raw prompts start with BOS (when the tokenizer has one). False for models
-  // that want none (GGUF tokenizer.ggml.add_bos_token false, e.g. SmolLM2).
-  bool add_bos = true;
   // Special-token spellings typed in message content become control tokens (the old,
   // forgeable behaviour). Off by default: the chat template alone writes control tokens.
   bool special_tokens_in_content = false;
@@ -50,9 +49,10 @@ struct ServerOptions {
 
 class Server {
  public:
-  // `store` may be null (cache off); it must outlive the server, as must `engine`.
-  Server(engine::Engine* engine, Store* store, std::shared_ptr<const tokenizer::Tokenizer> tok, tokenizer::ChatTemplate chat,
-              ServerOptions options);
+  // `models`: loaded (ModelSet::LoadAll has returned); the ids requests name, each model's
+  // text side (whether /v1/completions prompts start with BOS: ModelText::add_bos) and engine.
+  // `store` may be null (cache off). Both must outlive the server.
+  Server(ModelSet* models, Store* store, ServerOptions options);
   ~Server();  // Stop()
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;

@@ -1,6 +1,7 @@
 #include "apps/cli/commands.h"
 #include "codec_bench.h"
 #include "gpu_ttft_bench.h"
+#include "load_bench.h"
 #include "model_bench.h"
 #include "serve_load.h"
 #include "share_bench.h"
@@ -87,11 +88,38 @@ void AddBenchCommand(CLI::App& app) {
   codec->add_flag("--json", co->json, "Print one JSON object instead of a table");
   codec->callback([co] { SetExitCode(RunCodecBench(*co)); });
 
+  auto ld = std::make_shared<LoadBenchOptions>();
+  CLI::App* load = bench->add_subcommand(
+      "load", "Model switching: time to first token with the weights from the source file (cold page cache), the "
+              "store's T2 and T1, next to memcpy and the O_DIRECT read rate of the same bytes");
+  load->add_option("--model", ld->model, "smollm2, a .gguf file or a Hugging Face model directory")->capture_default_str();
+  load->add_option("--random", ld->random,
+                   "A random-weight model of this shape instead, written once as safetensors in --dir: tinyllama "
+                   "(1.1B) or llama3-8b")
+      ->check(CLI::IsMember({"tinyllama", "llama3-8b"}));
+  load->add_option("--layers", ld->layers, "With --random: this many layers (0: the shape's own)")->capture_default_str();
+  load->add_option("--dtype", ld->dtype, "The engine's weights: fp32 or bf16")->check(CLI::IsMember({"fp32", "bf16"}))->capture_default_str();
+  load->add_option("--dir", ld->dir, "Work directory on the disk to measure (default: a fresh one in /var/tmp, removed after)");
+  load->add_option("--read-threads", ld->read_threads, "Store chunks read at once")->check(CLI::PositiveNumber)->capture_default_str();
+  load->add_option("--repeats", ld->repeats, "Timed loads per source (median reported)")->check(CLI::PositiveNumber)->capture_default_str();
+  load->add_option("--threads", ld->threads, "Compute threads of the first token (0: every core but one)")->capture_default_str();
+  load->add_flag("--json", ld->json, "Print one JSON object instead of a table");
+  load->callback([ld] { SetExitCode(RunLoadBench(*ld)); });
+
   auto lo = std::make_shared<ServeLoadOptions>();
   CLI::App* serve = bench->add_subcommand(
       "serve", "Load on any OpenAI-compatible server: multi-turn sessions at a Poisson rate -> TTFT percentiles, goodput under an SLO (--sweep: the highest rate that holds it)");
   serve->add_option("--url", lo->url, "The server's base URL (http:// only; with or without /v1)")->capture_default_str();
   serve->add_option("--model", lo->model, "Model ID of the requests (default: the first of GET /v1/models)");
+  serve->add_option("--models", lo->models,
+                    "Several models: session n asks model (n / --switch-every) mod M, so requests alternate between "
+                    "them (the switching workload of a server holding several models)")
+      ->delimiter(',');
+  serve->add_option("--urls", lo->urls,
+                    "With --models: the server of each model, in order (separately served models: the baseline)")
+      ->delimiter(',');
+  serve->add_option("--switch-every", lo->switch_every, "With --models: consecutive sessions per model before the next")
+      ->capture_default_str();
   serve->add_option("--rate", lo->rate, "Sessions per second, arriving as a Poisson process")->capture_default_str();
   serve->add_option("--duration-s", lo->duration_s, "Seconds during which sessions arrive (then every session runs to its end)")->capture_default_str();
   serve->add_option("--sessions", lo->sessions, "Stop arrivals after this many sessions (0: no cap)")->capture_default_str();

