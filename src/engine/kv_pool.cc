@@ -1,6 +1,10 @@
 #include "engine/kv_pool.h"
 
+#include <sys/mman.h>
+
 #include <cstring>
+#include <memory>
+#include <new>
 
 namespace kvault::engine {
 
@@ -8,9 +12,31 @@ KvPool::KvPool(const ModelConfig& config, torch::ScalarType dtype, torch::Device
                int64_t num_pages)
     : page_tokens_(page_tokens), num_pages_(num_pages) {
   auto opts = torch::TensorOptions().dtype(dtype).device(device);
-  for (int64_t l = 0; l < config.num_layers; ++l) {
-    k_.push_back(torch::zeros({num_pages, page_tokens, config.num_kv_heads, config.head_dim}, opts));
-    v_.push_back(torch::zeros({num_pages, page_tokens, config.num_kv_heads, config.head_dim}, opts));
+  const std::vector<int64_t> shape{num_pages, page_tokens, config.num_kv_heads, config.head_dim};
+  if (device.is_cpu()) {
+    // One anonymous mapping: the kernel hands out zero pages on first touch, so a pool costs
+    // nothing until pages are used (a server switching models builds an engine per switch-in;
+    // zero-filling gigabytes up front would cost more than loading the weights).
+    const size_t bytes = static_cast<size_t>(num_pages * page_tokens * config.num_kv_heads * config.head_dim) *
+                         torch::elementSize(dtype);
+    const size_t total = 2 * bytes * static_cast<size_t>(config.num_layers);
+    void* base = total == 0 ? nullptr : ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) throw std::bad_alloc();
+    std::shared_ptr<void> mapping(base, [total](void* p) {
+      if (p != nullptr) ::munmap(p, total);
+    });
+    auto* at = static_cast<std::byte*>(base);
+    for (int64_t l = 0; l < config.num_layers; ++l) {
+      for (auto* list : {&k_, &v_}) {
+        list->push_back(torch::from_blob(at, shape, [mapping](void*) {}, opts));
+        at += bytes;
+      }
+    }
+  } else {
+    for (int64_t l = 0; l < config.num_layers; ++l) {
+      k_.push_back(torch::zeros(shape, opts));
+      v_.push_back(torch::zeros(shape, opts));
+    }
   }
   token_bytes_ = static_cast<size_t>(config.num_kv_heads * config.head_dim) * torch::elementSize(dtype);
   for (int64_t p = num_pages - 1; p >= 0; --p) free_.push_back(static_cast<int32_t>(p));

@@ -539,6 +539,16 @@ void AddNote(std::string& note, const std::string& more) {
   note += more;
 }
 
+// GetWeightImage, with an exception (an allocation or a thread that cannot be started) turned
+// into a Status: a store copy that cannot be read is a miss, and the model loads from its source.
+Result<ImageRead> ReadImage(Store& store, const Digest& fingerprint, const ReadOptions& read) {
+  try {
+    return GetWeightImage(store, fingerprint, read);
+  } catch (const std::exception& e) {
+    return Status::ResourceExhausted(std::string("reading the stored weights: ") + e.what());
+  }
+}
+
 Result<LoadedModel> LoadModelImpl(const std::string& spec, const LoadOptions& options) {
   const SpecParts parts = SplitSpec(spec);
   auto where = LocateModel(spec);
@@ -552,7 +562,7 @@ Result<LoadedModel> LoadModelImpl(const std::string& spec, const LoadOptions& op
     // The file is gone: the store's copy of exactly these weights, verified.
     ReadOptions read = options.read;
     read.verify = true;
-    auto image = GetWeightImage(*options.store, *parts.fingerprint, read);
+    auto image = ReadImage(*options.store, *parts.fingerprint, read);
     if (!image.ok()) {
       return Status::NotFound(where.status().message() + "; the store has no usable copy of " +
                               parts.fingerprint->Hex() + ": " + image.status().message());
@@ -575,7 +585,8 @@ Result<LoadedModel> LoadModelImpl(const std::string& spec, const LoadOptions& op
   Result<std::string> identity = Status::NotFound("no store");
   if (options.store != nullptr) {
     identity = *seed ? Result<std::string>("kvault-weights-source-v1 random:tiny:" + std::to_string(**seed) + " dtype=" +
-                                           std::string(c10::toString(options.dtype)))
+                                           std::string(c10::toString(options.dtype)) + " config=" +
+                                           engine::ModelConfig::DemoTiny().ToJson())
                      : SourceIdentity(where->path, options.dtype);
     if (!identity.ok()) return WithSpec(identity.status(), *where);
     Digest manifest;
@@ -588,7 +599,7 @@ Result<LoadedModel> LoadModelImpl(const std::string& spec, const LoadOptions& op
       }
       ReadOptions read = options.read;
       read.manifest = manifest;  // this source's own manifest (its name and text side)
-      auto image = GetWeightImage(*options.store, *fp, read);
+      auto image = ReadImage(*options.store, *fp, read);
       if (image.ok()) {
         const double seconds = image->seconds;
         auto m = FromImage(*where, std::move(image.value()));

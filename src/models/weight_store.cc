@@ -330,6 +330,9 @@ Status PutWeightImage(Store& store, const engine::ModelConfig& config, const eng
     KVAULT_RETURN_IF_ERROR(w->Commit());
     unflushed += w->size();
   }
+  // The whole stream on T2 before any index names it: T1 under pressure drops what the
+  // write-behind has not reached, and an index entry must never point at a stream with a hole.
+  KVAULT_RETURN_IF_ERROR(store.Flush());
   // The first manifest stored for these weights is the one a reader with only the fingerprint
   // finds (an existing entry is kept).
   return PutIndexEntry(store, FingerprintNamespace(weights.fingerprint), Words(weights.fingerprint),

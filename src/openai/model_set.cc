@@ -131,15 +131,20 @@ Status ModelSet::LoadAll(const std::function<void(const std::string&)>& progress
 void ModelSet::SubmitToEngineLocked(size_t index, ModelRequest request) {
   Slot& s = slots_[index];
   ++s.in_flight;
-  s.engine->Submit(std::move(request.prompt), std::move(request.params),
-                   [this, index, done = std::move(request.done)](engine::RequestResult result) {
-                     {
-                       MutexLock lock(mu_);
-                       --slots_[index].in_flight;
-                     }
-                     cv_.notify_all();  // a draining model may be idle now
-                     if (done) done(std::move(result));
-                   });
+  try {
+    s.engine->Submit(std::move(request.prompt), std::move(request.params),
+                     [this, index, done = std::move(request.done)](engine::RequestResult result) {
+                       {
+                         MutexLock lock(mu_);
+                         --slots_[index].in_flight;
+                       }
+                       cv_.notify_all();  // a draining model may be idle now
+                       if (done) done(std::move(result));
+                     });
+  } catch (...) {
+    --s.in_flight;  // never submitted: a count left behind would keep the model busy for good
+    throw;
+  }
 }
 
 void ModelSet::SubmitQueuedLocked(size_t index) {
@@ -350,7 +355,11 @@ void ModelSet::SwitcherLoop() {
     s.arena = std::move(load->arena);
     s.admitting = true;
     load->model.reset();
-    SubmitQueuedLocked(*want);
+    try {
+      SubmitQueuedLocked(*want);
+    } catch (const std::exception& e) {  // the engine could not take a request (out of memory)
+      std::fprintf(stderr, "kvault serve: submitting to model '%s' failed: %s\n", served.id.c_str(), e.what());
+    }
     lock.Unlock(mu_);
     Wake();
     lock.Lock(mu_);

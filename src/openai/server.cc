@@ -543,6 +543,8 @@ Status Server::Impl::Start() {
     return Status::InvalidArgument("serve options: prepare_threads and prepare_queue must be positive");
   }
   workers_ = std::make_unique<BoundedWorkers>(opt_.prepare_threads, opt_.prepare_queue);
+  // Before the first connection can submit a request (Submit reads it, unlocked).
+  models_->SetWakeup([this] { WakeEngine(); });
   http_ = std::make_unique<http::Server>(HttpOptions(opt_), [this](http::Request q, std::shared_ptr<http::Responder> r) {
     Handle(std::move(q), std::move(r));
   });
@@ -551,7 +553,6 @@ Status Server::Impl::Start() {
     workers_.reset();
     return st;
   }
-  models_->SetWakeup([this] { WakeEngine(); });
   engine_thread_ = std::thread([this] { EngineLoop(); });
   return Status::OK();
 }

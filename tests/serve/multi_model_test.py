@@ -284,6 +284,40 @@ def test_failed_switch(binary, tmp):
         s.stop()
 
 
+def test_source_gone_or_replaced(binary, tmp):
+    """With the weights cache on, a switch-in loads exactly the weights of the first load: a
+    source that is gone switches in from the store's verified copy (same answers), and a source
+    replaced by other weights is refused with a 503 rather than served under the first load's
+    tokenizer; once the original is back it switches in again."""
+    model = os.path.join(tmp, "tiny-llama3-pinned")
+    make_model_dir(model)
+    s = Server(binary, ["--model", f"t={model}", "--model", "a=random:tiny:1", "--max-loaded-models", "1",
+                        "--store", os.path.join(tmp, "pinned"), "--chunk-tokens", "16"],
+               ctx_size=256)
+    weights = os.path.join(model, "model.safetensors")
+    try:
+        first, _ = s.chat("t", user("Hello!"), max_tokens=4)
+        s.chat("a", user("hi"))  # t goes out
+        os.rename(model, model + ".away")
+        gone, _ = s.chat("t", user("Hello!"), max_tokens=4)
+        check(gone == first, f"a source that is gone switches in from the store ({gone!r} == {first!r})")
+        s.chat("a", user("hi"))  # t goes out again
+        os.rename(model + ".away", model)
+        original = open(weights, "rb").read()
+        changed = bytearray(original)
+        changed[-3] ^= 0x40  # another value of the last weight
+        open(weights, "wb").write(changed)
+        status, data = s.post("/v1/chat/completions", {"model": "t", "messages": user("Hello!"), "max_tokens": 4})
+        err = json.loads(data).get("error", {})
+        check(status == 503 and "fingerprint" in err.get("message", ""),
+              f"a source replaced by other weights is refused, naming the fingerprints ({status} {err})")
+        open(weights, "wb").write(original)
+        again, _ = s.chat("t", user("Hello!"), max_tokens=4)
+        check(again == first, f"t switches in again once its own weights are back ({again!r} == {first!r})")
+    finally:
+        s.stop()
+
+
 def smollm2_available():
     if os.environ.get("KVAULT_SMOLLM2_GGUF"):
         return os.path.exists(os.environ["KVAULT_SMOLLM2_GGUF"])
@@ -332,6 +366,7 @@ def main():
         test_two_models(args.binary, tmp, 2, ref)
         test_command_line(args.binary, tmp, ref)
         test_failed_switch(args.binary, tmp)
+        test_source_gone_or_replaced(args.binary, tmp)
         test_smollm2(args.binary, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

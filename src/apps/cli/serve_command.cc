@@ -207,17 +207,27 @@ int RunServe(const ServeFlags& f) {
 
   // Loads a model through the store (from its copy there when it has one, else from the source,
   // then saved), or from the source alone with --no-weights-cache or --no-cache.
+  // A switch-in loads exactly the weights of the first load (SPEC@FINGERPRINT): the model's
+  // tokenizer and chat template are the first load's, so a source file replaced while the server
+  // runs is refused (503 naming both fingerprints) rather than served under them, and a source
+  // that is gone still switches in from the store's verified copy. The loader runs one call at a
+  // time (ModelSet), so `pinned` needs no lock.
   const std::vector<openai::ServedModel> list = *served;
-  openai::ModelLoader loader = [list, dtype, weights_store](size_t index, torch::Tensor reuse) -> Result<openai::ModelLoad> {
+  auto pinned = std::make_shared<std::vector<std::string>>(list.size());
+  openai::ModelLoader loader = [list, pinned, dtype, weights_store](size_t index,
+                                                                    torch::Tensor reuse) -> Result<openai::ModelLoad> {
     models::LoadOptions lo;
     lo.dtype = dtype;
     lo.store = weights_store;
     lo.save = true;
     lo.read.reuse_arena = std::move(reuse);
-    auto loaded = models::LoadModel(list[index].spec, lo);
+    const std::string& fp = (*pinned)[index];
+    const std::string spec = fp.empty() || list[index].spec.ends_with("@" + fp) ? list[index].spec : list[index].spec + "@" + fp;
+    auto loaded = models::LoadModel(spec, lo);
     if (!loaded.ok()) return loaded.status();
     openai::ModelLoad out;
     out.fingerprint = loaded->weights.fingerprint.Hex();
+    (*pinned)[index] = out.fingerprint;
     out.model = std::make_shared<engine::LlamaModel>(loaded->config, std::move(loaded->weights), torch::kCPU);
     out.arena = std::move(loaded->arena);
     out.tokenizer = std::move(loaded->tokenizer);
