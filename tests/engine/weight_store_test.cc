@@ -18,7 +18,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "engine/engine.h"
@@ -581,107 +580,6 @@ TEST(WeightStoreTest, KvNeverCrossesModels) {
   ASSERT_TRUE(m1_again.ok());
   ASSERT_TRUE(FromStore(m1_again->weights_from));
   EXPECT_GE(engine_of(*m1_again)->Generate(prompt, p).hit_tokens, 48);
-}
-
-// --- Speed (printed, never asserted): KVAULT_WEIGHTS_BENCH=1 ------------------------------
-
-double Seconds(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-TEST(WeightStoreBench, SmolLm2LoadSpeeds) {
-  if (std::getenv("KVAULT_WEIGHTS_BENCH") == nullptr) GTEST_SKIP() << "set KVAULT_WEIGHTS_BENCH=1";
-  KVAULT_SMOLLM2_OR_SKIP(path);
-  (void)path;
-  const char* dir_env = std::getenv("KVAULT_WEIGHTS_BENCH_DIR");
-  kvtest::TempDir tmp("kvault-weights-bench");
-  const std::string dir = dir_env != nullptr ? std::string(dir_env) : tmp.path();
-  fs::remove_all(dir + "/store");
-  StoreOptions so = WeightStoreOptions(dir + "/store", 2ull << 30);
-  so.huge_pages = true;
-  LoadOptions o;
-  o.read.threads = 4;
-  std::unique_ptr<Store> store = OpenStore(so);
-  o.store = store.get();
-  auto t0 = std::chrono::steady_clock::now();
-  auto file = models::LoadModel("smollm2", o);
-  const double from_file = Seconds(t0);
-  ASSERT_TRUE(file.ok());
-  const double gb = static_cast<double>(file->weights_bytes) / 1e9;
-  double t1s = 1e9, t1_weights = 1e9;
-  for (int i = 0; i < 3; ++i) {
-    auto t1 = models::LoadModel("smollm2", o);
-    ASSERT_TRUE(t1.ok());
-    ASSERT_EQ(t1->weights_from, WeightsFrom::kT1);
-    t1s = std::min(t1s, t1->load_seconds);
-    t1_weights = std::min(t1_weights, t1->weights_seconds);
-  }
-  // The warm-arena switch: the previous model's arena reused.
-  auto prev = models::LoadModel("smollm2", o);
-  LoadOptions warm = o;
-  warm.read.reuse_arena = prev->arena;
-  // As a server does for a model switched out: its text side stays (the tokenizer is reused).
-  const std::shared_ptr<const tokenizer::Tokenizer> kept = prev->tokenizer;
-  prev = Result<LoadedModel>(Status::NotFound(""));
-  double t1_warm = 1e9, t1_warm_weights = 1e9;
-  for (int i = 0; i < 3; ++i) {
-    auto t1 = models::LoadModel("smollm2", warm);
-    ASSERT_TRUE(t1.ok());
-    t1_warm = std::min(t1_warm, t1->load_seconds);
-    t1_warm_weights = std::min(t1_warm_weights, t1->weights_seconds);
-  }
-  ASSERT_TRUE(store->Flush().ok());
-  store.reset();
-  store = OpenStore(so);
-  o.store = store.get();
-  auto t2 = models::LoadModel("smollm2", o);
-  ASSERT_TRUE(t2.ok());
-  ASSERT_EQ(t2->weights_from, WeightsFrom::kT2);
-  const double t2_cold_s = t2->load_seconds, t2_cold_weights_s = t2->weights_seconds;
-  // A long-running server's switch from T2: T1 pre-touched (StoreOptions::prefault_t1) and the
-  // switched-out model's arena reused, so that no page is faulted in during the read.
-  torch::Tensor warm_arena = t2->arena;
-  t2 = Result<LoadedModel>(Status::NotFound(""));
-  store.reset();
-  so.prefault_t1 = true;
-  store = OpenStore(so);
-  warm.store = store.get();
-  warm.read.reuse_arena = warm_arena;
-  auto t2_warm = models::LoadModel("smollm2", warm);
-  ASSERT_TRUE(t2_warm.ok());
-  ASSERT_EQ(t2_warm->weights_from, WeightsFrom::kT2);
-  t2 = std::move(t2_warm);
-
-  // memcpy of the same bytes, one thread: into a fresh buffer and into a warm one.
-  const size_t n = file->weights_bytes;
-  torch::Tensor src = engine::AllocateArena(n);
-  std::memset(src.data_ptr(), 1, n);
-  auto c0 = std::chrono::steady_clock::now();
-  torch::Tensor fresh = engine::AllocateArena(n);
-  std::memcpy(fresh.data_ptr(), src.data_ptr(), n);
-  const double memcpy_fresh = Seconds(c0);
-  auto c1 = std::chrono::steady_clock::now();
-  std::memcpy(fresh.data_ptr(), src.data_ptr(), n);
-  const double memcpy_warm = Seconds(c1);
-  nlohmann::json j = {{"weights_bytes", n},
-                      {"from_file_s", from_file},
-                      {"from_t1_s", t1s},
-                      {"from_t1_warm_arena_s", t1_warm},
-                      {"from_t2_cold_s", t2_cold_s},
-                      {"t2_cold_weights_s", t2_cold_weights_s},
-                      {"from_t2_s", t2->load_seconds},
-                      {"t1_weights_s", t1_weights},
-                      {"t1_warm_arena_weights_s", t1_warm_weights},
-                      {"t2_weights_s", t2->weights_seconds},
-                      {"t1_gbps", gb / t1s},
-                      {"t1_warm_gbps", gb / t1_warm},
-                      {"t2_gbps", gb / t2->load_seconds},
-                      {"t2_weights_gbps", gb / t2->weights_seconds},
-                      {"memcpy_fresh_s", memcpy_fresh},
-                      {"memcpy_warm_s", memcpy_warm},
-                      {"memcpy_fresh_gbps", gb / memcpy_fresh},
-                      {"memcpy_warm_gbps", gb / memcpy_warm}};
-  std::printf("%s\n", j.dump().c_str());
 }
 
 }  // namespace
