@@ -22,26 +22,14 @@
 #include "engine/model_config.h"
 #include "engine/weights.h"
 #include "openai/model_set.h"
+#include "small_model.h"
 #include "tokenizer/byte_tokenizer.h"
 #include "tokenizer/chat_template.h"
 
 namespace kvault::openai {
 namespace {
 
-engine::ModelConfig SmallConfig() {
-  engine::ModelConfig c;
-  c.vocab_size = 128;
-  c.hidden_size = 64;
-  c.intermediate_size = 128;
-  c.num_layers = 3;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 16;
-  c.max_position_embeddings = 4096;
-  c.rope_theta = 10000;
-  c.rms_norm_eps = 1e-6;
-  return c;
-}
+using engine::testing_model::SmallConfig;  // tests/engine/small_model.h
 
 engine::EngineOptions SmallEngine() {
   engine::EngineOptions eo;

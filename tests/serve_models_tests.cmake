@@ -4,6 +4,7 @@
 if(TARGET kvault_openai)
   add_executable(model_set_test model_set_test.cc)
   target_compile_options(model_set_test PRIVATE ${TORCH_CXX_FLAGS})
+  target_include_directories(model_set_test PRIVATE ${CMAKE_CURRENT_LIST_DIR}/engine)  # small_model.h
   target_link_libraries(model_set_test PRIVATE kvault_openai GTest::gtest_main)
   gtest_discover_tests(model_set_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 240)
 

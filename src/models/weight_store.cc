@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "store/little_endian.h"
 #include "store/mutex.h"
 
 namespace kvault::models {
@@ -36,22 +37,13 @@ constexpr const char* kLoaderVersion = "kvault-weights-source-v1";
 
 uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
-void PutU32(std::byte* p, uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<std::byte>(v >> (8 * i));
-}
-void PutU64(std::byte* p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<std::byte>(v >> (8 * i));
-}
-uint32_t GetU32(const std::byte* p) {
-  uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(p[i]) << (8 * i);
-  return v;
-}
-uint64_t GetU64(const std::byte* p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(p[i]) << (8 * i);
-  return v;
-}
+// The store's little-endian helpers (store/little_endian.h) over the manifest's std::byte buffers.
+uint8_t* U8(std::byte* p) { return reinterpret_cast<uint8_t*>(p); }
+const uint8_t* U8(const std::byte* p) { return reinterpret_cast<const uint8_t*>(p); }
+void PutU32(std::byte* p, uint32_t v) { EncodeLE32(U8(p), v); }
+void PutU64(std::byte* p, uint64_t v) { EncodeLE64(U8(p), v); }
+uint32_t GetU32(const std::byte* p) { return DecodeLE32(U8(p)); }
+uint64_t GetU64(const std::byte* p) { return DecodeLE64(U8(p)); }
 
 // The manifest's fixed header (little-endian):
 //   [0, 8) magic "KVWIMG01"   [8, 12) version   [12, 16) header bytes (80)
@@ -185,7 +177,7 @@ Namespace FingerprintNamespace(const Digest& fp) { return Namespace(kWeightsSour
 // A digest as the 8 "tokens" of an index entry or a chain root.
 std::vector<uint32_t> Words(const Digest& d) {
   std::vector<uint32_t> t(kSourceUnits);
-  for (uint32_t i = 0; i < kSourceUnits; ++i) t[i] = GetU32(reinterpret_cast<const std::byte*>(d.bytes.data()) + 4 * i);
+  for (uint32_t i = 0; i < kSourceUnits; ++i) t[i] = DecodeLE32(d.bytes.data() + 4 * i);
   return t;
 }
 

@@ -4,11 +4,7 @@
 // after a restart, through a real kvaultd process, a corrupt chunk, a missing file served only
 // by fingerprint, a source that changed, and KV that never crosses models.
 #include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -28,11 +24,10 @@
 #include "kvault/store.h"
 #include "models/model_loader.h"
 #include "models/weight_store.h"
+#include "daemon_process.h"
 #include "small_model.h"
 #include "smollm2_locator.h"
 #include "test_util.h"
-
-extern char** environ;
 
 namespace kvault {
 namespace {
@@ -260,49 +255,7 @@ TEST(WeightStoreTest, SpecGrammar) {
   EXPECT_EQ(other.status().code(), Code::kInvalidArgument) << other.status().ToString();
 }
 
-// A kvaultd child process (tests/daemon_process_test.cc has the same): started with `args`,
-// ready once it printed its ready line; SIGKILLed at the end.
-class DaemonProcess {
- public:
-  explicit DaemonProcess(std::vector<std::string> args) {
-    args.insert(args.begin(), KVAULT_DAEMON_BIN);
-    int fds[2];
-    EXPECT_EQ(pipe(fds), 0);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
-    posix_spawn_file_actions_addclose(&fa, fds[0]);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    EXPECT_EQ(posix_spawn(&pid_, argv[0], &fa, nullptr, argv.data(), environ), 0);
-    posix_spawn_file_actions_destroy(&fa);
-    close(fds[1]);
-    out_ = fds[0];
-    std::string line;
-    char ch;
-    for (;;) {
-      pollfd p{out_, POLLIN, 0};
-      if (poll(&p, 1, 20000) != 1 || read(out_, &ch, 1) != 1 || ch == '\n') break;
-      line.push_back(ch);
-    }
-    ready_ = line.find("\"ready\"") != std::string::npos;
-  }
-  ~DaemonProcess() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      int status = 0;
-      waitpid(pid_, &status, 0);
-    }
-    if (out_ >= 0) close(out_);
-  }
-  bool ready() const { return ready_; }
-
- private:
-  pid_t pid_ = -1;
-  int out_ = -1;
-  bool ready_ = false;
-};
+using kvtest::DaemonProcess;  // tests/daemon_process.h
 
 std::unique_ptr<Client> ConnectTo(const std::string& socket) {
   ClientOptions o;
@@ -321,7 +274,7 @@ TEST(WeightStoreTest, ThroughKvaultdASecondClientReadsTheSharedCopy) {
                                          "--dram-gib", "0.25", "--ssd-gib", "1"};
   {
     DaemonProcess daemon(args);
-    ASSERT_TRUE(daemon.ready());
+    ASSERT_TRUE(daemon.started());
     auto writer = ConnectTo(dir.Sub("kvaultd.sock"));
     ASSERT_NE(writer, nullptr);
     auto first = Load("random:tiny:5", writer.get());
@@ -337,7 +290,7 @@ TEST(WeightStoreTest, ThroughKvaultdASecondClientReadsTheSharedCopy) {
     ASSERT_TRUE(writer->Flush().ok());
   }
   DaemonProcess restarted(args);  // the daemon's T1 is gone: the copy is on its T2
-  ASSERT_TRUE(restarted.ready());
+  ASSERT_TRUE(restarted.started());
   auto client = ConnectTo(dir.Sub("kvaultd.sock"));
   ASSERT_NE(client, nullptr);
   auto third = Load("random:tiny:5", client.get());

@@ -30,6 +30,7 @@ import openai
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from openai_client_test import make_model_dir  # noqa: E402  (a tiny Hugging Face model directory)
+from serve_harness import read_ready_event  # noqa: E402
 
 FAILURES = []
 
@@ -57,22 +58,11 @@ class Server:
         self.ready = None
         if not expect_ready:
             return
-        box = []
-        reader = threading.Thread(target=lambda: box.append(self.proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(300)
         try:
-            line = box[0] if box else ""
-            ready = json.loads(line) if line else None
-            if not isinstance(ready, dict) or ready.get("event") != "ready":
-                raise RuntimeError(f"kvault serve did not say ready: {line!r} (exit {self.proc.poll()}) "
-                                   f"{''.join(self.err)[-2000:]}")
-            self.ready = ready
-            self.port = ready["port"]
-        except Exception:
-            self.proc.kill()
-            self.proc.wait()
-            raise
+            self.ready = read_ready_event(self.proc, timeout=300)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}; stderr: {''.join(self.err)[-2000:]}") from None
+        self.port = self.ready["port"]
         self.client = openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key="none", max_retries=0,
                                     timeout=120)
 

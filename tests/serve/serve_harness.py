@@ -11,8 +11,8 @@ MODEL = "kvault-random-tiny"
 READY_TIMEOUT_S = 120
 
 
-def read_ready(proc, timeout=READY_TIMEOUT_S):
-    """The port from a started server's first stdout line, {"event": "ready", "port": N}. On a
+def read_ready_event(proc, timeout=READY_TIMEOUT_S):
+    """A started server's first stdout line, {"event": "ready", "port": N, ...}, as a dict. On a
     missing, late or malformed line the child is killed (never left running) and RuntimeError
     says why."""
     box = []
@@ -28,13 +28,18 @@ def read_ready(proc, timeout=READY_TIMEOUT_S):
         ready = json.loads(line)
         if not isinstance(ready, dict) or ready.get("event") != "ready" or "port" not in ready:
             raise RuntimeError(f"kvault serve's first line is not the ready event: {line!r}")
-        return int(ready["port"])
+        return ready
     except (RuntimeError, ValueError) as e:
         proc.kill()
         proc.wait()
         if isinstance(e, RuntimeError):
             raise
         raise RuntimeError(f"kvault serve's first line is not JSON: {line!r}") from e
+
+
+def read_ready(proc, timeout=READY_TIMEOUT_S):
+    """The port of read_ready_event's line."""
+    return int(read_ready_event(proc, timeout)["port"])
 
 
 class Serve:
